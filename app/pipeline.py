@@ -1,0 +1,353 @@
+"""The search path, written once against the protocols.
+
+    validate -> cache lookup -> embed query -> ANN candidates -> rerank top N -> top_k
+             -> cache store (only full answers)
+
+A stage that fails degrades the answer instead of failing it, except the ones no answer can
+be made without: the query embedding and the index.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from app import metrics
+from app.cache import ResultCache, build_cache, cache_key, normalize_query
+from app.clients import HttpEmbedder, HttpReranker
+from app.config import EmbedderSettings, GatewaySettings, RerankerSettings
+from app.errors import (
+    EmbedderUnavailable,
+    IndexUnavailable,
+    InputTooLong,
+    InvalidInput,
+    Overloaded,
+    SemsearchError,
+    Unavailable,
+)
+from app.index import VectorIndex
+from app.index.registry import Collections
+from app.logs import current_request_id, get_logger
+from app.models import Embedder, Reranker, build_embedder, build_reranker
+from app.types import FloatArray, Hit, InputType, RankedHit, SearchQuery, SearchResult, Truncate
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class PipelineLimits:
+    max_query_chars: int = 2048
+    max_top_k: int = 100
+    max_candidates: int = 1000
+    rerank_depth: int = 30
+    cache_ttl_s: int = 3600
+
+
+class SearchPipeline:
+    """Answers `SearchQuery`s. Holds no per-request state; safe to share across requests."""
+
+    def __init__(
+        self,
+        *,
+        embedder: Embedder,
+        reranker: Reranker,
+        collections: Collections,
+        cache: ResultCache,
+        limits: PipelineLimits,
+        default_collection: str = "default",
+    ) -> None:
+        self.embedder = embedder
+        self.reranker = reranker
+        self.collections = collections
+        self.cache = cache
+        self.limits = limits
+        self.default_collection = default_collection
+        self._loading: list[asyncio.Task[None]] = []
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    @classmethod
+    def from_settings(cls, settings: GatewaySettings) -> SearchPipeline:
+        """The embedded default (models in-process, LRU cache) or remote services and Redis,
+        depending only on which URLs are set."""
+        embedder: Embedder = (
+            HttpEmbedder(settings.embedder_url, settings.model_timeout_s)
+            if settings.embedder_url
+            else build_embedder(EmbedderSettings())
+        )
+        reranker: Reranker = (
+            HttpReranker(settings.reranker_url, settings.model_timeout_s)
+            if settings.reranker_url
+            else build_reranker(RerankerSettings())
+        )
+        return cls(
+            embedder=embedder,
+            reranker=reranker,
+            collections=Collections(settings.index_dir),
+            cache=build_cache(
+                settings.redis_url, settings.cache_max_entries, settings.cache_timeout_s
+            ),
+            limits=PipelineLimits(
+                max_query_chars=settings.max_query_chars,
+                max_top_k=settings.max_top_k,
+                max_candidates=settings.max_candidates,
+                rerank_depth=settings.rerank_depth,
+                cache_ttl_s=settings.cache_ttl_s,
+            ),
+            default_collection=settings.default_collection,
+        )
+
+    async def start(self) -> None:
+        """Open the collections; load or connect the models in the background.
+
+        The reranker may take long to load (or fail, e.g. offline with a hub id): searches are
+        answered in ANN order meanwhile, flagged `degraded: ["reranker"]`.
+        """
+        await self.collections.start()
+        self._loading = [
+            asyncio.create_task(self.embedder.start()),
+            asyncio.create_task(self.reranker.start()),
+        ]
+
+    async def wait_ready(self, timeout_s: float = 120.0) -> None:
+        """Block until the models finished loading (successfully or not)."""
+        await asyncio.wait_for(asyncio.gather(*self._loading), timeout_s)
+
+    async def refresh(self) -> None:
+        """Periodic upkeep: pick up newly published generations."""
+        await self.collections.reload()
+
+    async def stop(self) -> None:
+        for task in self._loading:
+            task.cancel()
+        await self.embedder.stop()
+        await self.reranker.stop()
+        await self.collections.close()
+        await self.cache.close()
+
+    def status(self) -> tuple[bool, dict[str, object]]:
+        """(ready, components) for /ready: ready once the query embedder and the default
+        collection can serve; the reranker and the cache only degrade answers."""
+        collections = self.collections.status()
+        ready = self.embedder.ready and self.default_collection in collections
+        return ready, {
+            "embedder": {"model": self.embedder.info.model_id, "status": self.embedder.status},
+            "reranker": {"model": self.reranker.info.model_id, "status": self.reranker.status},
+            "cache": self.cache.backend,
+            "collections": collections,
+            "default_collection": self.default_collection,
+        }
+
+    # -- the search path ------------------------------------------------------------------
+
+    async def search(self, query: SearchQuery) -> SearchResult:
+        """Run one search.
+
+        Raises:
+            InvalidInput: a value is out of range (422) -- raised before any work.
+            NotFound: the collection does not exist (404).
+            EmbedderUnavailable / IndexUnavailable: no answer can be made (503).
+        """
+        started = time.perf_counter()
+        timings: dict[str, float] = {}
+        self._validate(query)
+        index = await self.collections.get(query.collection)
+        text = normalize_query(query.query)
+        reranker_model = self.reranker.info.model_id if query.rerank else None
+        key = cache_key(
+            collection=query.collection,
+            generation=index.generation,
+            embedder_model=self.embedder.info.model_id,
+            reranker_model=reranker_model,
+            query=text,
+            top_k=query.top_k,
+            candidates=query.candidates,
+            rerank_depth=self.limits.rerank_depth,
+        )
+
+        with _stage(timings, "cache"):
+            cached = await self.cache.get(key)
+        if cached is not None:
+            result = _decode(cached)
+            result.cached = True
+            result.request_id = current_request_id()
+            result.timings_ms = _finish(timings, started)
+            metrics.SEARCHES.labels("cached").inc()
+            return result
+
+        with _stage(timings, "embed"):
+            vector = await self._embed(text, index)
+        with _stage(timings, "ann"):
+            try:
+                hits = (await index.search(vector, query.candidates))[0]
+            except SemsearchError:
+                raise
+            except Exception as exc:
+                raise IndexUnavailable(f"index search failed: {exc!r}") from exc
+
+        degraded: list[str] = []
+        scores: list[float] | None = None
+        if query.rerank and hits:
+            with _stage(timings, "rerank"):
+                scores = await self._rerank(text, hits[: self.limits.rerank_depth], degraded)
+
+        result = SearchResult(
+            results=_rank(hits, scores, query.top_k),
+            reranked=scores is not None,
+            degraded=degraded,
+            cached=False,
+            collection=query.collection,
+            index_backend=index.backend,
+            generation=index.generation,
+            embedder_model=self.embedder.info.model_id,
+            reranker_model=reranker_model if scores is not None else None,
+            timings_ms={},
+            request_id=current_request_id(),
+        )
+        if not degraded:
+            with _stage(timings, "cache_store"):
+                await self.cache.set(key, _encode(result), self.limits.cache_ttl_s)
+        result.timings_ms = _finish(timings, started)
+        for stage in degraded:
+            metrics.SEARCH_DEGRADED.labels(stage).inc()
+        metrics.SEARCHES.labels("degraded" if degraded else "full").inc()
+        return result
+
+    def _validate(self, query: SearchQuery) -> None:
+        limits = self.limits
+        if len(query.query) > limits.max_query_chars:
+            raise InvalidInput(
+                f"query is {len(query.query)} characters; the limit is {limits.max_query_chars}",
+                field="query",
+            )
+        if not 1 <= query.top_k <= limits.max_top_k:
+            raise InvalidInput(f"top_k must be between 1 and {limits.max_top_k}", field="top_k")
+        if not 1 <= query.candidates <= limits.max_candidates:
+            raise InvalidInput(
+                f"candidates must be between 1 and {limits.max_candidates}", field="candidates"
+            )
+        if query.candidates < query.top_k:
+            raise InvalidInput(
+                f"candidates ({query.candidates}) must be at least top_k ({query.top_k})",
+                field="candidates",
+            )
+
+    async def _embed(self, text: str, index: VectorIndex) -> FloatArray:
+        if self.embedder.ready and self.embedder.info.model_id != index.model_id:
+            raise Unavailable(
+                f"collection {index.collection!r} was indexed with {index.model_id!r} but the "
+                f"embedder serves {self.embedder.info.model_id!r}; re-index the collection or "
+                "set SEMSEARCH_EMBEDDER_MODEL to the model it was built with"
+            )
+        try:
+            embeddings = await self.embedder.embed([text], InputType.QUERY, Truncate.NONE)
+        except InputTooLong as exc:
+            raise InvalidInput(exc.message.replace("input 0", "the query"), field="query") from exc
+        except (InvalidInput, Overloaded):
+            raise
+        except SemsearchError as exc:
+            raise EmbedderUnavailable(
+                f"the query cannot be embedded, so no search is possible: {exc.message}"
+            ) from exc
+        except Exception as exc:
+            raise EmbedderUnavailable(
+                f"the query cannot be embedded, so no search is possible: {exc!r}"
+            ) from exc
+        return embeddings.vectors
+
+    async def _rerank(self, text: str, hits: list[Hit], degraded: list[str]) -> list[float] | None:
+        try:
+            return await self.reranker.score(text, [h.passage for h in hits], Truncate.END)
+        except Exception as exc:
+            # No reranker is not a failed search: answer in ANN order and say so.
+            degraded.append("reranker")
+            reason = exc.message if isinstance(exc, SemsearchError) else repr(exc)
+            log.warning("rerank_skipped", reason=reason)
+            return None
+
+
+def _rank(hits: list[Hit], scores: list[float] | None, top_k: int) -> list[RankedHit]:
+    """Reranked head (stable on ties), then the rest in ANN order; the first `top_k`."""
+    if scores is None:
+        return [RankedHit(h, i + 1, h.score, None) for i, h in enumerate(hits[:top_k])]
+    head = sorted(range(len(scores)), key=lambda i: -scores[i])
+    ranked = [RankedHit(hits[i], 0, scores[i], scores[i]) for i in head]
+    ranked += [RankedHit(h, 0, h.score, None) for h in hits[len(scores) :]]
+    return [
+        RankedHit(r.hit, rank, r.score, r.rerank_score)
+        for rank, r in enumerate(ranked[:top_k], start=1)
+    ]
+
+
+@contextmanager
+def _stage(timings: dict[str, float], name: str) -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        elapsed = time.perf_counter() - started
+        timings[name] = round(elapsed * 1000, 3)
+        metrics.SEARCH_STAGE_LATENCY.labels(name).observe(elapsed)
+
+
+def _finish(timings: dict[str, float], started: float) -> dict[str, float]:
+    elapsed = time.perf_counter() - started
+    metrics.SEARCH_STAGE_LATENCY.labels("total").observe(elapsed)
+    return {**timings, "total": round(elapsed * 1000, 3)}
+
+
+def _encode(result: SearchResult) -> bytes:
+    """The cacheable part of an answer (no request id, timings or cached flag)."""
+    return json.dumps(
+        {
+            "results": [
+                {
+                    "id": r.hit.id,
+                    "ann_score": r.hit.score,
+                    "text": r.hit.text,
+                    "title": r.hit.title,
+                    "metadata": r.hit.metadata,
+                    "rank": r.rank,
+                    "score": r.score,
+                    "rerank_score": r.rerank_score,
+                }
+                for r in result.results
+            ],
+            "reranked": result.reranked,
+            "collection": result.collection,
+            "index_backend": result.index_backend,
+            "generation": result.generation,
+            "embedder_model": result.embedder_model,
+            "reranker_model": result.reranker_model,
+        },
+        ensure_ascii=False,
+    ).encode()
+
+
+def _decode(payload: bytes) -> SearchResult:
+    data = json.loads(payload)
+    return SearchResult(
+        results=[
+            RankedHit(
+                Hit(r["id"], r["ann_score"], r["text"], r["title"], r["metadata"]),
+                r["rank"],
+                r["score"],
+                r["rerank_score"],
+            )
+            for r in data["results"]
+        ],
+        reranked=data["reranked"],
+        degraded=[],
+        cached=True,
+        collection=data["collection"],
+        index_backend=data["index_backend"],
+        generation=data["generation"],
+        embedder_model=data["embedder_model"],
+        reranker_model=data["reranker_model"],
+        timings_ms={},
+        request_id=None,
+    )
