@@ -1,0 +1,59 @@
+"""Gateway routes: POST /v1/search, the collection list, readiness and the playground page."""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+
+from app.config import GatewaySettings
+from app.pipeline import SearchPipeline
+from app.protocol import SearchRequest, SearchResponse
+from services.common import ERROR_RESPONSES, ready_response
+
+router = APIRouter(responses=ERROR_RESPONSES)
+
+
+def _pipeline(request: Request) -> SearchPipeline:
+    pipeline: SearchPipeline = request.app.state.pipeline
+    return pipeline
+
+
+@router.post(
+    "/v1/search",
+    response_model=SearchResponse,
+    tags=["search"],
+    summary="Two-stage semantic search: ANN candidates, reranked by a cross-encoder.",
+)
+async def search(body: SearchRequest, request: Request) -> SearchResponse:
+    settings: GatewaySettings = request.app.state.settings
+    query = body.to_query(
+        default_collection=settings.default_collection,
+        default_top_k=settings.default_top_k,
+        default_candidates=settings.default_candidates,
+    )
+    result = await _pipeline(request).search(query)
+    return SearchResponse.from_result(result)
+
+
+@router.get("/v1/collections", tags=["search"], summary="Collections served, with generations.")
+async def collections(request: Request) -> dict[str, Any]:
+    return {"collections": _pipeline(request).collections.status()}
+
+
+@router.get(
+    "/ready",
+    tags=["ops"],
+    summary="Readiness: the query embedder and the default collection can serve.",
+)
+async def ready(request: Request) -> JSONResponse:
+    is_ready, components = _pipeline(request).status()
+    return ready_response(is_ready, components)
+
+
+@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+async def playground() -> HTMLResponse:
+    page = resources.files("services.gateway").joinpath("static/playground.html").read_text()
+    return HTMLResponse(page)
