@@ -1,0 +1,215 @@
+"""`semsearch`: serve the services, index documents, search a running gateway.
+
+Every flag's default comes from the settings classes, so a flag and its environment variable
+always agree (`--port` <-> `SEMSEARCH_PORT`, and so on).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from app.config import EmbedderSettings, GatewaySettings, RerankerSettings
+from app.errors import SemsearchError
+from app.logs import configure_logging
+
+cli = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+console = Console()
+err = Console(stderr=True)
+
+
+class Service(StrEnum):
+    embedder = "embedder"
+    reranker = "reranker"
+    gateway = "gateway"
+
+
+@cli.command()
+def serve(
+    service: Annotated[Service, typer.Argument(help="Which service to run.")],
+    host: Annotated[str | None, typer.Option(help="Bind address (default from settings).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default from settings).")] = None,
+) -> None:
+    """Run one service with uvicorn. With no model-service URLs set, the gateway runs both
+    models in-process (the embedded default)."""
+    import uvicorn
+
+    overrides: dict[str, Any] = {k: v for k, v in {"host": host, "port": port}.items() if v}
+    settings: EmbedderSettings | RerankerSettings | GatewaySettings
+    if service is Service.embedder:
+        from services.embedder.main import create_app as embedder_app
+
+        settings = EmbedderSettings(**overrides)
+        app = embedder_app(settings)
+    elif service is Service.reranker:
+        from services.reranker.main import create_app as reranker_app
+
+        settings = RerankerSettings(**overrides)
+        app = reranker_app(settings)
+    else:
+        from services.gateway.main import create_app as gateway_app
+
+        settings = GatewaySettings(**overrides)
+        app = gateway_app(settings)
+    configure_logging(settings.log_level, settings.log_format, service.value)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
+
+
+@cli.command()
+def index(
+    path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="JSONL documents.")],
+    collection: Annotated[str | None, typer.Option(help="Collection to write.")] = None,
+    index_dir: Annotated[Path | None, typer.Option(help="Where collections live.")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Documents per batch.")] = None,
+) -> None:
+    """Index a JSONL file (`id`, `text`, optional `title`, `metadata`) into a collection.
+
+    Re-running on the same input changes nothing; changed documents are re-embedded.
+    """
+    overrides: dict[str, Any] = {"index_dir": index_dir, "index_batch_size": batch_size}
+    settings = GatewaySettings(**{k: v for k, v in overrides.items() if v is not None})
+    configure_logging("warning", settings.log_format, "indexer")
+    try:
+        asyncio.run(_index(path, collection or settings.default_collection, settings))
+    except SemsearchError as exc:
+        err.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(1) from None
+
+
+async def _index(path: Path, collection: str, settings: GatewaySettings) -> None:
+    from app.clients import HttpEmbedder
+    from app.index.faiss_index import FaissIndex
+    from app.indexing import count_lines, index_documents, read_jsonl
+    from app.models import Embedder, build_embedder
+
+    embedder: Embedder = (
+        HttpEmbedder(settings.embedder_url, settings.model_timeout_s)
+        if settings.embedder_url
+        else build_embedder(EmbedderSettings())
+    )
+    with console.status(f"loading the embedder ({embedder.info.model_id})"):
+        await embedder.start()
+    if not embedder.ready:
+        raise SemsearchError(f"the embedder is not usable: {embedder.status}")
+    model = embedder.info
+    store = await FaissIndex.create(
+        settings.index_dir, collection, model.model_id, model.dimension or 0
+    )
+    total = count_lines(path)
+    progress = Progress(
+        TextColumn("[bold]indexing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[rate]} docs/s"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console,
+    )
+    try:
+        with progress:
+            task = progress.add_task("index", total=total, rate="-")
+
+            def advance(n: int) -> None:
+                progress.advance(task, n)
+                elapsed = progress.tasks[task].elapsed or 0.0
+                done = progress.tasks[task].completed
+                progress.update(task, rate=f"{done / elapsed:.1f}" if elapsed else "-")
+
+            report = await index_documents(
+                read_jsonl(path),
+                store,
+                embedder,
+                batch_size=settings.index_batch_size,
+                on_batch=advance,
+            )
+    finally:
+        await store.close()
+        await embedder.stop()
+    table = Table(title=f"collection {collection!r} in {settings.index_dir}", show_header=False)
+    for name, value in (
+        ("documents read", report.read),
+        ("added", report.added),
+        ("updated", report.updated),
+        ("unchanged", report.unchanged),
+        ("time", f"{report.seconds:.1f} s"),
+        ("rate", f"{report.docs_per_s:.1f} docs/s"),
+        (
+            "generation",
+            report.generation if report.generation else "unchanged (nothing to publish)",
+        ),
+        ("model", model.model_id),
+    ):
+        table.add_row(name, str(value))
+    console.print(table)
+
+
+@cli.command()
+def search(
+    query: Annotated[str, typer.Argument(help="What to search for.")],
+    url: Annotated[
+        str | None, typer.Option(help="Gateway URL (default: settings host:port).")
+    ] = None,
+    top_k: Annotated[int, typer.Option(min=1, help="Results to show.")] = 5,
+    collection: Annotated[str | None, typer.Option(help="Collection to search.")] = None,
+    rerank: Annotated[bool, typer.Option(help="Rerank with the cross-encoder.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON response.")] = False,
+) -> None:
+    """Search a running gateway and print the results."""
+    if url is None:
+        settings = GatewaySettings()
+        host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+        url = f"http://{host}:{settings.port}"
+    body: dict[str, Any] = {"query": query, "top_k": top_k, "rerank": rerank}
+    if collection:
+        body["collection"] = collection
+    try:
+        reply = httpx.post(f"{url.rstrip('/')}/v1/search", json=body, timeout=60)
+    except httpx.HTTPError as exc:
+        err.print(f"[red]error:[/red] cannot reach the gateway at {url}: {exc}")
+        raise typer.Exit(1) from None
+    data = reply.json()
+    if reply.status_code != 200:
+        error = data.get("error", {})
+        err.print(f"[red]{reply.status_code} {error.get('type')}:[/red] {error.get('message')}")
+        raise typer.Exit(1)
+    if as_json:
+        console.print_json(json.dumps(data))
+        return
+    table = Table(title=f"{query!r}", show_lines=True)
+    for column in ("rank", "score", "id", "passage"):
+        table.add_column(column)
+    for hit in data["results"]:
+        text = (
+            f"[bold]{hit['title']}[/bold]\n{hit['text'][:300]}"
+            if hit["title"]
+            else hit["text"][:300]
+        )
+        table.add_row(str(hit["rank"]), f"{hit['score']:.3f}", hit["id"], text)
+    console.print(table)
+    console.print(
+        f"reranked={data['reranked']} degraded={data['degraded']} cached={data['cached']} "
+        f"generation={data['index']['generation']} total={data['timings_ms']['total']:.1f} ms"
+    )
+
+
+def main() -> None:
+    cli()
