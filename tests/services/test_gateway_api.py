@@ -1,0 +1,239 @@
+"""The gateway in-process: /v1/search over fakes, every bad input, degradation, ops endpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.config import GatewaySettings
+from app.models.fake import FakeEmbedder, FakeReranker
+from services.gateway.main import create_app
+from tests.services.conftest import asgi_client, assert_error
+
+
+@pytest.fixture
+def gateway_env(monkeypatch: pytest.MonkeyPatch, small_collection: Path) -> GatewaySettings:
+    """The embedded default, wired from settings, with fake models and a small collection."""
+    monkeypatch.setenv("SEMSEARCH_EMBEDDER_BACKEND", "fake")
+    monkeypatch.setenv("SEMSEARCH_EMBEDDER_MODEL", "embedder")  # -> model id "fake:embedder"
+    monkeypatch.setenv("SEMSEARCH_RERANKER_BACKEND", "fake")
+    return GatewaySettings(index_dir=small_collection)
+
+
+@pytest.fixture
+def small_collection(tmp_path: Path) -> Path:  # overrides the shared one: model id must match
+    import asyncio
+
+    from tests.conftest import SMALL_DOCS, build_collection
+
+    async def build() -> None:
+        index = await build_collection(
+            tmp_path / "index", "default", SMALL_DOCS, FakeEmbedder(model_id="fake:embedder")
+        )
+        await index.close()
+
+    asyncio.run(build())
+    return tmp_path / "index"
+
+
+async def test_search_happy_path(gateway_env: GatewaySettings) -> None:
+    async with asgi_client(create_app(gateway_env)) as client:
+        reply = await client.post(
+            "/v1/search", json={"query": "capital of Germany Berlin", "top_k": 2}
+        )
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert next(r["id"] for r in body["results"]) == "berlin"
+    assert [r["rank"] for r in body["results"]] == [1, 2]
+    top = body["results"][0]
+    assert set(top) == {
+        "id",
+        "rank",
+        "score",
+        "ann_score",
+        "rerank_score",
+        "title",
+        "text",
+        "metadata",
+    }
+    assert top["score"] == top["rerank_score"]
+    assert body["reranked"] is True
+    assert body["degraded"] == []
+    assert body["cached"] is False
+    assert body["index"] == {"backend": "faiss", "collection": "default", "generation": 1}
+    assert body["models"] == {
+        "embedder": "fake:embedder",
+        "reranker": "fake:cross-encoder/ms-marco-MiniLM-L-6-v2",
+    }
+    assert set(body["timings_ms"]) >= {"cache", "embed", "ann", "rerank", "total"}
+    assert body["request_id"] == reply.headers["x-request-id"]
+
+
+async def test_second_query_is_cached_and_request_ids_differ(gateway_env: GatewaySettings) -> None:
+    async with asgi_client(create_app(gateway_env)) as client:
+        first = (await client.post("/v1/search", json={"query": "Python readability"})).json()
+        second = (await client.post("/v1/search", json={"query": "Python readability"})).json()
+    assert (first["cached"], second["cached"]) == (False, True)
+    assert first["results"] == second["results"]
+    assert first["request_id"] != second["request_id"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "error_type", "field"),
+    [
+        ({"query": ""}, 422, "invalid_request", "query"),
+        ({"query": "   "}, 422, "invalid_request", "query"),
+        ({"query": "x" * 2049}, 422, "invalid_request", "query"),
+        ({"query": 5}, 422, "invalid_request", "query"),
+        ({}, 422, "invalid_request", "query"),
+        ({"query": "q", "top_k": 0}, 422, "invalid_request", "top_k"),
+        ({"query": "q", "top_k": 101}, 422, "invalid_request", "top_k"),
+        ({"query": "q", "top_k": "ten"}, 422, "invalid_request", "top_k"),
+        ({"query": "q", "candidates": 0}, 422, "invalid_request", "candidates"),
+        ({"query": "q", "candidates": 5000}, 422, "invalid_request", "candidates"),
+        ({"query": "q", "top_k": 20, "candidates": 10}, 422, "invalid_request", "candidates"),
+        ({"query": "q", "rerank": "maybe"}, 422, "invalid_request", "rerank"),
+        ({"query": "q", "topk": 3}, 422, "invalid_request", "topk"),
+        ({"query": "q", "collection": "missing"}, 404, "not_found", "collection"),
+        ({"query": "q", "collection": "../../etc"}, 422, "invalid_request", "collection"),
+    ],
+)
+async def test_bad_input_is_a_clear_4xx(
+    gateway_env: GatewaySettings, body: dict[str, object], status: int, error_type: str, field: str
+) -> None:
+    async with asgi_client(create_app(gateway_env)) as client:
+        reply = await client.post("/v1/search", json=body)
+    assert_error(reply, status, error_type, field)
+
+
+async def test_malformed_json_and_oversized_body(gateway_env: GatewaySettings) -> None:
+    async with asgi_client(create_app(gateway_env)) as client:
+        assert_error(
+            await client.post(
+                "/v1/search", content=b"{not json", headers={"content-type": "application/json"}
+            ),
+            422,
+            "invalid_json",
+            "body",
+        )
+        assert_error(
+            await client.post("/v1/search", content=b"x" * (9 * 1024 * 1024)),
+            413,
+            "payload_too_large",
+            "body",
+        )
+
+
+async def test_reranker_that_cannot_load_degrades_every_answer(
+    gateway_env: GatewaySettings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # offline, a hub id cannot load: the gateway must still serve, in ANN order
+    monkeypatch.setenv("SEMSEARCH_RERANKER_BACKEND", "sentence-transformers")
+    async with asgi_client(create_app(gateway_env)) as client:
+        for _ in range(400):
+            status = (await client.get("/ready")).json()["components"]["reranker"]["status"]
+            if status != "loading":
+                break
+            import asyncio
+
+            await asyncio.sleep(0.05)
+        assert status.startswith("failed")
+        reply = await client.post("/v1/search", json={"query": "capital of Germany Berlin"})
+    body = reply.json()
+    assert reply.status_code == 200
+    assert body["reranked"] is False
+    assert body["degraded"] == ["reranker"]
+    assert body["results"][0]["id"] == "berlin"
+    assert body["results"][0]["rerank_score"] is None
+
+
+async def test_embedder_down_is_503_with_retry_after(gateway_env: GatewaySettings) -> None:
+    class Down(FakeEmbedder):
+        async def embed(self, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+            from app.errors import Unavailable
+
+            raise Unavailable("connection refused")
+
+    from app.pipeline import SearchPipeline
+
+    pipeline = SearchPipeline.from_settings(gateway_env)
+    pipeline.embedder = Down(model_id="fake:embedder")
+    async with asgi_client(create_app(gateway_env, pipeline)) as client:
+        reply = await client.post("/v1/search", json={"query": "anything"})
+    assert_error(reply, 503, "embedder_unavailable")
+    assert reply.headers["retry-after"] == "1"
+    assert "no search is possible" in reply.json()["error"]["message"]
+
+
+async def test_ready_collections_metrics_and_playground(gateway_env: GatewaySettings) -> None:
+    async with asgi_client(create_app(gateway_env)) as client:
+        ready = (await client.get("/ready")).json()
+        assert ready["status"] == "ready"
+        assert ready["components"]["collections"]["default"]["generation"] == 1
+        assert ready["components"]["cache"] == "memory"
+        listed = (await client.get("/v1/collections")).json()
+        assert listed["collections"]["default"]["backend"] == "faiss"
+        await client.post("/v1/search", json={"query": "cats"})
+        metrics = (await client.get("/metrics")).text
+        for name in (
+            "semsearch_search_stage_duration_seconds_bucket",
+            "semsearch_searches_total",
+            "semsearch_cache_requests_total",
+            "semsearch_index_generation",
+            "semsearch_http_requests_total",
+        ):
+            assert name in metrics, name
+        page = await client.get("/")
+        assert page.status_code == 200
+        assert "/v1/search" in page.text
+        openapi = (await client.get("/openapi.json")).json()
+        assert "/v1/search" in openapi["paths"]
+
+
+async def test_not_ready_without_an_index(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SEMSEARCH_EMBEDDER_BACKEND", "fake")
+    monkeypatch.setenv("SEMSEARCH_RERANKER_BACKEND", "fake")
+    app = create_app(GatewaySettings(index_dir=tmp_path / "empty"))
+    async with asgi_client(app, wait_ready=False) as client:
+        ready = await client.get("/ready")
+        assert ready.status_code == 503
+        assert ready.json()["components"]["collections"] == {}
+        assert_error(
+            await client.post("/v1/search", json={"query": "q"}), 404, "not_found", "collection"
+        )
+
+
+async def test_new_generation_is_served_without_a_restart(gateway_env: GatewaySettings) -> None:
+    from tests.conftest import SMALL_DOCS, build_collection
+
+    settings = gateway_env.model_copy(update={"index_reload_interval_s": 0.05})
+    async with asgi_client(create_app(settings)) as client:
+        assert (await client.post("/v1/search", json={"query": "Madrid Spain"})).json()["index"][
+            "generation"
+        ] == 1
+        from app.types import Document
+
+        index = await build_collection(
+            settings.index_dir,
+            "default",
+            [*SMALL_DOCS, Document("madrid", "Madrid is the capital of Spain.", "Madrid")],
+            FakeEmbedder(model_id="fake:embedder"),
+        )
+        await index.close()
+        import asyncio
+
+        for _ in range(100):
+            body = (await client.post("/v1/search", json={"query": "Madrid Spain"})).json()
+            if body["index"]["generation"] == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert body["index"]["generation"] == 2
+        assert body["results"][0]["id"] == "madrid"
+
+
+def test_import_has_no_side_effects() -> None:
+    import services.gateway.main as module
+
+    assert "app" not in vars(module)  # built lazily for `uvicorn services.gateway.main:app`
+    assert FakeReranker  # keep the import used by the fixtures' docs

