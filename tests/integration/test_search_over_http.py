@@ -104,7 +104,15 @@ def test_three_services_as_processes_with_redis(
 
     # `semsearch search` prints results from the running gateway
     printed = subprocess.run(
-        [SEMSEARCH, "search", load_sample_queries()[1]["text"], "--url", gateway.url, "--json"],
+        [
+            SEMSEARCH,
+            "search",
+            load_sample_queries()[1]["text"],
+            "--url",
+            gateway.url,
+            "--json",
+            "--no-rerank",
+        ],
         capture_output=True,
         text=True,
         env=child_env(),
