@@ -77,7 +77,7 @@ def configure_logging(level: str = "info", fmt: str = "json", service: str = "se
         logger.handlers[:] = []
         logger.propagate = True
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
-    for noisy in ("httpx", "httpcore", "urllib3", "filelock", "huggingface_hub"):
+    for noisy in ("httpx", "httpcore", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -266,7 +266,10 @@ class SearchPipeline:
             # No reranker is not a failed search: answer in ANN order and say so.
             degraded.append("reranker")
             reason = exc.message if isinstance(exc, SemsearchError) else repr(exc)
-            log.warning("rerank_skipped", reason=reason)
+            # A reranker known to be down was already reported once (model_load_failed, or
+            # the client's status); a failure of a working one is news.
+            level = log.debug if not self.reranker.ready else log.warning
+            level("rerank_skipped", reason=reason)
             return None
 
 

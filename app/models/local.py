@@ -7,6 +7,7 @@ there, off the event loop (torch releases the GIL), one batch at a time.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +31,14 @@ T = TypeVar("T")
 
 transformers.logging.disable_progress_bar()
 transformers.logging.set_verbosity_error()  # "sequence longer than max length" on token counting
+# The libraries print through handlers of their own; send everything through ours (JSON).
+transformers.logging.disable_default_handler()
+transformers.logging.enable_propagation()
+for _library in ("huggingface_hub", "sentence_transformers"):
+    logging.getLogger(_library).handlers.clear()
+    logging.getLogger(_library).propagate = True
+# Hub retries are noise next to the one `model_load_failed` line that says what to do.
+logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
 
 
 def resolve_device(setting: str) -> str:
