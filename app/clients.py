@@ -70,6 +70,10 @@ class _ServiceClient:
     def info(self) -> ModelInfo:
         return self._info
 
+    @property
+    def healthy(self) -> bool:
+        return True  # the remote service's health is its own (and its breaker's) business
+
     async def start(self) -> None:
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
@@ -139,10 +143,18 @@ class HttpEmbedder(_ServiceClient):
     kind = "embedder"
 
     async def embed(
-        self, texts: Sequence[str], input_type: InputType, truncate: Truncate = Truncate.NONE
+        self,
+        texts: Sequence[str],
+        input_type: InputType,
+        truncate: Truncate = Truncate.NONE,
+        normalize: bool = True,
     ) -> Embeddings:
         request = EmbeddingsRequest(
-            input=list(texts), input_type=input_type, truncate=truncate, encoding_format="base64"
+            input=list(texts),
+            input_type=input_type,
+            truncate=truncate,
+            encoding_format="base64",
+            normalize=normalize,
         )
         if not self.ready:
             await self.refresh_info()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_EMBEDDER_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -45,20 +45,46 @@ class ServiceSettings(BaseSettings):
 class ModelSettings(ServiceSettings):
     """What an in-process model backend needs; subclassed once per model kind."""
 
-    backend: Literal["sentence-transformers", "fake"] = Field(
+    backend: Literal["sentence-transformers", "onnx", "onnx-int8", "fake"] = Field(
         "sentence-transformers",
-        description="`sentence-transformers` (real weights) or `fake` (deterministic, no weights).",
+        description="`sentence-transformers` (torch), `onnx` / `onnx-int8` (ONNX Runtime, "
+        "exported on first use), or `fake` (deterministic, no weights).",
     )
     device: str = Field(
         "auto", description="`auto` (CUDA when present, else CPU), `cpu`, `cuda:0`."
     )
-    batch_size: int = Field(32, ge=1, le=4096, description="Items per forward pass.")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto",
+        description="Torch precision. `auto`: float16 on a GPU, float32 on a CPU; `bfloat16` "
+        "is ~2x faster on CPUs with bf16 units (see bench/README.md for its quality).",
+    )
+    max_batch_size: int = Field(256, ge=1, le=8192, description="Most items in one forward pass.")
+    max_batch_tokens: int = Field(
+        16_384, ge=16, description="Most padded tokens (longest item x items) in one forward pass."
+    )
+    max_wait_ms: float = Field(
+        2.0, ge=0, le=1000, description="How long a lone item waits for companions to batch with."
+    )
+    max_queue_items: int = Field(
+        4096, ge=1, description="Items allowed to wait for the model; more is refused with 429."
+    )
     max_items_per_request: int = Field(
         512, ge=1, description="Most texts accepted in one request (413 above)."
     )
     max_chars_per_item: int = Field(
         32_000, ge=1, description="Longest text accepted, in characters (413 above)."
     )
+    onnx_cache_dir: Path = _shared(
+        "onnx_cache_dir",
+        Path.home() / ".cache" / "semsearch" / "onnx",
+        "Where ONNX exports are kept (one per model and weights).",
+    )
+
+    @model_validator(mode="after")
+    def _request_fits_queue(self) -> ModelSettings:
+        if self.max_items_per_request > self.max_queue_items:
+            raise ValueError("max_items_per_request must not exceed max_queue_items")
+        return self
 
 
 class EmbedderSettings(ModelSettings):

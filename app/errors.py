@@ -100,6 +100,18 @@ class DeadlineExceeded(SemsearchError):
     type = "deadline_exceeded"
 
 
+class ClientDisconnected(SemsearchError):
+    """The client went away before the answer; nobody reads the response (499, as nginx)."""
+
+    type = "client_disconnected"
+
+
+class ModelFailure(SemsearchError):
+    """The model raised on a batch (e.g. a CUDA fault): a server fault, not bad input (500)."""
+
+    type = "model_failed"
+
+
 class UpstreamError(SemsearchError):
     """A model service answered with something we cannot use (502)."""
 
@@ -117,6 +129,7 @@ HTTP_STATUS: tuple[tuple[type[SemsearchError], int], ...] = (
     (Unavailable, 503),
     (DeadlineExceeded, 504),
     (UpstreamError, 502),
+    (ClientDisconnected, 499),
     (SemsearchError, 500),
 )
 

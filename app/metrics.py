@@ -42,6 +42,10 @@ CACHE_REQUESTS = Counter(
     "Result cache lookups and stores, by operation and result (hit, miss, stored, error).",
     ["operation", "result"],
 )
+CLIENT_DISCONNECTS = Counter(
+    "semsearch_client_disconnects_total",
+    "Requests whose client went away before the answer; their queued work was dropped.",
+)
 MODEL_LOAD_SECONDS = Gauge(
     "semsearch_model_load_seconds",
     "Seconds the last model load took, by kind (embedding, reranker) and model.",
@@ -52,17 +56,6 @@ MODEL_READY = Gauge(
     "1 when the model is loaded and serving, 0 while loading or after a failed load.",
     ["kind", "model"],
 )
-MODEL_ITEMS = Counter(
-    "semsearch_model_items_total",
-    "Texts (embedding) or pairs (reranker) run through a model.",
-    ["kind"],
-)
-MODEL_COMPUTE_LATENCY = Histogram(
-    "semsearch_model_compute_duration_seconds",
-    "Time of one model forward call (a batch), by kind.",
-    ["kind"],
-    buckets=LATENCY_BUCKETS,
-)
 INDEX_DOCUMENTS = Gauge(
     "semsearch_index_documents",
     "Documents in the served generation, by collection.",
@@ -72,4 +65,36 @@ INDEX_GENERATION = Gauge(
     "semsearch_index_generation",
     "Generation number being served, by collection.",
     ["collection"],
+)
+
+# -- dynamic batching (app.batching); `kind` is embedding or reranker -----------------------
+BATCH_QUEUE_DEPTH = Gauge(
+    "semsearch_batch_queue_depth",
+    "Items waiting for a batch, by model kind.",
+    ["kind"],
+)
+BATCH_QUEUE_SECONDS = Histogram(
+    "semsearch_batch_queue_seconds",
+    "Time an item waited in the queue before its batch started, by model kind.",
+    ["kind"],
+    buckets=LATENCY_BUCKETS,
+)
+BATCH_COMPUTE_SECONDS = Histogram(
+    "semsearch_batch_compute_seconds",
+    "Time of one batch on the model, by model kind. Queue time over compute time is the "
+    "saturation signal autoscalers use.",
+    ["kind"],
+    buckets=LATENCY_BUCKETS,
+)
+BATCH_SIZE = Histogram(
+    "semsearch_batch_size",
+    "Items per batch, by model kind.",
+    ["kind"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+)
+BATCH_TOKENS = Histogram(
+    "semsearch_batch_tokens",
+    "Padded tokens per batch (longest item x items), by model kind.",
+    ["kind"],
+    buckets=(64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536),
 )

@@ -54,6 +54,10 @@ class InfoResponse(BaseModel):
     device: str
     max_items_per_request: int
     max_chars_per_item: int
+    max_batch_size: int
+    max_batch_tokens: int
+    max_wait_ms: float
+    max_queue_items: int
 
     def to_model_info(self) -> ModelInfo:
         return ModelInfo(
@@ -69,6 +73,15 @@ class InfoResponse(BaseModel):
 # -- embeddings: OpenAI POST /v1/embeddings, with NVIDIA's input_type and truncate -----------
 
 
+def _non_empty_texts(value: str | list[str]) -> str | list[str]:
+    texts = [value] if isinstance(value, str) else value
+    if not texts:
+        raise ValueError("must hold at least one text")
+    if any(not text.strip() for text in texts):
+        raise ValueError("texts must not be empty")
+    return value
+
+
 class EmbeddingsRequest(BaseModel):
     # OpenAI SDKs send fields we do not use (`user`); accept and ignore those.
     model_config = ConfigDict(extra="ignore")
@@ -82,20 +95,34 @@ class EmbeddingsRequest(BaseModel):
     truncate: Truncate = Field(
         Truncate.NONE, description="NVIDIA: NONE refuses long inputs (422); START or END cut them."
     )
+    dimensions: int | None = Field(
+        None, ge=1, description="OpenAI: keep the first N dimensions (renormalized)."
+    )
+    normalize: bool = Field(True, description="semsearch/TEI extension: unit-length vectors.")
 
-    @field_validator("input")
-    @classmethod
-    def _not_empty(cls, value: str | list[str]) -> str | list[str]:
-        texts = [value] if isinstance(value, str) else value
-        if not texts:
-            raise ValueError("must hold at least one text")
-        for text in texts:
-            if not text.strip():
-                raise ValueError("texts must not be empty")
-        return value
+    _texts_not_empty = field_validator("input")(lambda value: _non_empty_texts(value))
 
     def texts(self) -> list[str]:
         return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+class TeiEmbedRequest(_Request):
+    """TEI `POST /embed`."""
+
+    inputs: str | list[str]
+    normalize: bool = True
+    truncate: bool = Field(False, description="Cut long inputs instead of refusing them (422).")
+    truncation_direction: Literal["Right", "Left"] = "Right"
+
+    _texts_not_empty = field_validator("inputs")(lambda value: _non_empty_texts(value))
+
+    def texts(self) -> list[str]:
+        return [self.inputs] if isinstance(self.inputs, str) else list(self.inputs)
+
+    def truncate_mode(self) -> Truncate:
+        if not self.truncate:
+            return Truncate.NONE
+        return Truncate.START if self.truncation_direction == "Left" else Truncate.END
 
 
 class EmbeddingData(BaseModel):

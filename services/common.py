@@ -11,7 +11,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -21,8 +21,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import __version__, metrics
+from app.batching import RequestTiming, request_timing
 from app.config import ModelSettings
 from app.errors import (
+    ClientDisconnected,
     InvalidInput,
     PayloadTooLarge,
     RetryableError,
@@ -42,6 +44,7 @@ from app.protocol import ErrorResponse, HealthResponse, InfoResponse, ReadyRespo
 from app.types import ModelInfo
 
 log = get_logger("semsearch.http")
+T = TypeVar("T")
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 # Documented on every route, so the OpenAPI schema (and schemathesis) knows the error shape.
@@ -62,8 +65,9 @@ def install(app: FastAPI, service: str, max_request_bytes: int) -> None:
         health,
         methods=["GET"],
         response_model=HealthResponse,
+        responses={503: {"model": ErrorResponse}},
         tags=["ops"],
-        summary="Liveness: the process answers.",
+        summary="Liveness: the process answers and its models work.",
     )
     app.add_api_route(
         "/metrics",
@@ -75,8 +79,13 @@ def install(app: FastAPI, service: str, max_request_bytes: int) -> None:
     )
 
 
-async def health() -> HealthResponse:
-    return HealthResponse()
+async def health(request: Request) -> Response:
+    """503 once an in-process model keeps failing, so an orchestrator restarts the process."""
+    check: Callable[[], str | None] | None = getattr(request.app.state, "unhealthy", None)
+    problem = check() if check is not None else None
+    if problem is not None:
+        return JSONResponse(error_body("unhealthy", problem), status_code=503)
+    return JSONResponse(HealthResponse().model_dump())
 
 
 async def metrics_endpoint() -> Response:
@@ -167,6 +176,8 @@ class RequestContext:
         given = headers.get(REQUEST_ID_HEADER.lower(), "")
         request_id = given if _VALID_REQUEST_ID.fullmatch(given) else new_request_id()
         bind_request_id(request_id)
+        timing = RequestTiming()
+        request_timing.set(timing)
         started = time.perf_counter()
         status = 500
 
@@ -174,10 +185,14 @@ class RequestContext:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [
+                headers = [
                     *message.get("headers", []),
                     (REQUEST_ID_HEADER.lower().encode(), request_id.encode()),
                 ]
+                if timing.compute_s or timing.queue_s:  # TEI's headers, in milliseconds
+                    headers.append((b"x-queue-time", f"{timing.queue_s * 1000:.2f}".encode()))
+                    headers.append((b"x-compute-time", f"{timing.compute_s * 1000:.2f}".encode()))
+                message["headers"] = headers
             await send(message)
 
         try:
@@ -257,6 +272,32 @@ class _Model(Protocol):
     @property
     def status(self) -> str: ...
 
+    @property
+    def healthy(self) -> bool: ...
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await `work`, cancelling it if the client goes away first: its queued items are then
+    dropped before they reach the model."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        metrics.CLIENT_DISCONNECTS.inc()
+        raise ClientDisconnected("client disconnected before the answer was ready")
+    return task.result()
+
+
+async def _disconnected(request: Request) -> None:
+    # After the body was read, the next `receive` waits for the client's disconnect (or for
+    # the server to finish the response).
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
 
 def model_info(model: _Model, settings: ModelSettings) -> InfoResponse:
     """`GET /info` of a model service (TEI's convention): model, window and limits."""
@@ -272,6 +313,10 @@ def model_info(model: _Model, settings: ModelSettings) -> InfoResponse:
         device=info.device,
         max_items_per_request=settings.max_items_per_request,
         max_chars_per_item=settings.max_chars_per_item,
+        max_batch_size=settings.max_batch_size,
+        max_batch_tokens=settings.max_batch_tokens,
+        max_wait_ms=settings.max_wait_ms,
+        max_queue_items=settings.max_queue_items,
     )
 
 
@@ -310,6 +355,7 @@ def create_model_app(
     app = FastAPI(title=f"semsearch {service}", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.state.model = model
+    app.state.unhealthy = lambda: None if model.healthy else f"{service} model: {model.status}"
     install(app, service, settings.max_request_bytes)
     app.include_router(router)
     return app

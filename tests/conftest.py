@@ -168,6 +168,40 @@ def tiny_cross_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_bi_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A sentence-transformers bi-encoder (tiny random BERT, mean pooling, normalize) with the
+    MiniLM tokenizer: the real loading, batching and pooling code in milliseconds per batch."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    from app.models.paths import resolve_model_path
+
+    root = tmp_path_factory.mktemp("tiny-bi-encoder")
+    tokenizer = BertTokenizerFast.from_pretrained(
+        resolve_model_path("sentence-transformers/all-MiniLM-L6-v2")
+    )
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+    )
+    BertModel(config).save_pretrained(root / "bert")
+    tokenizer.save_pretrained(root / "bert")
+    transformer = Transformer(str(root / "bert"), max_seq_length=128)
+    model = SentenceTransformer(
+        modules=[transformer, Pooling(transformer.get_embedding_dimension(), "mean"), Normalize()]
+    )
+    model.save(str(root / "model"))
+    return root / "model"
+
+
+@pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real redis-server on a free loopback port for the whole session."""
     binary = shutil.which("redis-server")

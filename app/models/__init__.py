@@ -40,6 +40,11 @@ class Embedder(Protocol):
         """`loading`, `ready` or `failed: <reason>`; shown by /ready."""
         ...
 
+    @property
+    def healthy(self) -> bool:
+        """False when a loaded model keeps failing (/health turns 503 so it gets restarted)."""
+        ...
+
     async def start(self) -> None:
         """Load (or connect) and warm up. Never raises: a failure shows in `status`."""
         ...
@@ -47,9 +52,13 @@ class Embedder(Protocol):
     async def stop(self) -> None: ...
 
     async def embed(
-        self, texts: Sequence[str], input_type: InputType, truncate: Truncate = Truncate.NONE
+        self,
+        texts: Sequence[str],
+        input_type: InputType,
+        truncate: Truncate = Truncate.NONE,
+        normalize: bool = True,
     ) -> Embeddings:
-        """Embed `texts`.
+        """Embed `texts`; unit length unless `normalize` is False (TEI's option).
 
         Raises:
             InputTooLong: a text is over the model window and `truncate` is NONE.
@@ -70,6 +79,9 @@ class Reranker(Protocol):
 
     @property
     def status(self) -> str: ...
+
+    @property
+    def healthy(self) -> bool: ...
 
     async def start(self) -> None: ...
 

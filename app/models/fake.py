@@ -72,6 +72,10 @@ class FakeEmbedder:
     def status(self) -> str:
         return "ready"
 
+    @property
+    def healthy(self) -> bool:
+        return True
+
     async def start(self) -> None:
         return None
 
@@ -79,7 +83,11 @@ class FakeEmbedder:
         return None
 
     async def embed(
-        self, texts: Sequence[str], input_type: InputType, truncate: Truncate = Truncate.NONE
+        self,
+        texts: Sequence[str],
+        input_type: InputType,
+        truncate: Truncate = Truncate.NONE,
+        normalize: bool = True,
     ) -> Embeddings:
         _check_length(texts, truncate, self._info.max_tokens)
         self.calls.append((list(texts), input_type))
@@ -98,7 +106,8 @@ class FakeEmbedder:
                 bucket = int.from_bytes(digest[:4], "little") % dim
                 sign = 1.0 if digest[4] & 1 else -1.0
                 out[row, bucket] += sign
-            out[row] /= max(float(np.linalg.norm(out[row])), 1e-12)
+            if normalize:
+                out[row] /= max(float(np.linalg.norm(out[row])), 1e-12)
         return Embeddings(vectors=out, prompt_tokens=tokens)
 
 
@@ -127,6 +136,10 @@ class FakeReranker:
     @property
     def status(self) -> str:
         return "ready"
+
+    @property
+    def healthy(self) -> bool:
+        return True
 
     async def start(self) -> None:
         return None

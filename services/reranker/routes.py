@@ -23,7 +23,13 @@ from app.protocol import (
     rank_order,
 )
 from app.types import Truncate
-from services.common import ERROR_RESPONSES, check_model_name, model_info, model_ready
+from services.common import (
+    ERROR_RESPONSES,
+    check_model_name,
+    model_info,
+    model_ready,
+    unless_disconnected,
+)
 
 router = APIRouter(responses=ERROR_RESPONSES)
 
@@ -50,7 +56,7 @@ async def _score(
     )
     check_text_length(query, max_chars=settings.max_chars_per_item, field="query")
     check_model_name(model, reranker.info.model_id)
-    return await reranker.score(query, passages, truncate)
+    return await unless_disconnected(request, reranker.score(query, passages, truncate))
 
 
 @router.post(

@@ -7,6 +7,7 @@ cross-encoder trained in this workspace, when its folder is present.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ import pytest
 import pytest_asyncio
 
 from app.config import EmbedderSettings, RerankerSettings
-from app.errors import InputTooLong, Unavailable
+from app.errors import InputTooLong, ModelFailure, Unavailable
 from app.models import Embedder, Reranker, build_embedder, build_reranker
 from app.models.paths import resolve_model_path
 from app.types import InputType, Truncate
@@ -119,3 +120,116 @@ async def test_trained_cross_encoder_prefers_the_relevant_passage() -> None:
     )
     assert relevant > unrelated
     await reranker.stop()
+
+
+async def test_batched_path_matches_sentence_transformers_encode(tiny_bi_encoder: Path) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    embedder = build_embedder(EmbedderSettings(model=str(tiny_bi_encoder)))
+    await embedder.start()
+    assert embedder.info.dimension == 32 and embedder.info.max_tokens == 128
+    texts = [f"passage number {i} " + "word " * (i * 7 % 60) for i in range(40)]
+    # concurrent requests of different lengths share padded batches
+    parts = await asyncio.gather(
+        *(embedder.embed(texts[i : i + 4], InputType.PASSAGE) for i in range(0, 40, 4))
+    )
+    ours = np.concatenate([p.vectors for p in parts])
+    reference = SentenceTransformer(str(tiny_bi_encoder)).encode(texts, normalize_embeddings=True)
+    np.testing.assert_allclose(ours, reference, atol=1e-5)
+    assert sum(p.prompt_tokens for p in parts) > 40
+    raw = await embedder.embed(["hello"], InputType.PASSAGE, normalize=False)
+    assert raw.vectors.shape == (1, 32)
+    await embedder.stop()
+
+
+async def test_query_and_passage_prefixes(tiny_bi_encoder: Path) -> None:
+    settings = EmbedderSettings(
+        model=str(tiny_bi_encoder), query_prefix="query: ", passage_prefix="passage: "
+    )
+    embedder = build_embedder(settings)
+    await embedder.start()
+    query = await embedder.embed(["cats"], InputType.QUERY)
+    passage = await embedder.embed(["cats"], InputType.PASSAGE)
+    plain = build_embedder(EmbedderSettings(model=str(tiny_bi_encoder)))
+    await plain.start()
+    expected = await plain.embed(["query: cats"], InputType.PASSAGE)
+    np.testing.assert_allclose(query.vectors, expected.vectors, atol=1e-6)
+    assert float(query.vectors[0] @ passage.vectors[0]) < 0.9999
+    await embedder.stop()
+    await plain.stop()
+
+
+async def test_model_that_keeps_failing_turns_unhealthy(tiny_bi_encoder: Path) -> None:
+    embedder = build_embedder(EmbedderSettings(model=str(tiny_bi_encoder)))
+    await embedder.start()
+    assert embedder.healthy
+
+    def broken(batch: object) -> object:
+        raise RuntimeError("CUDA error: device-side assert triggered")
+
+    embedder._loaded = embedder._loaded.__class__(  # type: ignore[union-attr]
+        embedder._loaded.tokenizer,
+        broken,
+        embedder._loaded.info,  # type: ignore[union-attr,arg-type]
+    )
+    for _ in range(3):
+        with pytest.raises(ModelFailure, match="device-side assert"):
+            await embedder.embed(["x"], InputType.QUERY)
+    assert embedder.healthy is False
+    assert embedder.status.startswith("unhealthy")
+    await embedder.stop()
+
+
+def test_cuda_out_of_memory_splits_the_batch() -> None:
+    import torch
+
+    from app.models.engines import split_on_oom
+    from app.models.tokens import Padded
+
+    seen: list[int] = []
+
+    def run(batch: Padded) -> np.ndarray:
+        seen.append(len(batch.input_ids))
+        if len(batch.input_ids) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return batch.input_ids[:, 0].astype(np.float32)
+
+    ids = np.arange(8, dtype=np.int64).reshape(8, 1)
+    out = split_on_oom(run, Padded(ids, np.ones_like(ids), np.zeros_like(ids)))
+    assert out.tolist() == list(range(8))
+    assert seen[0] == 8 and max(seen[1:]) <= 4
+
+
+@pytest.mark.parametrize("backend", ["onnx", "onnx-int8"])
+async def test_onnx_backends_agree_with_torch(
+    backend: str, tiny_bi_encoder: Path, tiny_cross_encoder: Path, tmp_path: Path
+) -> None:
+    texts = ["Berlin is the capital of Germany.", "Cats purr.", "word " * 40]
+    torch_e = build_embedder(EmbedderSettings(model=str(tiny_bi_encoder)))
+    onnx_e = build_embedder(
+        EmbedderSettings(model=str(tiny_bi_encoder), backend=backend, onnx_cache_dir=tmp_path)
+    )
+    torch_r = build_reranker(RerankerSettings(model=str(tiny_cross_encoder), max_length=64))
+    onnx_r = build_reranker(
+        RerankerSettings(
+            model=str(tiny_cross_encoder), max_length=64, backend=backend, onnx_cache_dir=tmp_path
+        )
+    )
+    for model in (torch_e, onnx_e, torch_r, onnx_r):
+        await model.start()
+        assert model.ready, model.status
+    assert onnx_e.info.backend == backend
+    a = (await torch_e.embed(texts, InputType.PASSAGE)).vectors
+    b = (await onnx_e.embed(texts, InputType.PASSAGE)).vectors
+    cosines = np.sum(a * b, axis=1)
+    scores_t = await torch_r.score("capital of Germany", texts)
+    scores_o = await onnx_r.score("capital of Germany", texts)
+    if backend == "onnx":  # the same fp32 graph, fused
+        np.testing.assert_allclose(b, a, atol=1e-4)
+        np.testing.assert_allclose(scores_o, scores_t, atol=1e-4)
+    else:  # int8 weights: close, not equal
+        assert cosines.min() > 0.9
+        np.testing.assert_allclose(scores_o, scores_t, atol=0.2)
+    assert len(list(tmp_path.rglob("*.onnx"))) == 4  # one export per model, both precisions
+    for model in (torch_e, onnx_e, torch_r, onnx_r):
+        await model.stop()

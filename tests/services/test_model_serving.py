@@ -1,0 +1,171 @@
+"""The embedder and reranker services on real (tiny) models: batching, TEI shapes, dimensions,
+timing headers, overload, health, client disconnects."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from app.config import EmbedderSettings, RerankerSettings
+from app.errors import ClientDisconnected
+from services.common import unless_disconnected
+from services.embedder.main import create_app as embedder_app
+from services.reranker.main import create_app as reranker_app
+from tests.services.conftest import asgi_client, assert_error
+
+
+def tiny_embedder(model: Path, **overrides: Any):  # type: ignore[no-untyped-def]
+    return embedder_app(EmbedderSettings(model=str(model), **overrides))
+
+
+async def test_dimensions_shorten_and_renormalize(tiny_bi_encoder: Path) -> None:
+    async with asgi_client(tiny_embedder(tiny_bi_encoder)) as client:
+        full = (await client.post("/v1/embeddings", json={"input": "cats purr"})).json()
+        short = (
+            await client.post("/v1/embeddings", json={"input": "cats purr", "dimensions": 8})
+        ).json()
+        vector = np.array(short["data"][0]["embedding"])
+        assert vector.shape == (8,)
+        assert np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-5)
+        head = np.array(full["data"][0]["embedding"][:8])
+        np.testing.assert_allclose(vector, head / np.linalg.norm(head), atol=1e-6)
+        too_many = await client.post("/v1/embeddings", json={"input": "x", "dimensions": 33})
+        assert_error(too_many, 422, "invalid_request", "dimensions")
+
+
+async def test_tei_embed_shape_normalize_and_truncation(tiny_bi_encoder: Path) -> None:
+    async with asgi_client(tiny_embedder(tiny_bi_encoder)) as client:
+        reply = await client.post("/embed", json={"inputs": ["a", "b c"]})
+        assert reply.status_code == 200
+        vectors = np.array(reply.json())
+        assert vectors.shape == (2, 32)
+        np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+        single = await client.post("/embed", json={"inputs": "a", "normalize": False})
+        assert np.array(single.json()).shape == (1, 32)
+
+        long = "zebra " * 20 + "word " * 150 + "rocket " * 20
+        assert_error(
+            await client.post("/embed", json={"inputs": long}), 422, "input_too_long", "inputs[0]"
+        )
+        right = await client.post("/embed", json={"inputs": long, "truncate": True})
+        left = await client.post(
+            "/embed", json={"inputs": long, "truncate": True, "truncation_direction": "Left"}
+        )
+        assert right.status_code == left.status_code == 200
+        assert right.json() != left.json()
+
+
+async def test_info_reports_model_window_and_batching_limits(tiny_bi_encoder: Path) -> None:
+    app = tiny_embedder(tiny_bi_encoder, max_batch_tokens=4096, max_wait_ms=5)
+    async with asgi_client(app) as client:
+        info = (await client.get("/info")).json()
+    assert info["dimension"] == 32 and info["max_input_tokens"] == 128
+    assert info["backend"] == "torch-float32" and info["device"] == "cpu"
+    assert (info["max_batch_tokens"], info["max_wait_ms"], info["max_batch_size"]) == (4096, 5, 256)
+
+
+async def test_concurrent_requests_are_batched_and_timed(tiny_bi_encoder: Path) -> None:
+    async with asgi_client(tiny_embedder(tiny_bi_encoder, max_wait_ms=20)) as client:
+        replies = await asyncio.gather(
+            *(
+                client.post("/v1/embeddings", json={"input": f"query {i}", "input_type": "query"})
+                for i in range(16)
+            )
+        )
+        assert all(r.status_code == 200 for r in replies)
+        assert all(float(r.headers["x-compute-time"]) > 0 for r in replies)
+        assert all(float(r.headers["x-queue-time"]) >= 0 for r in replies)
+        metrics = (await client.get("/metrics")).text
+    sizes = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith('semsearch_batch_size_count{kind="embedding"}')
+    ]
+    batches = float(sizes[0].split()[-1])
+    assert batches < 16  # 16 concurrent single-text requests did not take 16 forward passes
+    assert 'semsearch_batch_queue_seconds_bucket{kind="embedding"' in metrics
+    assert "semsearch_batch_queue_depth" in metrics
+
+
+async def test_full_queue_answers_429_with_retry_after(tiny_bi_encoder: Path) -> None:
+    app = tiny_embedder(
+        tiny_bi_encoder, max_queue_items=4, max_items_per_request=4, max_batch_size=1
+    )
+    async with asgi_client(app) as client:
+        model = app.state.model
+        gate = threading.Event()
+        engine = model._loaded.engine
+
+        def slow(batch: Any) -> Any:
+            gate.wait(10)
+            return engine(batch)
+
+        model._loaded = model._loaded.__class__(model._loaded.tokenizer, slow, model._loaded.info)
+        first = asyncio.ensure_future(client.post("/v1/embeddings", json={"input": ["a"]}))
+        await asyncio.sleep(0.1)  # "a" is on the model, held by the gate
+        queued = asyncio.ensure_future(
+            client.post("/v1/embeddings", json={"input": ["b", "c", "d", "e"]})
+        )
+        await asyncio.sleep(0.1)
+        refused = await client.post("/v1/embeddings", json={"input": ["f"]})
+        assert_error(refused, 429, "overloaded")
+        assert int(refused.headers["retry-after"]) >= 1
+        gate.set()
+        assert (await first).status_code == 200
+        assert (await queued).status_code == 200
+
+
+async def test_health_turns_503_when_the_model_keeps_failing(tiny_cross_encoder: Path) -> None:
+    app = reranker_app(RerankerSettings(model=str(tiny_cross_encoder), max_length=64))
+    async with asgi_client(app) as client:
+        assert (await client.get("/health")).status_code == 200
+        model = app.state.model
+
+        def broken(batch: Any) -> Any:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+        model._loaded = model._loaded.__class__(model._loaded.tokenizer, broken, model._loaded.info)
+        for _ in range(3):
+            reply = await client.post("/rerank", json={"query": "q", "documents": ["d"]})
+            assert_error(reply, 500, "model_failed")
+        health = await client.get("/health")
+        assert_error(health, 503, "unhealthy")
+        assert "3 failed batches" in health.json()["error"]["message"]
+
+
+async def test_work_is_cancelled_when_the_client_disconnects() -> None:
+    class GoneRequest:
+        async def receive(self) -> dict[str, str]:
+            await asyncio.sleep(0.01)
+            return {"type": "http.disconnect"}
+
+    started = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    async def work() -> str:
+        started.set()
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return "never"
+
+    with pytest.raises(ClientDisconnected):
+        await unless_disconnected(GoneRequest(), work())  # type: ignore[arg-type]
+    await asyncio.wait_for(cancelled.wait(), 1)
+
+    class StaysRequest:
+        async def receive(self) -> dict[str, str]:
+            await asyncio.sleep(10)
+            return {"type": "http.disconnect"}
+
+    async def quick() -> str:
+        return "answer"
+
+    assert await unless_disconnected(StaysRequest(), quick()) == "answer"  # type: ignore[arg-type]
