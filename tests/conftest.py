@@ -17,6 +17,7 @@ from app.index.faiss_index import FaissIndex
 from app.indexing import index_documents
 from app.models.fake import FakeEmbedder, FakeReranker
 from app.types import Document
+from bench.processes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"
@@ -39,13 +40,6 @@ def _hermetic_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("SEMSEARCH_") and name != "SEMSEARCH_TEST_RERANKER_DIR":
             monkeypatch.delenv(name)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_for_port(
