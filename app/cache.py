@@ -12,12 +12,15 @@ import json
 import time
 import unicodedata
 from collections import OrderedDict
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from app import metrics
 from app.logs import get_logger
+from app.resilience import CircuitBreaker
 
 log = get_logger(__name__)
+T = TypeVar("T")
 
 CACHE_KEY_VERSION = "v1"  # bump when the cached payload's shape changes
 
@@ -137,11 +140,15 @@ class RedisCache:
 
 
 class SafeCache:
-    """Wraps any `ResultCache` so that it can only ever miss, never fail or stall a search."""
+    """Wraps any `ResultCache` so that it can only ever miss, never fail or stall a search:
+    each call has a short timeout, and a breaker stops calling a cache that keeps failing."""
 
-    def __init__(self, inner: ResultCache, timeout_s: float) -> None:
+    def __init__(
+        self, inner: ResultCache, timeout_s: float, breaker: CircuitBreaker | None = None
+    ) -> None:
         self.inner = inner
         self._timeout = timeout_s
+        self._breaker = breaker
 
     @property
     def backend(self) -> str:
@@ -149,7 +156,7 @@ class SafeCache:
 
     async def get(self, key: str) -> bytes | None:
         try:
-            value = await asyncio.wait_for(self.inner.get(key), self._timeout)
+            value = await self._call(lambda: self.inner.get(key))
         except Exception as exc:
             metrics.CACHE_REQUESTS.labels("get", "error").inc()
             log.warning("cache_get_failed", backend=self.backend, error=repr(exc))
@@ -159,7 +166,7 @@ class SafeCache:
 
     async def set(self, key: str, value: bytes, ttl_s: int) -> None:
         try:
-            await asyncio.wait_for(self.inner.set(key, value, ttl_s), self._timeout)
+            await self._call(lambda: self.inner.set(key, value, ttl_s))
         except Exception as exc:
             metrics.CACHE_REQUESTS.labels("set", "error").inc()
             log.warning("cache_set_failed", backend=self.backend, error=repr(exc))
@@ -172,7 +179,20 @@ class SafeCache:
     async def close(self) -> None:
         await self.inner.close()
 
+    async def _call(self, work: Callable[[], Awaitable[T]]) -> T:
+        async def timed() -> T:
+            return await asyncio.wait_for(work(), self._timeout)
 
-def build_cache(redis_url: str | None, max_entries: int, timeout_s: float) -> SafeCache:
+        if self._breaker is None:
+            return await timed()
+        return await self._breaker.call(timed)
+
+
+def build_cache(
+    redis_url: str | None,
+    max_entries: int,
+    timeout_s: float,
+    breaker: CircuitBreaker | None = None,
+) -> SafeCache:
     inner: ResultCache = RedisCache(redis_url, timeout_s) if redis_url else LRUCache(max_entries)
-    return SafeCache(inner, timeout_s)
+    return SafeCache(inner, timeout_s, breaker)

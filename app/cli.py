@@ -95,7 +95,7 @@ def index(
 
 async def _index(path: Path, collection: str, settings: GatewaySettings) -> None:
     from app.clients import HttpEmbedder
-    from app.index.faiss_index import FaissIndex
+    from app.index.registry import open_collection
     from app.indexing import count_lines, index_documents, read_jsonl
     from app.models import Embedder, build_embedder
 
@@ -109,8 +109,8 @@ async def _index(path: Path, collection: str, settings: GatewaySettings) -> None
     if not embedder.ready:
         raise SemsearchError(f"the embedder is not usable: {embedder.status}")
     model = embedder.info
-    store = await FaissIndex.create(
-        settings.index_dir, collection, model.model_id, model.dimension or 0
+    store = await open_collection(
+        settings, collection, create=(model.model_id, model.dimension or 0)
     )
     total = count_lines(path)
     progress = Progress(
@@ -211,5 +211,26 @@ def search(
     )
 
 
+@cli.command("hash-key")
+def hash_key(
+    key: Annotated[
+        str | None, typer.Argument(help="The key; a new random one when omitted.")
+    ] = None,
+) -> None:
+    """Print an API key's `sha256:` digest, for SEMSEARCH_API_KEYS or a keys file."""
+    import secrets
+
+    from app.auth import digest
+
+    if key is None:
+        key = secrets.token_urlsafe(32)
+        console.print(f"key:    {key}")
+    console.print(f"digest: {digest(key)}")
+
+
 def main() -> None:
     cli()
+
+
+if __name__ == "__main__":
+    main()

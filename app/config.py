@@ -9,10 +9,10 @@ use, so ``SEMSEARCH_EMBEDDER_MODEL`` means the same thing everywhere.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_EMBEDDER_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_RERANKER_MODEL = "cross-encoder/ms-marco-MiniLM-L-6-v2"
@@ -175,11 +175,98 @@ class GatewaySettings(ServiceSettings):
         2.0, gt=0, description="How often the gateway looks for a newly published index generation."
     )
 
-    @field_validator("embedder_url", "reranker_url", "redis_url", mode="before")
+    fallback_index_dir: Path | None = Field(
+        None,
+        description="A second FAISS copy of every collection, searched when the primary index "
+        'fails (answers flagged `degraded: ["index"]`). `semsearch index` writes both.',
+    )
+    # -- the deadline budget -----------------------------------------------------------------
+    search_timeout_ms: int = Field(
+        5000, ge=1, description="Deadline of one search; every stage spends from it."
+    )
+    min_timeout_ms: int = Field(
+        100, ge=1, description="Smallest per-request `timeout_ms` accepted (422 below)."
+    )
+    max_timeout_ms: int = Field(
+        60_000, ge=1, description="Largest per-request `timeout_ms` accepted (422 above)."
+    )
+    min_rerank_budget_ms: int = Field(
+        100, ge=0, description="Reranking is skipped (degraded) when less than this remains."
+    )
+    embed_timeout_ms: int = Field(2000, ge=1, description="Cap of one query-embedding try.")
+    index_timeout_ms: int = Field(2000, ge=1, description="Cap of one ANN search try.")
+    rerank_timeout_ms: int = Field(4000, ge=1, description="Cap of one rerank try.")
+    # -- failure handling ----------------------------------------------------------------------
+    retry_attempts: int = Field(
+        2, ge=1, le=5, description="Tries per idempotent call, the first included."
+    )
+    retry_base_delay_ms: int = Field(
+        50, ge=0, description="Backoff base; jittered, doubled per retry, within the deadline."
+    )
+    breaker_failure_threshold: int = Field(
+        5, ge=1, description="Consecutive failures that open a circuit breaker."
+    )
+    breaker_error_rate: float = Field(
+        0.5, gt=0, le=1, description="...or this error rate over `breaker_window_s`."
+    )
+    breaker_window_s: float = Field(30.0, gt=0, description="Error-rate window of the breakers.")
+    breaker_min_calls: int = Field(
+        20, ge=1, description="Calls in the window before the error rate counts."
+    )
+    breaker_recovery_s: float = Field(
+        10.0, gt=0, description="How long a breaker stays open before a probe is let through."
+    )
+    max_inflight_searches: int = Field(
+        64, ge=1, description="Searches in progress per process; more are refused with 429."
+    )
+    embedder_concurrency: int = Field(
+        32, ge=1, description="Concurrent calls to the embedder (a bulkhead)."
+    )
+    reranker_concurrency: int = Field(
+        8, ge=1, description="Concurrent calls to the reranker, so it cannot starve embedding."
+    )
+    # -- API keys ------------------------------------------------------------------------------
+    environment: Literal["development", "production"] = Field(
+        "development", description="`production` refuses placeholder API keys at start-up."
+    )
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated keys, or `sha256:<hex>` digests of keys (better). "
+        "Any key set turns auth on for /v1/*.",
+    )
+    api_keys_file: Path | None = Field(
+        None, description="A file of keys or `sha256:<hex>` digests, one per line (`#` comments)."
+    )
+    rate_limit_per_s: float = Field(
+        20.0, gt=0, description="Searches per second per API key (token bucket refill)."
+    )
+    rate_limit_burst: int = Field(40, ge=1, description="Token bucket size per API key.")
+
+    @field_validator(
+        "embedder_url",
+        "reranker_url",
+        "redis_url",
+        "fallback_index_dir",
+        "api_keys_file",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # compose files often write `SEMSEARCH_REDIS_URL=` to mean "none"
         return None if value == "" else value
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):  # keys are tokens; they hold no commas
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> GatewaySettings:
+        if self.search_timeout_ms > self.max_timeout_ms:
+            raise ValueError("search_timeout_ms must not exceed max_timeout_ms")
+        return self
 
 
 def env_var_table() -> dict[str, list[tuple[str, str, str]]]:

@@ -112,6 +112,10 @@ class ModelFailure(SemsearchError):
     type = "model_failed"
 
 
+class BudgetExhausted(DeadlineExceeded):
+    """A call was cut short by the request's own deadline: not the dependency's fault."""
+
+
 class UpstreamError(SemsearchError):
     """A model service answered with something we cannot use (502)."""
 

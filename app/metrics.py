@@ -98,3 +98,39 @@ BATCH_TOKENS = Histogram(
     ["kind"],
     buckets=(64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536),
 )
+
+# -- resilience (app.resilience, the gateway) ------------------------------------------------
+CIRCUIT_STATE = Gauge(
+    "semsearch_circuit_state",
+    "Circuit breaker state by dependency: 0 closed, 1 open, 2 half-open.",
+    ["name"],
+)
+CIRCUIT_OPEN = Gauge(
+    "semsearch_circuit_open",
+    "1 while the dependency's circuit breaker is open.",
+    ["name"],
+)
+CIRCUIT_TRANSITIONS = Counter(
+    "semsearch_circuit_transitions_total",
+    "Circuit breaker state changes, by dependency and new state.",
+    ["name", "to"],
+)
+RETRIES = Counter(
+    "semsearch_retries_total",
+    "Retried calls to a dependency (idempotent calls only, inside the deadline).",
+    ["name"],
+)
+BULKHEAD_REJECTIONS = Counter(
+    "semsearch_bulkhead_rejections_total",
+    "Calls refused because the dependency's concurrency limit stayed full.",
+    ["name"],
+)
+SHED_REQUESTS = Counter(
+    "semsearch_shed_requests_total",
+    "Requests refused with 429 before any work, by reason (inflight, rate_limit).",
+    ["reason"],
+)
+AUTH_FAILURES = Counter(
+    "semsearch_auth_failures_total",
+    "Requests refused with 401 (missing or unknown API key).",
+)

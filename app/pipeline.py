@@ -1,10 +1,13 @@
 """The search path, written once against the protocols.
 
-    validate -> cache lookup -> embed query -> ANN candidates -> rerank top N -> top_k
-             -> cache store (only full answers)
+    admission (422 / 429) -> cache lookup -> embed query -> ANN candidates -> rerank top N
+        -> top_k -> cache store (only full answers)
 
-A stage that fails degrades the answer instead of failing it, except the ones no answer can
-be made without: the query embedding and the index.
+Every search has one deadline; each stage spends from it. A stage that fails degrades the
+answer instead of failing it (no reranker: ANN order; primary index down: the fallback
+index), except the ones no answer can be made without: the query embedding (503
+`embedder_unavailable`) and an index (503 `index_unavailable`). Out of time before an answer
+exists: 504.
 """
 
 from __future__ import annotations
@@ -21,30 +24,101 @@ from app.cache import ResultCache, build_cache, cache_key, normalize_query
 from app.clients import HttpEmbedder, HttpReranker
 from app.config import EmbedderSettings, GatewaySettings, RerankerSettings
 from app.errors import (
+    CircuitOpen,
+    DeadlineExceeded,
     EmbedderUnavailable,
     IndexUnavailable,
     InputTooLong,
     InvalidInput,
     Overloaded,
     SemsearchError,
-    Unavailable,
 )
-from app.index import VectorIndex
-from app.index.registry import Collections
+from app.index import AnnResult, VectorIndex
+from app.index.registry import Collections, breaker_policy
 from app.logs import current_request_id, get_logger
 from app.models import Embedder, Reranker, build_embedder, build_reranker
+from app.resilience import (
+    BreakerPolicy,
+    Bulkhead,
+    CircuitBreaker,
+    Deadline,
+    RetryPolicy,
+    StageGuard,
+    request_arrival,
+)
 from app.types import FloatArray, Hit, InputType, RankedHit, SearchQuery, SearchResult, Truncate
 
 log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
-class PipelineLimits:
+class PipelineConfig:
     max_query_chars: int = 2048
     max_top_k: int = 100
     max_candidates: int = 1000
     rerank_depth: int = 30
     cache_ttl_s: int = 3600
+    timeout_ms: int = 5000
+    min_timeout_ms: int = 100
+    max_timeout_ms: int = 60_000
+    min_rerank_budget_ms: int = 100
+    max_inflight: int = 64
+
+    @classmethod
+    def from_settings(cls, settings: GatewaySettings) -> PipelineConfig:
+        return cls(
+            max_query_chars=settings.max_query_chars,
+            max_top_k=settings.max_top_k,
+            max_candidates=settings.max_candidates,
+            rerank_depth=settings.rerank_depth,
+            cache_ttl_s=settings.cache_ttl_s,
+            timeout_ms=settings.search_timeout_ms,
+            min_timeout_ms=settings.min_timeout_ms,
+            max_timeout_ms=settings.max_timeout_ms,
+            min_rerank_budget_ms=settings.min_rerank_budget_ms,
+            max_inflight=settings.max_inflight_searches,
+        )
+
+
+@dataclass
+class Guards:
+    """Breaker, bulkhead, per-try timeout and retries for each dependency of a search."""
+
+    embed: StageGuard
+    index: StageGuard
+    rerank: StageGuard
+
+    @classmethod
+    def from_settings(cls, settings: GatewaySettings) -> Guards:
+        policy = breaker_policy(settings)
+        retry = RetryPolicy(settings.retry_attempts, settings.retry_base_delay_ms / 1000)
+        return cls(
+            embed=_guard(
+                "embedder", policy, settings.embedder_concurrency, settings.embed_timeout_ms, retry
+            ),
+            index=_guard(
+                "index", policy, settings.max_inflight_searches, settings.index_timeout_ms, retry
+            ),
+            rerank=_guard(
+                "reranker",
+                policy,
+                settings.reranker_concurrency,
+                settings.rerank_timeout_ms,
+                RetryPolicy(attempts=1),
+            ),
+        )
+
+    @classmethod
+    def default(cls) -> Guards:
+        return cls.from_settings(GatewaySettings())
+
+
+def _guard(
+    name: str, policy: BreakerPolicy, limit: int, timeout_ms: int, retry: RetryPolicy
+) -> StageGuard:
+    return StageGuard(
+        name, CircuitBreaker(name, policy), Bulkhead(name, limit), timeout_ms / 1000, retry
+    )
 
 
 class SearchPipeline:
@@ -57,15 +131,18 @@ class SearchPipeline:
         reranker: Reranker,
         collections: Collections,
         cache: ResultCache,
-        limits: PipelineLimits,
+        config: PipelineConfig | None = None,
+        guards: Guards | None = None,
         default_collection: str = "default",
     ) -> None:
         self.embedder = embedder
         self.reranker = reranker
         self.collections = collections
         self.cache = cache
-        self.limits = limits
+        self.config = config or PipelineConfig()
+        self.guards = guards or Guards.default()
         self.default_collection = default_collection
+        self._inflight = 0
         self._loading: list[asyncio.Task[None]] = []
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -84,20 +161,19 @@ class SearchPipeline:
             if settings.reranker_url
             else build_reranker(RerankerSettings())
         )
+        cache_breaker = CircuitBreaker("cache", breaker_policy(settings))
         return cls(
             embedder=embedder,
             reranker=reranker,
-            collections=Collections(settings.index_dir),
+            collections=Collections.from_settings(settings),
             cache=build_cache(
-                settings.redis_url, settings.cache_max_entries, settings.cache_timeout_s
+                settings.redis_url,
+                settings.cache_max_entries,
+                settings.cache_timeout_s,
+                cache_breaker,
             ),
-            limits=PipelineLimits(
-                max_query_chars=settings.max_query_chars,
-                max_top_k=settings.max_top_k,
-                max_candidates=settings.max_candidates,
-                rerank_depth=settings.rerank_depth,
-                cache_ttl_s=settings.cache_ttl_s,
-            ),
+            config=PipelineConfig.from_settings(settings),
+            guards=Guards.from_settings(settings),
             default_collection=settings.default_collection,
         )
 
@@ -140,7 +216,19 @@ class SearchPipeline:
             "cache": self.cache.backend,
             "collections": collections,
             "default_collection": self.default_collection,
+            "circuits": {
+                guard.name: guard.breaker.state.name.lower()
+                for guard in (self.guards.embed, self.guards.index, self.guards.rerank)
+            },
+            "inflight": self._inflight,
         }
+
+    def unhealthy(self) -> str | None:
+        """Why the process should be restarted (an in-process model keeps failing), or None."""
+        for model in (self.embedder, self.reranker):
+            if not model.healthy:
+                return f"{model.info.kind} model: {model.status}"
+        return None
 
     # -- the search path ------------------------------------------------------------------
 
@@ -148,13 +236,30 @@ class SearchPipeline:
         """Run one search.
 
         Raises:
-            InvalidInput: a value is out of range (422) -- raised before any work.
+            InvalidInput: a value is out of range (422) -- before any work.
+            Overloaded: too many searches in progress (429) -- before any work.
             NotFound: the collection does not exist (404).
             EmbedderUnavailable / IndexUnavailable: no answer can be made (503).
+            DeadlineExceeded: the deadline passed before an answer existed (504).
         """
+        self._validate(query)
+        if self._inflight >= self.config.max_inflight:
+            metrics.SHED_REQUESTS.labels("inflight").inc()
+            raise Overloaded(f"{self._inflight} searches in progress", retry_after_s=1.0)
+        self._inflight += 1
+        try:
+            budget_ms = query.timeout_ms or self.config.timeout_ms
+            deadline = Deadline(budget_ms / 1000, started_at=request_arrival.get())
+            return await self._search(query, deadline)
+        except SemsearchError as exc:
+            metrics.SEARCHES.labels(exc.type).inc()
+            raise
+        finally:
+            self._inflight -= 1
+
+    async def _search(self, query: SearchQuery, deadline: Deadline) -> SearchResult:
         started = time.perf_counter()
         timings: dict[str, float] = {}
-        self._validate(query)
         index = await self.collections.get(query.collection)
         text = normalize_query(query.query)
         reranker_model = self.reranker.info.model_id if query.rerank else None
@@ -166,7 +271,7 @@ class SearchPipeline:
             query=text,
             top_k=query.top_k,
             candidates=query.candidates,
-            rerank_depth=self.limits.rerank_depth,
+            rerank_depth=self.config.rerank_depth,
         )
 
         with _stage(timings, "cache"):
@@ -180,20 +285,18 @@ class SearchPipeline:
             return result
 
         with _stage(timings, "embed"):
-            vector = await self._embed(text, index)
+            vector = await self._embed(text, index, deadline)
         with _stage(timings, "ann"):
-            try:
-                hits = (await index.search(vector, query.candidates))[0]
-            except SemsearchError:
-                raise
-            except Exception as exc:
-                raise IndexUnavailable(f"index search failed: {exc!r}") from exc
+            ann = await self._ann(index, vector, query.candidates, deadline)
+        hits = ann.hits[0]
+        degraded = ["index"] if ann.degraded else []
 
-        degraded: list[str] = []
         scores: list[float] | None = None
         if query.rerank and hits:
             with _stage(timings, "rerank"):
-                scores = await self._rerank(text, hits[: self.limits.rerank_depth], degraded)
+                scores = await self._rerank(text, hits[: self.config.rerank_depth], deadline)
+            if scores is None:
+                degraded.append("reranker")
 
         result = SearchResult(
             results=_rank(hits, scores, query.top_k),
@@ -201,8 +304,8 @@ class SearchPipeline:
             degraded=degraded,
             cached=False,
             collection=query.collection,
-            index_backend=index.backend,
-            generation=index.generation,
+            index_backend=ann.backend,
+            generation=ann.generation,
             embedder_model=self.embedder.info.model_id,
             reranker_model=reranker_model if scores is not None else None,
             timings_ms={},
@@ -210,7 +313,7 @@ class SearchPipeline:
         )
         if not degraded:
             with _stage(timings, "cache_store"):
-                await self.cache.set(key, _encode(result), self.limits.cache_ttl_s)
+                await self.cache.set(key, _encode(result), self.config.cache_ttl_s)
         result.timings_ms = _finish(timings, started)
         for stage in degraded:
             metrics.SEARCH_DEGRADED.labels(stage).inc()
@@ -218,58 +321,82 @@ class SearchPipeline:
         return result
 
     def _validate(self, query: SearchQuery) -> None:
-        limits = self.limits
-        if len(query.query) > limits.max_query_chars:
+        config = self.config
+        if len(query.query) > config.max_query_chars:
             raise InvalidInput(
-                f"query is {len(query.query)} characters; the limit is {limits.max_query_chars}",
+                f"query is {len(query.query)} characters; the limit is {config.max_query_chars}",
                 field="query",
             )
-        if not 1 <= query.top_k <= limits.max_top_k:
-            raise InvalidInput(f"top_k must be between 1 and {limits.max_top_k}", field="top_k")
-        if not 1 <= query.candidates <= limits.max_candidates:
+        if not 1 <= query.top_k <= config.max_top_k:
+            raise InvalidInput(f"top_k must be between 1 and {config.max_top_k}", field="top_k")
+        if not 1 <= query.candidates <= config.max_candidates:
             raise InvalidInput(
-                f"candidates must be between 1 and {limits.max_candidates}", field="candidates"
+                f"candidates must be between 1 and {config.max_candidates}", field="candidates"
             )
         if query.candidates < query.top_k:
             raise InvalidInput(
                 f"candidates ({query.candidates}) must be at least top_k ({query.top_k})",
                 field="candidates",
             )
+        low, high = config.min_timeout_ms, config.max_timeout_ms
+        if query.timeout_ms is not None and not low <= query.timeout_ms <= high:
+            # below the floor no search can finish: a client error, not a 504 later
+            raise InvalidInput(f"timeout_ms must be between {low} and {high}", field="timeout_ms")
 
-    async def _embed(self, text: str, index: VectorIndex) -> FloatArray:
+    async def _embed(self, text: str, index: VectorIndex, deadline: Deadline) -> FloatArray:
         if self.embedder.ready and self.embedder.info.model_id != index.model_id:
-            raise Unavailable(
+            raise EmbedderUnavailable(
                 f"collection {index.collection!r} was indexed with {index.model_id!r} but the "
                 f"embedder serves {self.embedder.info.model_id!r}; re-index the collection or "
                 "set SEMSEARCH_EMBEDDER_MODEL to the model it was built with"
             )
         try:
-            embeddings = await self.embedder.embed([text], InputType.QUERY, Truncate.NONE)
+            embeddings = await self.guards.embed.run(
+                lambda: self.embedder.embed([text], InputType.QUERY, Truncate.NONE), deadline
+            )
         except InputTooLong as exc:
             raise InvalidInput(exc.message.replace("input 0", "the query"), field="query") from exc
-        except (InvalidInput, Overloaded):
+        except (InvalidInput, Overloaded, DeadlineExceeded):
             raise
-        except SemsearchError as exc:
+        except CircuitOpen as exc:
             raise EmbedderUnavailable(
-                f"the query cannot be embedded, so no search is possible: {exc.message}"
+                "the embedder is failing (circuit open), so no search is possible",
+                retry_after_s=exc.retry_after_s,
             ) from exc
         except Exception as exc:
+            reason = exc.message if isinstance(exc, SemsearchError) else repr(exc)
             raise EmbedderUnavailable(
-                f"the query cannot be embedded, so no search is possible: {exc!r}"
+                f"the query cannot be embedded, so no search is possible: {reason}"
             ) from exc
         return embeddings.vectors
 
-    async def _rerank(self, text: str, hits: list[Hit], degraded: list[str]) -> list[float] | None:
+    async def _ann(
+        self, index: VectorIndex, vector: FloatArray, k: int, deadline: Deadline
+    ) -> AnnResult:
         try:
-            return await self.reranker.score(text, [h.passage for h in hits], Truncate.END)
+            return await self.guards.index.run(lambda: index.search(vector, k), deadline)
+        except (InvalidInput, Overloaded, DeadlineExceeded):
+            raise
         except Exception as exc:
-            # No reranker is not a failed search: answer in ANN order and say so.
-            degraded.append("reranker")
+            reason = exc.message if isinstance(exc, SemsearchError) else repr(exc)
+            raise IndexUnavailable(f"the index cannot be searched: {reason}") from exc
+
+    async def _rerank(self, text: str, hits: list[Hit], deadline: Deadline) -> list[float] | None:
+        """Scores, or None when reranking was skipped: the answer is then in ANN order."""
+        if deadline.remaining() * 1000 < self.config.min_rerank_budget_ms:
+            log.info("rerank_skipped", reason="deadline", remaining_ms=deadline.remaining() * 1000)
+            return None
+        try:
+            return await self.guards.rerank.run(
+                lambda: self.reranker.score(text, [h.passage for h in hits], Truncate.END),
+                deadline,
+            )
+        except Exception as exc:
             reason = exc.message if isinstance(exc, SemsearchError) else repr(exc)
             # A reranker known to be down was already reported once (model_load_failed, or
-            # the client's status); a failure of a working one is news.
-            level = log.debug if not self.reranker.ready else log.warning
-            level("rerank_skipped", reason=reason)
+            # the breaker opening); a failure of a working one is news.
+            down = not self.reranker.ready or isinstance(exc, CircuitOpen)
+            (log.debug if down else log.warning)("rerank_skipped", reason=reason)
             return None
 
 

@@ -245,6 +245,9 @@ class SearchRequest(_Request):
     )
     rerank: bool = Field(True, description="Rerank candidates with the cross-encoder.")
     collection: str | None = Field(None, description="Collection to search (default: `default`).")
+    timeout_ms: int | None = Field(
+        None, ge=1, description="Deadline for this search (default 5000); 504 when it passes."
+    )
 
     @field_validator("query")
     @classmethod
@@ -268,6 +271,7 @@ class SearchRequest(_Request):
             top_k=top_k,
             candidates=candidates,
             rerank=self.rerank,
+            timeout_ms=self.timeout_ms,
         )
 
 

@@ -86,6 +86,7 @@ class SearchQuery:
     top_k: int
     candidates: int
     rerank: bool = True
+    timeout_ms: int | None = None  # None: the gateway's default deadline
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ leaves streaming and cancellation alone.
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -29,6 +30,7 @@ from app.errors import (
     PayloadTooLarge,
     RetryableError,
     SemsearchError,
+    Unauthorized,
     Unavailable,
     error_body,
     http_status,
@@ -41,6 +43,7 @@ from app.logs import (
     new_request_id,
 )
 from app.protocol import ErrorResponse, HealthResponse, InfoResponse, ReadyResponse
+from app.resilience import request_arrival
 from app.types import ModelInfo
 
 log = get_logger("semsearch.http")
@@ -101,7 +104,9 @@ def ready_response(ready: bool, components: dict[str, Any]) -> JSONResponse:
 def error_response(error: SemsearchError) -> JSONResponse:
     headers = {}
     if isinstance(error, RetryableError):
-        headers["Retry-After"] = str(max(1, round(error.retry_after_s)))
+        headers["Retry-After"] = str(max(1, math.ceil(error.retry_after_s)))
+    if isinstance(error, Unauthorized):
+        headers["WWW-Authenticate"] = "Bearer"
     return JSONResponse(
         error_body(error.type, error.message, error.field),
         status_code=http_status(error),
@@ -178,6 +183,7 @@ class RequestContext:
         bind_request_id(request_id)
         timing = RequestTiming()
         request_timing.set(timing)
+        request_arrival.set(time.monotonic())
         started = time.perf_counter()
         status = 500
 

@@ -10,9 +10,20 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from app.types import Document, FloatArray, Hit
+
+
+@dataclass(frozen=True)
+class AnnResult:
+    """Hits per query vector, best first, and which index answered."""
+
+    hits: list[list[Hit]]
+    backend: str
+    generation: int
+    degraded: bool = False  # answered by a fallback index because the primary failed
 
 
 @runtime_checkable
@@ -42,8 +53,12 @@ class VectorIndex(Protocol):
         """Documents in the published generation."""
         ...
 
-    async def search(self, vectors: FloatArray, k: int) -> list[list[Hit]]:
-        """The `k` nearest documents by inner product for each row of `vectors`, best first."""
+    async def search(self, vectors: FloatArray, k: int) -> AnnResult:
+        """The `k` nearest documents by inner product for each row of `vectors`, best first.
+
+        Raises:
+            IndexUnavailable: the index cannot be searched.
+        """
         ...
 
     async def existing_hashes(self, ids: Sequence[str]) -> dict[str, str]:

@@ -21,7 +21,7 @@ import faiss
 import numpy as np
 
 from app.errors import InvalidInput, NotFound
-from app.index import content_hash
+from app.index import AnnResult, content_hash
 from app.index.generations import CollectionLayout, Manifest
 from app.index.store import DocumentStore
 from app.logs import get_logger
@@ -145,16 +145,17 @@ class FaissIndex:
     async def count(self) -> int:
         return self._generation.count if self._generation else 0
 
-    async def search(self, vectors: FloatArray, k: int) -> list[list[Hit]]:
+    async def search(self, vectors: FloatArray, k: int) -> AnnResult:
         generation = self._generation  # one generation for the whole call, even across a reload
         if generation is None:
-            return [[] for _ in range(len(vectors))]
+            return AnnResult([[] for _ in range(len(vectors))], self.backend, 0)
         if vectors.ndim != 2 or vectors.shape[1] != self._dimension:
             raise InvalidInput(
                 f"query vectors are {vectors.shape[-1]}-d; collection {self.collection!r} "
                 f"holds {self._dimension}-d vectors"
             )
-        return await asyncio.to_thread(generation.search, vectors, k)
+        hits = await asyncio.to_thread(generation.search, vectors, k)
+        return AnnResult(hits, self.backend, generation.number)
 
     async def reload(self) -> bool:
         number = self._layout.current_generation()

@@ -1,39 +1,90 @@
-"""The collections a gateway serves, opened once and kept current as generations are published."""
+"""Opening collections (primary + optional fallback), and the set a gateway serves."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from app import metrics
+from app.config import GatewaySettings
 from app.errors import NotFound
 from app.index import VectorIndex
 from app.index.faiss_index import FaissIndex
+from app.index.fallback import FallbackIndex
 from app.index.generations import CollectionLayout, validate_collection_name
 from app.logs import get_logger
+from app.resilience import BreakerPolicy, CircuitBreaker
 
 log = get_logger(__name__)
+
+
+def breaker_policy(settings: GatewaySettings) -> BreakerPolicy:
+    return BreakerPolicy(
+        failure_threshold=settings.breaker_failure_threshold,
+        window_s=settings.breaker_window_s,
+        error_rate=settings.breaker_error_rate,
+        min_calls=settings.breaker_min_calls,
+        recovery_s=settings.breaker_recovery_s,
+    )
+
+
+async def open_collection(
+    settings: GatewaySettings, name: str, create: tuple[str, int] | None = None
+) -> VectorIndex:
+    """Collection `name` as configured: the primary index, wrapped with the FAISS fallback
+    copy when `fallback_index_dir` is set. `create=(model_id, dimension)` creates what is
+    missing (for writing); without it a missing collection is NotFound."""
+
+    async def one(index_dir: Path) -> VectorIndex:
+        if create is not None:
+            return await FaissIndex.create(index_dir, name, *create)
+        return await FaissIndex.open(index_dir, name)
+
+    primary = await one(settings.index_dir)
+    if settings.fallback_index_dir is None:
+        return primary
+    fallback = await one(settings.fallback_index_dir)
+    breaker = CircuitBreaker(f"index:{name}", breaker_policy(settings))
+    return FallbackIndex(primary, fallback, breaker)
 
 
 class Collections:
     """Name -> open `VectorIndex`. Collections created after start are found on first use."""
 
-    def __init__(self, index_dir: Path) -> None:
-        self.index_dir = index_dir
+    def __init__(
+        self,
+        opener: Callable[[str], Awaitable[VectorIndex]],
+        discover: Callable[[], list[str]],
+    ) -> None:
+        self._opener = opener
+        self._discover = discover
         self._open: dict[str, VectorIndex] = {}
         self._lock = asyncio.Lock()
 
-    async def start(self) -> None:
-        if not self.index_dir.is_dir():
-            log.warning(
-                "index_dir_missing",
-                index_dir=str(self.index_dir),
-                hint="run `semsearch index PATH --collection NAME` first",
+    @classmethod
+    def from_settings(cls, settings: GatewaySettings) -> Collections:
+        def discover() -> list[str]:
+            root = settings.index_dir
+            if not root.is_dir():
+                return []
+            return sorted(
+                child.name
+                for child in root.iterdir()
+                if child.is_dir() and CollectionLayout(root, child.name).exists()
             )
-            return
-        for child in sorted(self.index_dir.iterdir()):
-            if child.is_dir() and CollectionLayout(self.index_dir, child.name).exists():
-                await self.get(child.name)
+
+        return cls(lambda name: open_collection(settings, name), discover)
+
+    async def start(self) -> None:
+        names = self._discover()
+        if not names:
+            log.warning("no_collections", hint="run `semsearch index PATH --collection NAME`")
+        for name in names:
+            try:
+                await self.get(name)
+            except Exception as exc:  # one broken collection must not keep the rest down
+                log.error("collection_open_failed", collection=name, error=repr(exc))
 
     async def get(self, name: str) -> VectorIndex:
         """The open collection `name`.
@@ -49,7 +100,7 @@ class Collections:
         async with self._lock:
             if name not in self._open:
                 try:
-                    self._open[name] = await FaissIndex.open(self.index_dir, name)
+                    self._open[name] = await self._opener(name)
                 except NotFound:
                     known = ", ".join(sorted(self._open)) or "none yet"
                     raise NotFound(
@@ -74,14 +125,18 @@ class Collections:
         return sorted(self._open)
 
     def status(self) -> dict[str, dict[str, object]]:
-        return {
-            name: {
+        out: dict[str, dict[str, object]] = {}
+        for name, index in sorted(self._open.items()):
+            entry: dict[str, object] = {
                 "backend": index.backend,
                 "generation": index.generation,
                 "model": index.model_id,
             }
-            for name, index in sorted(self._open.items())
-        }
+            if isinstance(index, FallbackIndex):
+                entry["fallback"] = index.fallback.backend
+                entry["primary_circuit"] = index.breaker.state.name.lower()
+            out[name] = entry
+        return out
 
     async def close(self) -> None:
         for index in self._open.values():

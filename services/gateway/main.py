@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app import __version__
+from app.auth import ApiKeys
 from app.config import GatewaySettings
 from app.logs import configure_logging, get_logger
 from app.pipeline import SearchPipeline
@@ -41,6 +42,10 @@ def create_app(
 
     app = FastAPI(title="semsearch gateway", version=__version__, lifespan=lifespan)
     app.state.settings = settings
+    app.state.api_keys = ApiKeys.from_settings(settings)  # a placeholder key fails start-up
+    app.state.unhealthy = lambda: (
+        app.state.pipeline.unhealthy() if hasattr(app.state, "pipeline") else None
+    )
     common.install(app, "gateway", settings.max_request_bytes)
     app.include_router(router)
     return app

@@ -5,15 +5,33 @@ from __future__ import annotations
 from importlib import resources
 from typing import Any
 
-from fastapi import APIRouter, Request
+import structlog
+from fastapi import APIRouter, Depends, Request, Security
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
+from app.auth import ApiKeys
 from app.config import GatewaySettings
 from app.pipeline import SearchPipeline
-from app.protocol import SearchRequest, SearchResponse
+from app.protocol import ErrorResponse, SearchRequest, SearchResponse
 from services.common import ERROR_RESPONSES, ready_response
 
 router = APIRouter(responses=ERROR_RESPONSES)
+
+_bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <key>`")
+_api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="or `X-API-Key: <key>`")
+
+
+async def authorize(
+    request: Request,
+    bearer: HTTPAuthorizationCredentials | None = Security(_bearer),
+    api_key: str | None = Security(_api_key),
+) -> None:
+    """401 without a valid key, 429 past the key's rate; a no-op when no keys are configured."""
+    keys: ApiKeys = request.app.state.api_keys
+    if keys.enabled:
+        key_id = keys.check(api_key or (bearer.credentials if bearer else None))
+        structlog.contextvars.bind_contextvars(api_key_id=key_id)  # never the key itself
 
 
 def _pipeline(request: Request) -> SearchPipeline:
@@ -21,10 +39,17 @@ def _pipeline(request: Request) -> SearchPipeline:
     return pipeline
 
 
+PROTECTED: dict[str, Any] = {
+    "dependencies": [Depends(authorize)],
+    "responses": {401: {"model": ErrorResponse}},
+}
+
+
 @router.post(
     "/v1/search",
     response_model=SearchResponse,
     tags=["search"],
+    **PROTECTED,
     summary="Two-stage semantic search: ANN candidates, reranked by a cross-encoder.",
 )
 async def search(body: SearchRequest, request: Request) -> SearchResponse:
@@ -38,7 +63,9 @@ async def search(body: SearchRequest, request: Request) -> SearchResponse:
     return SearchResponse.from_result(result)
 
 
-@router.get("/v1/collections", tags=["search"], summary="Collections served, with generations.")
+@router.get(
+    "/v1/collections", tags=["search"], **PROTECTED, summary="Collections served, with generations."
+)
 async def collections(request: Request) -> dict[str, Any]:
     return {"collections": _pipeline(request).collections.status()}
 

@@ -237,3 +237,72 @@ def test_import_has_no_side_effects() -> None:
 
     assert "app" not in vars(module)  # built lazily for `uvicorn services.gateway.main:app`
     assert FakeReranker  # keep the import used by the fixtures' docs
+
+
+async def test_api_keys_guard_search_but_not_ops_endpoints(
+    gateway_env: GatewaySettings,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    settings = gateway_env.model_copy(
+        update={"api_keys": ["s3cret-key"], "rate_limit_burst": 2, "rate_limit_per_s": 0.01}
+    )
+    async with asgi_client(create_app(settings)) as client:
+        missing = await client.post("/v1/search", json={"query": "cats"})
+        assert_error(missing, 401, "unauthorized")
+        assert missing.headers["www-authenticate"] == "Bearer"
+        assert_error(
+            await client.post(
+                "/v1/search", json={"query": "cats"}, headers={"Authorization": "Bearer wrong"}
+            ),
+            401,
+            "unauthorized",
+        )
+        # an unauthenticated request learns nothing about its body
+        assert_error(await client.post("/v1/search", json={"nonsense": 1}), 401, "unauthorized")
+        ok = await client.post(
+            "/v1/search", json={"query": "cats"}, headers={"Authorization": "Bearer s3cret-key"}
+        )
+        assert ok.status_code == 200
+        ok2 = await client.post(
+            "/v1/search", json={"query": "cats"}, headers={"X-API-Key": "s3cret-key"}
+        )
+        assert ok2.status_code == 200
+        limited = await client.post(
+            "/v1/search", json={"query": "cats"}, headers={"X-API-Key": "s3cret-key"}
+        )
+        assert_error(limited, 429, "overloaded")
+        assert int(limited.headers["retry-after"]) >= 1
+        assert_error(await client.get("/v1/collections"), 401, "unauthorized")
+        for open_path in ("/health", "/ready", "/metrics"):
+            assert (await client.get(open_path)).status_code == 200, open_path
+        openapi = (await client.get("/openapi.json")).json()
+        assert openapi["paths"]["/v1/search"]["post"]["security"]
+    logged = caplog.text + capsys.readouterr().out
+    assert "api_key_id" in logged  # requests are attributed to a key...
+    assert "s3cret-key" not in logged  # ...but never by the key itself
+
+
+async def test_timeout_ms_is_validated(gateway_env: GatewaySettings) -> None:
+    async with asgi_client(create_app(gateway_env)) as client:
+        assert_error(
+            await client.post("/v1/search", json={"query": "q", "timeout_ms": 0}),
+            422,
+            "invalid_request",
+            "timeout_ms",
+        )
+        assert_error(
+            await client.post("/v1/search", json={"query": "q", "timeout_ms": 10**6}),
+            422,
+            "invalid_request",
+            "timeout_ms",
+        )
+        ok = await client.post("/v1/search", json={"query": "q", "timeout_ms": 2000})
+        assert ok.status_code == 200
+
+
+async def test_ready_lists_the_circuits(gateway_env: GatewaySettings) -> None:
+    async with asgi_client(create_app(gateway_env)) as client:
+        ready = (await client.get("/ready")).json()["components"]
+    assert ready["circuits"] == {"embedder": "closed", "index": "closed", "reranker": "closed"}
+    assert ready["inflight"] == 0

@@ -27,7 +27,7 @@ async def test_round_trip_returns_texts_metadata_and_exact_scores(
     index = await build_collection(tmp_path, "docs", SMALL_DOCS, fake_embedder)
     assert isinstance(index, VectorIndex)
     query = (await fake_embedder.embed(["Paris France capital"], InputType.QUERY)).vectors
-    hits = (await index.search(query, 3))[0]
+    hits = (await index.search(query, 3)).hits[0]
 
     assert hits[0].id == "paris"
     assert hits[0].title == "Paris"
@@ -37,7 +37,7 @@ async def test_round_trip_returns_texts_metadata_and_exact_scores(
     assert hits[0].score == pytest.approx(float(doc_vec @ query[0]), abs=1e-5)
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
     assert await index.count() == len(SMALL_DOCS)
-    assert (await index.search(query, 100))[0].__len__() == len(SMALL_DOCS)
+    assert (await index.search(query, 100)).hits[0].__len__() == len(SMALL_DOCS)
 
 
 async def test_persisted_on_disk_and_reopened_by_another_reader(
@@ -50,7 +50,7 @@ async def test_persisted_on_disk_and_reopened_by_another_reader(
     assert reader.model_id == "fake-embedder"
     assert reader.dimension == fake_embedder.info.dimension
     query = (await fake_embedder.embed(["memory safety"], InputType.QUERY)).vectors
-    assert (await reader.search(query, 1))[0][0].id == "rust"
+    assert (await reader.search(query, 1)).hits[0][0].id == "rust"
 
 
 async def test_batch_queries_come_back_in_order(
@@ -58,7 +58,7 @@ async def test_batch_queries_come_back_in_order(
 ) -> None:
     index = await build_collection(tmp_path, "docs", SMALL_DOCS, fake_embedder)
     queries = (await fake_embedder.embed(["cats purr", "Berlin Germany"], InputType.QUERY)).vectors
-    results = await index.search(queries, 1)
+    results = (await index.search(queries, 1)).hits
     assert [r[0].id for r in results] == ["cats", "berlin"]
 
 
@@ -69,9 +69,9 @@ async def test_writes_are_invisible_until_published(
     extra = [SMALL_DOCS[2]]
     await index.upsert(extra, await vectors(fake_embedder, extra))
     query = (await fake_embedder.embed(["cats purr"], InputType.QUERY)).vectors
-    assert "cats" not in [h.id for h in (await index.search(query, 5))[0]]
+    assert "cats" not in [h.id for h in (await index.search(query, 5)).hits[0]]
     assert await index.publish() == 2
-    assert (await index.search(query, 1))[0][0].id == "cats"
+    assert (await index.search(query, 1)).hits[0][0].id == "cats"
 
 
 async def test_publish_without_changes_makes_no_generation(
@@ -91,7 +91,7 @@ async def test_delete_removes_from_the_next_generation(
     assert await index.delete(["cats", "missing"]) == 1
     assert await index.publish() == 2
     query = (await fake_embedder.embed(["cats purr"], InputType.QUERY)).vectors
-    assert "cats" not in [h.id for h in (await index.search(query, 10))[0]]
+    assert "cats" not in [h.id for h in (await index.search(query, 10)).hits[0]]
     assert await index.count() == len(SMALL_DOCS) - 1
 
 
@@ -101,7 +101,7 @@ async def test_update_keeps_one_copy_per_id(tmp_path: Path, fake_embedder: FakeE
     await index.upsert(changed, await vectors(fake_embedder, changed))
     await index.publish()
     query = (await fake_embedder.embed(["dogs bark"], InputType.QUERY)).vectors
-    hits = (await index.search(query, 10))[0]
+    hits = (await index.search(query, 10)).hits[0]
     assert [h.id for h in hits].count("cats") == 1
     assert hits[0].id == "cats"
     assert hits[0].title == "Dogs"

@@ -64,7 +64,7 @@ async def test_changed_text_is_re_embedded_and_replaced(
     assert passages_embedded(fake_embedder) == before + 1
     assert report.generation == 2
     query = (await fake_embedder.embed(["constrictors snakes"], InputType.QUERY)).vectors
-    hits = (await index.search(query, 5))[0]
+    hits = (await index.search(query, 5)).hits[0]
     assert hits[0].id == "python"
     assert "constrictors" in hits[0].text
     assert [h.id for h in hits].count("python") == 1
@@ -102,7 +102,7 @@ async def test_duplicate_ids_in_one_batch_keep_the_last(
     await index_documents(docs, index, fake_embedder)
     assert await index.count() == 1
     query = (await fake_embedder.embed(["second version"], InputType.QUERY)).vectors
-    assert (await index.search(query, 1))[0][0].text == "second version"
+    assert (await index.search(query, 1)).hits[0][0].text == "second version"
 
 
 async def test_long_passages_are_truncated_on_request_not_refused(

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from app.cache import LRUCache, SafeCache
+from app.config import GatewaySettings
 from app.errors import (
     EmbedderUnavailable,
     InvalidInput,
@@ -17,7 +18,7 @@ from app.errors import (
 )
 from app.index.registry import Collections
 from app.models.fake import FakeEmbedder, FakeReranker
-from app.pipeline import PipelineLimits, SearchPipeline
+from app.pipeline import PipelineConfig, SearchPipeline
 from app.types import Document, InputType, SearchQuery, Truncate
 from tests.conftest import SMALL_DOCS, build_collection
 
@@ -52,9 +53,9 @@ async def make_pipeline(
     pipeline = SearchPipeline(
         embedder=embedder,
         reranker=reranker,
-        collections=Collections(index_dir),
+        collections=Collections.from_settings(GatewaySettings(index_dir=index_dir)),
         cache=SafeCache(cache or LRUCache(), timeout_s=1.0),
-        limits=PipelineLimits(**limits),
+        config=PipelineConfig(**limits),
     )
     await pipeline.start()
     await pipeline.wait_ready()

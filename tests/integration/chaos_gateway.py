@@ -1,0 +1,59 @@
+"""A real gateway process whose primary index fails while a marker file exists.
+
+Test code only (fault injection for tests/integration/test_resilience.py): the gateway, its
+FallbackIndex and everything else are the production code, started from the environment.
+
+    CHAOS_INDEX_FAULT_FILE=/tmp/x python tests/integration/chaos_gateway.py PORT
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from app.config import GatewaySettings
+from app.errors import IndexUnavailable
+from app.index import AnnResult, VectorIndex
+from app.index.fallback import FallbackIndex
+from app.logs import configure_logging
+from app.pipeline import SearchPipeline
+from app.types import FloatArray
+from services.gateway.main import create_app
+
+FAULT = Path(os.environ["CHAOS_INDEX_FAULT_FILE"])
+
+
+def main() -> None:
+    settings = GatewaySettings()
+    configure_logging(settings.log_level, settings.log_format, "gateway")
+    pipeline = SearchPipeline.from_settings(settings)
+    open_index = pipeline.collections._opener
+
+    async def open_with_fault(name: str) -> VectorIndex:
+        index = await open_index(name)
+        assert isinstance(index, FallbackIndex), "set SEMSEARCH_FALLBACK_INDEX_DIR"
+        healthy = index.primary.search
+
+        async def search(vectors: FloatArray, k: int) -> AnnResult:
+            if FAULT.exists():
+                raise IndexUnavailable("injected fault: the primary index is down")
+            return await healthy(vectors, k)
+
+        index.primary.search = search  # type: ignore[method-assign]
+        return index
+
+    pipeline.collections._opener = open_with_fault
+    uvicorn.run(
+        create_app(settings, pipeline),
+        host="127.0.0.1",
+        port=int(sys.argv[1]),
+        log_config=None,
+        access_log=False,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,335 @@
+"""Resilience, proven with real processes, real kills and real load (issue: resilience).
+
+One stack per module: redis-server, the embedder and reranker services (tiny real models),
+and a gateway with a FAISS fallback index whose primary can be made to fail. Each scenario
+runs closed-loop load (bench.loadgen) while a part is killed or broken, prints its counts, and
+leaves the stack healthy for the next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from bench.loadgen import LoadResult, run_load
+from bench.processes import Service, child_env, free_port, start_service
+from tests.conftest import DATA, ROOT, wait_for_port
+from tests.integration.conftest import SEMSEARCH
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+DEADLINE_MS = 2000
+RECOVERY_S = 2.0
+MAX_INFLIGHT = 24  # above the 20 steady clients; the overload test sends 3x this
+
+
+@dataclass
+class Stack:
+    gateway: Service
+    embedder: Service
+    reranker: Service
+    redis: subprocess.Popen[bytes]
+    redis_port: int
+    fault_file: Path
+    logs: Path
+    env: dict[str, dict[str, str]]
+
+    def restart(self, name: str) -> Service:
+        old: Service = getattr(self, name)
+        old.stop()
+        port = int(old.url.rsplit(":", 1)[1])
+        new = start_service(
+            name, [SEMSEARCH, "serve", name, "--port", str(port)], port, self.env[name], self.logs
+        )
+        setattr(self, name, new)
+        return new
+
+    def metric(self, line_prefix: str) -> float:
+        for line in httpx.get(f"{self.gateway.url}/metrics").text.splitlines():
+            if line.startswith(line_prefix):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+
+def start_redis(port: int, workdir: Path) -> subprocess.Popen[bytes]:
+    binary = shutil.which("redis-server")
+    assert binary, "redis-server is required (make test installs it)"
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for_port(port, 10, proc)
+    return proc
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, tiny_bi_encoder: Path, tiny_cross_encoder: Path
+) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp("stack")
+    logs = root / "logs"
+    logs.mkdir()
+    index_env = child_env(
+        SEMSEARCH_EMBEDDER_MODEL=str(tiny_bi_encoder),
+        SEMSEARCH_INDEX_DIR=str(root / "primary"),
+        SEMSEARCH_FALLBACK_INDEX_DIR=str(root / "fallback"),
+    )
+    indexed = subprocess.run(
+        [SEMSEARCH, "index", str(DATA / "corpus.jsonl")],
+        env=index_env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert indexed.returncode == 0, indexed.stderr + indexed.stdout
+
+    redis_port = free_port()
+    redis = start_redis(redis_port, root)
+    env = {
+        "embedder": child_env(SEMSEARCH_EMBEDDER_MODEL=str(tiny_bi_encoder)),
+        "reranker": child_env(
+            SEMSEARCH_RERANKER_MODEL=str(tiny_cross_encoder), SEMSEARCH_RERANKER_MAX_LENGTH="128"
+        ),
+    }
+    e_port, r_port, g_port = free_port(), free_port(), free_port()
+    embedder = start_service(
+        "embedder",
+        [SEMSEARCH, "serve", "embedder", "--port", str(e_port)],
+        e_port,
+        env["embedder"],
+        logs,
+    )
+    reranker = start_service(
+        "reranker",
+        [SEMSEARCH, "serve", "reranker", "--port", str(r_port)],
+        r_port,
+        env["reranker"],
+        logs,
+    )
+    fault_file = root / "primary-index-down"
+    gateway_env = child_env(
+        SEMSEARCH_INDEX_DIR=str(root / "primary"),
+        SEMSEARCH_FALLBACK_INDEX_DIR=str(root / "fallback"),
+        SEMSEARCH_EMBEDDER_URL=embedder.url,
+        SEMSEARCH_RERANKER_URL=reranker.url,
+        SEMSEARCH_REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
+        SEMSEARCH_SEARCH_TIMEOUT_MS=str(DEADLINE_MS),
+        SEMSEARCH_BREAKER_RECOVERY_S=str(RECOVERY_S),
+        SEMSEARCH_MAX_INFLIGHT_SEARCHES=str(MAX_INFLIGHT),
+        SEMSEARCH_LOG_LEVEL="warning",
+        CHAOS_INDEX_FAULT_FILE=str(fault_file),
+    )
+    gateway = start_service(
+        "gateway",
+        [sys.executable, str(ROOT / "tests" / "integration" / "chaos_gateway.py"), str(g_port)],
+        g_port,
+        gateway_env,
+        logs,
+    )
+    built = Stack(gateway, embedder, reranker, redis, redis_port, fault_file, logs, env)
+    yield built
+    for service in (built.gateway, built.embedder, built.reranker):
+        service.stop()
+    if built.redis.poll() is None:
+        built.redis.terminate()
+        built.redis.wait(10)
+
+
+_counter = iter(range(10**9))
+
+
+def unique_queries(n: int) -> list[dict[str, Any]]:
+    """Never the same text twice, so no answer comes from the cache."""
+    words = [
+        "seizures",
+        "macrophages",
+        "bone marrow",
+        "HIV",
+        "anthrax",
+        "glioblastoma",
+        "stem cells",
+        "gluten",
+        "open access",
+        "passerine birds",
+    ]
+    return [
+        {"query": f"{words[i % len(words)]} study {next(_counter)}", "top_k": 5} for i in range(n)
+    ]
+
+
+def labels(reply: httpx.Response) -> list[str]:
+    body = reply.json()
+    if reply.status_code != 200:
+        return [f"{reply.status_code}:{body['error']['type']}"]
+    out = [f"degraded:{stage}" for stage in body["degraded"]]
+    if body["cached"]:
+        out.append("cached")
+    if body["reranked"]:
+        out.append("reranked")
+    return out
+
+
+def load(
+    stack: Stack,
+    bodies: list[dict[str, Any]],
+    concurrency: int = 20,
+    duration_s: float = 10.0,
+    **kwargs: Any,
+) -> Future[LoadResult]:
+    """Closed-loop load on a thread, so the test can break things while it runs."""
+    pool = ThreadPoolExecutor(1)
+    return pool.submit(
+        lambda: asyncio.run(
+            run_load(
+                f"{stack.gateway.url}/v1/search",
+                bodies,
+                concurrency=concurrency,
+                duration_s=duration_s,
+                classify=labels,
+                warmup_requests=0,
+                timeout_s=30,
+                **kwargs,
+            )
+        )
+    )
+
+
+def report(name: str, result: LoadResult) -> None:
+    counts = {
+        "requests": result.requests,
+        "failed": result.errors,
+        "statuses": result.statuses,
+        "labels": result.labels,
+        "p99_ms": round(result.percentile(99), 1),
+        "p99_admitted_ms": round(result.percentile(99, admitted_only=True), 1),
+    }
+    print(f"\nRESILIENCE {name}: {json.dumps(counts)}")
+
+
+def search(stack: Stack, query: str) -> dict[str, Any]:
+    reply = httpx.post(f"{stack.gateway.url}/v1/search", json={"query": query}, timeout=30)
+    assert reply.status_code == 200, reply.text
+    body: dict[str, Any] = reply.json()
+    return body
+
+
+def test_reranker_killed_under_load(stack: Stack) -> None:
+    running = load(stack, unique_queries(20_000))
+    time.sleep(3)
+    stack.reranker.proc.kill()  # SIGKILL: no goodbye
+    result = running.result()
+    report("kill -9 reranker", result)
+    assert result.errors == 0
+    assert result.labels.get("degraded:reranker", 0) > 0
+    assert result.labels.get("reranked", 0) > 0  # before the kill
+    assert stack.metric('semsearch_circuit_open{name="reranker"}') == 1
+
+    stack.restart("reranker")
+    started = time.monotonic()
+    while not search(stack, f"recovered {time.monotonic()}")["reranked"]:
+        assert time.monotonic() - started < RECOVERY_S + 10, "reranking did not come back"
+        time.sleep(0.2)
+    print(f"RESILIENCE reranked again {time.monotonic() - started:.1f}s after the restart")
+    assert stack.metric('semsearch_circuit_open{name="reranker"}') == 0
+
+
+def test_redis_killed_under_load(stack: Stack) -> None:
+    repeated = unique_queries(10) * 2000  # repeats: the cache is in use until it dies
+    running = load(stack, repeated, duration_s=8)
+    time.sleep(2)
+    stack.redis.kill()
+    result = running.result()
+    report("kill -9 redis", result)
+    assert result.errors == 0
+    assert result.labels.get("cached", 0) > 0
+    assert stack.metric('semsearch_cache_requests_total{operation="get",result="error"}') > 0
+    stack.redis = start_redis(stack.redis_port, stack.logs)
+
+
+def test_primary_index_failure_is_served_by_the_fallback(stack: Stack) -> None:
+    running = load(stack, unique_queries(20_000), duration_s=8)
+    time.sleep(2)
+    stack.fault_file.touch()
+    time.sleep(3)
+    stack.fault_file.unlink()
+    result = running.result()
+    report("primary index failing", result)
+    assert result.errors == 0
+    assert result.labels.get("degraded:index", 0) > 0
+    time.sleep(RECOVERY_S + 0.5)
+    search(stack, "warm the probe")  # the half-open probe closes the circuit
+    assert search(stack, "after the fault")["degraded"] == []
+
+
+def test_overload_is_refused_with_429_and_admitted_requests_meet_the_deadline(stack: Stack) -> None:
+    result = load(
+        stack, unique_queries(50_000), concurrency=3 * MAX_INFLIGHT, duration_s=8
+    ).result()
+    report("overload at 3x the in-flight cap", result)
+    refused = result.statuses.get(429, 0)
+    assert refused > 0
+    assert set(result.statuses) <= {200, 429}
+    assert result.percentile(99, admitted_only=True) <= DEADLINE_MS
+
+
+def test_schemathesis_finds_no_server_error(stack: Stack) -> None:
+    tool = Path(sys.executable).with_name("schemathesis")
+    run = subprocess.run(
+        [
+            str(tool),
+            "run",
+            f"{stack.gateway.url}/openapi.json",
+            "--checks",
+            "not_a_server_error",
+            "--max-examples",
+            "60",
+            "--request-timeout",
+            "10",
+            "--no-color",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    print(run.stdout[-3000:])
+    assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-2000:]
+
+
+def test_embedder_killed_every_request_gets_a_clear_503_in_time(stack: Stack) -> None:
+    stack.embedder.proc.kill()
+    result = load(stack, unique_queries(20_000), duration_s=6).result()
+    report("embedder killed", result)
+    assert set(result.statuses) == {503}
+    assert set(result.labels) == {"503:embedder_unavailable"}
+    assert max(result.latencies_ms) < DEADLINE_MS + 500  # nothing hangs past the deadline
+    reply = httpx.post(f"{stack.gateway.url}/v1/search", json={"query": "anything at all"})
+    assert reply.headers["retry-after"]
+    assert "no search is possible" in reply.json()["error"]["message"]
+    stack.restart("embedder")

@@ -1,0 +1,259 @@
+"""The search path when parts fail or are slow: deadline, fallback index, shedding, breakers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from app.cache import LRUCache, SafeCache
+from app.config import GatewaySettings
+from app.errors import (
+    DeadlineExceeded,
+    EmbedderUnavailable,
+    IndexUnavailable,
+    InvalidInput,
+    Overloaded,
+    Unavailable,
+)
+from app.index import AnnResult
+from app.index.registry import Collections
+from app.models.fake import FakeEmbedder, FakeReranker
+from app.pipeline import Guards, PipelineConfig, SearchPipeline
+from app.types import SearchQuery, Truncate
+from tests.conftest import SMALL_DOCS, build_collection
+
+
+class SlowReranker(FakeReranker):
+    def __init__(self, delay_s: float) -> None:
+        super().__init__(model_id="fake-reranker")
+        self.delay_s = delay_s
+
+    async def score(
+        self, query: str, passages: Sequence[str], truncate: Truncate = Truncate.END
+    ) -> list[float]:
+        await asyncio.sleep(self.delay_s)
+        return await super().score(query, passages, truncate)
+
+
+class SlowEmbedder(FakeEmbedder):
+    def __init__(self, delay_s: float) -> None:
+        super().__init__(model_id="fake-embedder")
+        self.delay_s = delay_s
+
+    async def embed(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(self.delay_s)
+        return await super().embed(*args, **kwargs)
+
+
+class DownEmbedder(FakeEmbedder):
+    calls = 0
+
+    async def embed(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        DownEmbedder.calls += 1
+        raise Unavailable("connection refused")
+
+
+async def pipeline_for(
+    settings: GatewaySettings, embedder: FakeEmbedder, reranker: FakeReranker, **config: int
+) -> SearchPipeline:
+    pipeline = SearchPipeline(
+        embedder=embedder,
+        reranker=reranker,
+        collections=Collections.from_settings(settings),
+        cache=SafeCache(LRUCache(), 1.0),
+        config=PipelineConfig(**config),
+        guards=Guards.from_settings(settings),
+    )
+    await pipeline.start()
+    await pipeline.wait_ready()
+    return pipeline
+
+
+def q(text: str = "capital of Germany Berlin", **kwargs: object) -> SearchQuery:
+    fields: dict[str, object] = {"collection": "default", "top_k": 3, "candidates": 5}
+    fields.update(kwargs)
+    return SearchQuery(query=text, **fields)  # type: ignore[arg-type]
+
+
+async def test_slow_reranker_is_cut_by_the_deadline_and_degrades(small_collection: Path) -> None:
+    settings = GatewaySettings(index_dir=small_collection)
+    pipeline = await pipeline_for(settings, FakeEmbedder(model_id="fake-embedder"), SlowReranker(5))
+    started = asyncio.get_running_loop().time()
+    result = await pipeline.search(q(timeout_ms=300))
+    elapsed = asyncio.get_running_loop().time() - started
+    assert elapsed < 1.0
+    assert result.degraded == ["reranker"] and result.reranked is False
+    assert result.results[0].hit.id == "berlin"
+
+
+async def test_too_little_time_left_skips_the_reranker_without_calling_it(
+    small_collection: Path,
+) -> None:
+    settings = GatewaySettings(index_dir=small_collection)
+    reranker = FakeReranker(model_id="fake-reranker")
+    pipeline = await pipeline_for(settings, SlowEmbedder(0.15), reranker, min_rerank_budget_ms=100)
+    result = await pipeline.search(q(timeout_ms=200))
+    assert result.degraded == ["reranker"]
+    assert reranker.calls == []
+
+
+async def test_embedding_past_the_deadline_is_504(small_collection: Path) -> None:
+    settings = GatewaySettings(index_dir=small_collection)
+    pipeline = await pipeline_for(settings, SlowEmbedder(5), FakeReranker(model_id="fake-reranker"))
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(DeadlineExceeded):
+        await pipeline.search(q(timeout_ms=200))
+    assert asyncio.get_running_loop().time() - started < 1.0
+
+
+async def test_timeout_ms_is_bounded(small_collection: Path) -> None:
+    settings = GatewaySettings(index_dir=small_collection)
+    pipeline = await pipeline_for(
+        settings,
+        FakeEmbedder(model_id="fake-embedder"),
+        FakeReranker(model_id="fake-reranker"),
+        max_timeout_ms=1000,
+    )
+    for out_of_range in (1001, 99):  # below 100 ms no search can finish: 422, not a later 504
+        with pytest.raises(InvalidInput) as raised:
+            await pipeline.search(q(timeout_ms=out_of_range))
+        assert raised.value.field == "timeout_ms"
+
+
+async def test_the_deadline_counts_from_the_requests_arrival(small_collection: Path) -> None:
+    """Time a request spent queued before the search started is spent from its budget."""
+    from app.resilience import request_arrival
+
+    settings = GatewaySettings(index_dir=small_collection)
+    pipeline = await pipeline_for(
+        settings, SlowEmbedder(0.2), FakeReranker(model_id="fake-reranker")
+    )
+    token = request_arrival.set(asyncio.get_running_loop().time() - 0.9)  # arrived 900 ms ago
+    try:
+        with pytest.raises(DeadlineExceeded):
+            await pipeline.search(q(timeout_ms=1000))
+    finally:
+        request_arrival.reset(token)
+
+
+async def test_embedder_failures_open_its_breaker_and_answer_fast(small_collection: Path) -> None:
+    settings = GatewaySettings(
+        index_dir=small_collection, breaker_failure_threshold=2, retry_attempts=1
+    )
+    DownEmbedder.calls = 0
+    pipeline = await pipeline_for(
+        settings, DownEmbedder(model_id="fake-embedder"), FakeReranker(model_id="fake-reranker")
+    )
+    for _ in range(2):
+        with pytest.raises(EmbedderUnavailable):
+            await pipeline.search(q())
+    with pytest.raises(EmbedderUnavailable, match="circuit open") as raised:
+        await pipeline.search(q())
+    assert DownEmbedder.calls == 2  # the third was refused without calling the embedder
+    assert raised.value.retry_after_s > 1
+    assert pipeline.status()[1]["circuits"] == {
+        "embedder": "open",
+        "index": "closed",
+        "reranker": "closed",
+    }
+
+
+async def test_transient_embedder_fault_is_retried_inside_the_deadline(
+    small_collection: Path,
+) -> None:
+    class Blips(FakeEmbedder):
+        failures = 1
+
+        async def embed(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            if self.failures:
+                self.failures -= 1
+                raise Unavailable("connection reset")
+            return await super().embed(*args, **kwargs)
+
+    settings = GatewaySettings(index_dir=small_collection, retry_attempts=2)
+    pipeline = await pipeline_for(
+        settings, Blips(model_id="fake-embedder"), FakeReranker(model_id="fake-reranker")
+    )
+    result = await pipeline.search(q())
+    assert result.results[0].hit.id == "berlin"
+
+
+async def test_load_is_shed_before_any_work(small_collection: Path) -> None:
+    settings = GatewaySettings(index_dir=small_collection)
+    embedder = SlowEmbedder(0.3)
+    pipeline = await pipeline_for(
+        settings, embedder, FakeReranker(model_id="fake-reranker"), max_inflight=2
+    )
+    running = [asyncio.ensure_future(pipeline.search(q(f"query {i}"))) for i in range(2)]
+    await asyncio.sleep(0.05)
+    with pytest.raises(Overloaded) as raised:
+        await pipeline.search(q("one too many"))
+    assert raised.value.retry_after_s >= 1
+    await asyncio.gather(*running)
+    assert (await pipeline.search(q("room again"))).results
+
+
+async def test_a_slow_reranker_cannot_starve_embedding(small_collection: Path) -> None:
+    """The reranker bulkhead is full of slow calls; searches still embed and answer (degraded)."""
+    settings = GatewaySettings(index_dir=small_collection, reranker_concurrency=1)
+    pipeline = await pipeline_for(
+        settings, FakeEmbedder(model_id="fake-embedder"), SlowReranker(1.0)
+    )
+    results = await asyncio.gather(
+        *(pipeline.search(q(f"Berlin {i}", timeout_ms=500)) for i in range(5))
+    )
+    assert all(r.results[0].hit.id == "berlin" for r in results)
+    assert sum(r.degraded == ["reranker"] for r in results) == 5
+
+
+async def test_failing_primary_index_falls_back(
+    tmp_path: Path, fake_embedder: FakeEmbedder
+) -> None:
+    for where in ("primary", "fallback"):
+        index = await build_collection(tmp_path / where, "default", SMALL_DOCS, fake_embedder)
+        await index.close()
+    settings = GatewaySettings(
+        index_dir=tmp_path / "primary",
+        fallback_index_dir=tmp_path / "fallback",
+        breaker_failure_threshold=2,
+    )
+    pipeline = await pipeline_for(settings, fake_embedder, FakeReranker(model_id="fake-reranker"))
+    fallback_index = await pipeline.collections.get("default")
+    healthy = await pipeline.search(q())
+    assert healthy.degraded == []
+
+    broken = {"on": True}
+    primary = fallback_index.primary  # type: ignore[attr-defined]
+    real_search = primary.search
+
+    async def failing(vectors, k):  # type: ignore[no-untyped-def]
+        if broken["on"]:
+            raise IndexUnavailable("qdrant is down")
+        return await real_search(vectors, k)
+
+    primary.search = failing
+    for i in range(4):
+        result = await pipeline.search(q(f"Berlin Germany {i}"))
+        assert result.degraded == ["index"]
+        assert result.results[0].hit.id == "berlin"
+    assert pipeline.collections.status()["default"]["primary_circuit"] == "open"
+    again = await pipeline.search(q("Berlin Germany 0"))
+    assert again.cached is False  # degraded answers are never cached
+
+
+async def test_no_fallback_and_a_failing_index_is_503(small_collection: Path) -> None:
+    settings = GatewaySettings(index_dir=small_collection, retry_attempts=1)
+    pipeline = await pipeline_for(
+        settings, FakeEmbedder(model_id="fake-embedder"), FakeReranker(model_id="fake-reranker")
+    )
+    index = await pipeline.collections.get("default")
+
+    async def failing(vectors, k) -> AnnResult:  # type: ignore[no-untyped-def]
+        raise RuntimeError("disk gone")
+
+    index.search = failing  # type: ignore[method-assign]
+    with pytest.raises(IndexUnavailable, match="disk gone"):
+        await pipeline.search(q())
