@@ -59,6 +59,7 @@ def cache_key(
     top_k: int,
     candidates: int,
     rerank_depth: int,
+    rerank_weight: float = 1.0,
     filter: dict[str, Any] | None = None,
 ) -> str:
     """Everything that changes the answer, hashed. `reranker_model` None means no reranking."""
@@ -71,6 +72,7 @@ def cache_key(
         "top_k": top_k,
         "candidates": candidates,
         "rerank_depth": rerank_depth if reranker_model else 0,
+        "rerank_weight": rerank_weight if reranker_model else 0,
         "filter": filter or {},
     }
     digest = hashlib.sha256(json.dumps(parts, sort_keys=True, ensure_ascii=False).encode())

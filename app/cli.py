@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -28,6 +29,7 @@ from rich.table import Table
 
 from app.config import EmbedderSettings, GatewaySettings, RerankerSettings
 from app.errors import SemsearchError
+from app.indexing import CsvColumns, InputFormat
 from app.logs import configure_logging
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -72,32 +74,117 @@ def serve(
     uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
 
 
+class Format(StrEnum):
+    auto = "auto"
+    jsonl = "jsonl"
+    csv = "csv"
+    dir = "dir"
+
+
 @cli.command()
 def index(
-    path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="JSONL documents.")],
+    path: Annotated[Path, typer.Argument(exists=True, help="JSONL, CSV/TSV, or a directory.")],
     collection: Annotated[str | None, typer.Option(help="Collection to write.")] = None,
     index_dir: Annotated[Path | None, typer.Option(help="Where collections live.")] = None,
+    fmt: Annotated[
+        Format, typer.Option("--format", help="Input format (auto: by extension).")
+    ] = Format.auto,
+    id_column: Annotated[str, typer.Option(help="CSV: the id column.")] = "id",
+    text_column: Annotated[str, typer.Option(help="CSV: the text column.")] = "text",
+    title_column: Annotated[
+        str, typer.Option(help="CSV: the title column (if present).")
+    ] = "title",
+    metadata_columns: Annotated[
+        str | None, typer.Option(help="CSV: comma-separated metadata columns (default: the rest).")
+    ] = None,
+    chunk_tokens: Annotated[
+        int | None,
+        typer.Option(min=0, help="Tokens per chunk (default: the model window; 0: no chunking)."),
+    ] = None,
+    chunk_overlap: Annotated[
+        int, typer.Option(min=0, help="Tokens shared by neighbouring chunks.")
+    ] = 32,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Documents per batch.")] = None,
+    delete: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, help="A file of document ids to delete."),
+    ] = None,
+    dry_run: Annotated[bool, typer.Option(help="Report what would change; write nothing.")] = False,
 ) -> None:
-    """Index a JSONL file (`id`, `text`, optional `title`, `metadata`) into a collection.
+    """Index documents into a collection: JSONL (`id`, `text`, optional `title`, `metadata`),
+    CSV/TSV with a header row, or a directory of .txt/.md files.
 
-    Re-running on the same input changes nothing; changed documents are re-embedded.
+    Long documents are cut into overlapping chunks that fit the model (`doc#0`, `doc#1`, ...).
+    Re-running on the same input changes nothing; changed documents are re-embedded; an
+    interrupted run continues where it stopped.
     """
+    from app.indexing import read_id_list
+
     overrides: dict[str, Any] = {"index_dir": index_dir, "index_batch_size": batch_size}
     settings = GatewaySettings(**{k: v for k, v in overrides.items() if v is not None})
     configure_logging("warning", settings.log_format, "indexer")
+    columns = CsvColumns(
+        id=id_column,
+        text=text_column,
+        title=title_column,
+        metadata=tuple(c.strip() for c in metadata_columns.split(","))
+        if metadata_columns
+        else None,
+    )
+    job = IndexJob(
+        path=path,
+        collection=collection or settings.default_collection,
+        fmt=fmt.value,
+        columns=columns,
+        chunk_tokens=chunk_tokens,
+        chunk_overlap=chunk_overlap,
+        delete=read_id_list(delete) if delete else [],
+        dry_run=dry_run,
+    )
+    _run(_index(job, settings))
+
+
+@cli.command("delete")
+def delete_documents(
+    ids: Annotated[list[str], typer.Argument(help="Document ids (with all their chunks).")],
+    collection: Annotated[str | None, typer.Option(help="Collection to change.")] = None,
+    index_dir: Annotated[Path | None, typer.Option(help="Where collections live.")] = None,
+) -> None:
+    """Delete documents from a collection and publish the change."""
+    overrides: dict[str, Any] = {"index_dir": index_dir}
+    settings = GatewaySettings(**{k: v for k, v in overrides.items() if v is not None})
+    configure_logging("warning", settings.log_format, "indexer")
+    _run(_delete(ids, collection or settings.default_collection, settings))
+
+
+def _run(work: Any) -> None:
     try:
-        asyncio.run(_index(path, collection or settings.default_collection, settings))
+        asyncio.run(work)
     except SemsearchError as exc:
         err.print(f"[red]error:[/red] {exc.message}")
         raise typer.Exit(1) from None
 
 
-async def _index(path: Path, collection: str, settings: GatewaySettings) -> None:
+@dataclass(frozen=True)
+class IndexJob:
+    path: Path
+    collection: str
+    fmt: InputFormat
+    columns: CsvColumns
+    chunk_tokens: int | None
+    chunk_overlap: int
+    delete: list[str]
+    dry_run: bool
+
+
+async def _index(job: IndexJob, settings: GatewaySettings) -> None:
     from app.clients import HttpEmbedder
+    from app.index.generations import CollectionLayout
     from app.index.registry import open_collection
-    from app.indexing import count_lines, index_documents, read_jsonl
+    from app.indexing import Chunker, count_documents, index_documents, read_documents
     from app.models import Embedder, build_embedder
+    from app.models.paths import model_folder
+    from app.models.tokens import TextTokenizer
 
     embedder: Embedder = (
         HttpEmbedder(settings.embedder_url, settings.model_timeout_s)
@@ -109,12 +196,22 @@ async def _index(path: Path, collection: str, settings: GatewaySettings) -> None
     if not embedder.ready:
         raise SemsearchError(f"the embedder is not usable: {embedder.status}")
     model = embedder.info
-    store = await open_collection(
-        settings, collection, create=(model.model_id, model.dimension or 0)
-    )
-    total = count_lines(path)
+    chunker = None
+    if job.chunk_tokens != 0:
+        tokenizer = TextTokenizer.from_folder(model_folder(model.model_id), model.max_tokens)
+        chunker = Chunker(tokenizer, job.chunk_tokens, job.chunk_overlap)
+    exists = CollectionLayout(settings.index_dir, job.collection).exists()
+    if job.dry_run and not exists:
+        from app.indexing import NothingStaged
+
+        store: Any = NothingStaged(job.collection)
+    else:
+        store = await open_collection(
+            settings, job.collection, create=(model.model_id, model.dimension or 0)
+        )
+    total = count_documents(job.path, job.fmt)
     progress = Progress(
-        TextColumn("[bold]indexing"),
+        TextColumn("[bold]indexing" if not job.dry_run else "[bold]checking"),
         BarColumn(),
         MofNCompleteColumn(),
         TaskProgressColumn(),
@@ -135,21 +232,29 @@ async def _index(path: Path, collection: str, settings: GatewaySettings) -> None
                 progress.update(task, rate=f"{done / elapsed:.1f}" if elapsed else "-")
 
             report = await index_documents(
-                read_jsonl(path),
+                read_documents(job.path, job.fmt, job.columns),
                 store,
                 embedder,
+                chunker=chunker,
                 batch_size=settings.index_batch_size,
+                delete=job.delete,
+                dry_run=job.dry_run,
                 on_batch=advance,
             )
     finally:
         await store.close()
         await embedder.stop()
-    table = Table(title=f"collection {collection!r} in {settings.index_dir}", show_header=False)
+    title = f"collection {job.collection!r} in {settings.index_dir}"
+    table = Table(
+        title=title + (" (dry run: nothing written)" if job.dry_run else ""), show_header=False
+    )
     for name, value in (
         ("documents read", report.read),
         ("added", report.added),
         ("updated", report.updated),
         ("unchanged", report.unchanged),
+        ("deleted", report.deleted),
+        ("chunks written / removed", f"{report.records_written} / {report.records_removed}"),
         ("time", f"{report.seconds:.1f} s"),
         ("rate", f"{report.docs_per_s:.1f} docs/s"),
         (
@@ -160,6 +265,27 @@ async def _index(path: Path, collection: str, settings: GatewaySettings) -> None
     ):
         table.add_row(name, str(value))
     console.print(table)
+
+
+async def _delete(ids: list[str], collection: str, settings: GatewaySettings) -> None:
+    from app.index.registry import open_collection
+
+    store = await open_collection(settings, collection)
+    try:
+        found = await store.children(ids)
+        records = [record for children in found.values() for record in children]
+        if records:
+            await store.delete(records)
+        generation = await store.publish()
+    finally:
+        await store.close()
+    missing = sorted(set(ids) - set(found))
+    console.print(
+        f"deleted {len(found)} documents ({len(records)} records); "
+        f"generation {generation or 'unchanged'}"
+    )
+    if missing:
+        console.print(f"not found: {', '.join(missing)}")
 
 
 @cli.command()

@@ -164,6 +164,13 @@ class GatewaySettings(ServiceSettings):
         description="How many of the best ANN candidates the cross-encoder scores. It is the "
         "cost of a search on CPU (~25-50 pairs/s on 2 cores); on a GPU 100+ is cheap.",
     )
+    rerank_weight: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="Final score = w x z(rerank) + (1 - w) x z(ann), z-scored per query over "
+        "the reranked candidates. 1: the cross-encoder alone; 0: ANN order.",
+    )
     max_query_chars: int = Field(2048, ge=1, description="Longest query accepted (422 above).")
     model_timeout_s: float = Field(
         30.0, gt=0, description="Timeout of one call to a remote embedder/reranker service."
@@ -179,6 +186,39 @@ class GatewaySettings(ServiceSettings):
         None,
         description="A second FAISS copy of every collection, searched when the primary index "
         'fails (answers flagged `degraded: ["index"]`). `semsearch index` writes both.',
+    )
+    index_backend: Literal["faiss", "qdrant"] = Field(
+        "faiss", description="The primary index: FAISS on disk, or Qdrant (the `qdrant` extra)."
+    )
+    qdrant_url: str | None = Field(
+        None, description="Qdrant server URL; unset with the qdrant backend: embedded local mode."
+    )
+    qdrant_path: Path | None = Field(
+        None, description="Folder of embedded local-mode Qdrant (default: <index_dir>/qdrant)."
+    )
+    qdrant_api_key: str | None = Field(None, description="Qdrant API key (server mode).")
+    qdrant_shards: int = Field(1, ge=1, description="Shards of a new Qdrant collection.")
+    qdrant_replication_factor: int = Field(
+        1, ge=1, description="Replicas of each shard of a new Qdrant collection."
+    )
+    qdrant_exact: bool = Field(
+        False, description="Exact (brute-force) Qdrant search instead of HNSW; for checks."
+    )
+    # -- FAISS index types ----------------------------------------------------------------------
+    index_type: Literal["auto", "flat", "hnsw", "ivfpq"] = Field(
+        "auto",
+        description="FAISS index built at publish. `auto`: flat (exact) below 50k vectors, HNSW "
+        "below 2M, IVF-PQ above.",
+    )
+    hnsw_m: int = Field(32, ge=4, le=128, description="HNSW links per node (build).")
+    hnsw_ef_construction: int = Field(200, ge=8, description="HNSW candidate list at build.")
+    hnsw_ef_search: int = Field(128, ge=8, description="HNSW candidate list at search.")
+    ivf_nlist: int = Field(0, ge=0, description="IVF lists; 0 picks 4 x sqrt(vectors).")
+    ivf_nprobe: int = Field(32, ge=1, description="IVF lists visited per search.")
+    pq_m: int = Field(0, ge=0, description="PQ bytes per vector; 0 picks dimension / 8.")
+    faiss_gpu: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Move flat/IVF indexes to the GPU when faiss-gpu sees one (`gpu` extra).",
     )
     # -- the deadline budget -----------------------------------------------------------------
     search_timeout_ms: int = Field(
@@ -248,6 +288,9 @@ class GatewaySettings(ServiceSettings):
         "redis_url",
         "fallback_index_dir",
         "api_keys_file",
+        "qdrant_url",
+        "qdrant_path",
+        "qdrant_api_key",
         mode="before",
     )
     @classmethod

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -33,7 +34,7 @@ from app.errors import (
     Overloaded,
     SemsearchError,
 )
-from app.index import AnnResult, VectorIndex
+from app.index import AnnResult, VectorIndex, validate_filter
 from app.index.registry import Collections, breaker_policy
 from app.logs import current_request_id, get_logger
 from app.models import Embedder, Reranker, build_embedder, build_reranker
@@ -46,7 +47,16 @@ from app.resilience import (
     StageGuard,
     request_arrival,
 )
-from app.types import FloatArray, Hit, InputType, RankedHit, SearchQuery, SearchResult, Truncate
+from app.types import (
+    Filter,
+    FloatArray,
+    Hit,
+    InputType,
+    RankedHit,
+    SearchQuery,
+    SearchResult,
+    Truncate,
+)
 
 log = get_logger(__name__)
 
@@ -57,6 +67,7 @@ class PipelineConfig:
     max_top_k: int = 100
     max_candidates: int = 1000
     rerank_depth: int = 30
+    rerank_weight: float = 1.0
     cache_ttl_s: int = 3600
     timeout_ms: int = 5000
     min_timeout_ms: int = 100
@@ -71,6 +82,7 @@ class PipelineConfig:
             max_top_k=settings.max_top_k,
             max_candidates=settings.max_candidates,
             rerank_depth=settings.rerank_depth,
+            rerank_weight=settings.rerank_weight,
             cache_ttl_s=settings.cache_ttl_s,
             timeout_ms=settings.search_timeout_ms,
             min_timeout_ms=settings.min_timeout_ms,
@@ -263,6 +275,8 @@ class SearchPipeline:
         index = await self.collections.get(query.collection)
         text = normalize_query(query.query)
         reranker_model = self.reranker.info.model_id if query.rerank else None
+        depth = min(query.rerank_depth or self.config.rerank_depth, query.candidates)
+        weight = self.config.rerank_weight if query.rerank_weight is None else query.rerank_weight
         key = cache_key(
             collection=query.collection,
             generation=index.generation,
@@ -271,7 +285,9 @@ class SearchPipeline:
             query=text,
             top_k=query.top_k,
             candidates=query.candidates,
-            rerank_depth=self.config.rerank_depth,
+            rerank_depth=depth,
+            rerank_weight=weight,
+            filter=query.filter,
         )
 
         with _stage(timings, "cache"):
@@ -287,19 +303,19 @@ class SearchPipeline:
         with _stage(timings, "embed"):
             vector = await self._embed(text, index, deadline)
         with _stage(timings, "ann"):
-            ann = await self._ann(index, vector, query.candidates, deadline)
+            ann = await self._ann(index, vector, query.candidates, query.filter, deadline)
         hits = ann.hits[0]
         degraded = ["index"] if ann.degraded else []
 
         scores: list[float] | None = None
         if query.rerank and hits:
             with _stage(timings, "rerank"):
-                scores = await self._rerank(text, hits[: self.config.rerank_depth], deadline)
+                scores = await self._rerank(text, hits[:depth], deadline)
             if scores is None:
                 degraded.append("reranker")
 
         result = SearchResult(
-            results=_rank(hits, scores, query.top_k),
+            results=_rank(hits, scores, query.top_k, weight),
             reranked=scores is not None,
             degraded=degraded,
             cached=False,
@@ -338,6 +354,13 @@ class SearchPipeline:
                 f"candidates ({query.candidates}) must be at least top_k ({query.top_k})",
                 field="candidates",
             )
+        validate_filter(query.filter)
+        if query.rerank_depth is not None and not 1 <= query.rerank_depth <= config.max_candidates:
+            raise InvalidInput(
+                f"rerank_depth must be between 1 and {config.max_candidates}", field="rerank_depth"
+            )
+        if query.rerank_weight is not None and not 0.0 <= query.rerank_weight <= 1.0:
+            raise InvalidInput("rerank_weight must be between 0 and 1", field="rerank_weight")
         low, high = config.min_timeout_ms, config.max_timeout_ms
         if query.timeout_ms is not None and not low <= query.timeout_ms <= high:
             # below the floor no search can finish: a client error, not a 504 later
@@ -371,10 +394,15 @@ class SearchPipeline:
         return embeddings.vectors
 
     async def _ann(
-        self, index: VectorIndex, vector: FloatArray, k: int, deadline: Deadline
+        self,
+        index: VectorIndex,
+        vector: FloatArray,
+        k: int,
+        filter: Filter | None,
+        deadline: Deadline,
     ) -> AnnResult:
         try:
-            return await self.guards.index.run(lambda: index.search(vector, k), deadline)
+            return await self.guards.index.run(lambda: index.search(vector, k, filter), deadline)
         except (InvalidInput, Overloaded, DeadlineExceeded):
             raise
         except Exception as exc:
@@ -400,12 +428,34 @@ class SearchPipeline:
             return None
 
 
-def _rank(hits: list[Hit], scores: list[float] | None, top_k: int) -> list[RankedHit]:
-    """Reranked head (stable on ties), then the rest in ANN order; the first `top_k`."""
+def fuse(ann: Sequence[float], rerank: Sequence[float], weight: float) -> list[float]:
+    """Blend the two stages' scores over the reranked candidates of one query:
+    `weight * z(rerank) + (1 - weight) * z(ann)`, z being the z-score within the list.
+    weight 1 ranks by the cross-encoder alone; 0 keeps the ANN order."""
+    if weight >= 1.0:
+        return list(rerank)
+    return [
+        weight * r + (1.0 - weight) * a
+        for r, a in zip(_zscores(rerank), _zscores(ann), strict=True)
+    ]
+
+
+def _zscores(values: Sequence[float]) -> list[float]:
+    mean = sum(values) / len(values)
+    spread = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+    return [(v - mean) / spread if spread > 0 else 0.0 for v in values]
+
+
+def _rank(
+    hits: list[Hit], scores: list[float] | None, top_k: int, weight: float = 1.0
+) -> list[RankedHit]:
+    """Reranked head ordered by the fused score (stable on ties), then the rest in ANN order;
+    the first `top_k`. `score` is what the order follows: the fused score when reranked."""
     if scores is None:
         return [RankedHit(h, i + 1, h.score, None) for i, h in enumerate(hits[:top_k])]
-    head = sorted(range(len(scores)), key=lambda i: -scores[i])
-    ranked = [RankedHit(hits[i], 0, scores[i], scores[i]) for i in head]
+    final = fuse([h.score for h in hits[: len(scores)]], scores, weight)
+    head = sorted(range(len(scores)), key=lambda i: -final[i])
+    ranked = [RankedHit(hits[i], 0, final[i], scores[i]) for i in head]
     ranked += [RankedHit(h, 0, h.score, None) for h in hits[len(scores) :]]
     return [
         RankedHit(r.hit, rank, r.score, r.rerank_score)

@@ -248,6 +248,18 @@ class SearchRequest(_Request):
     timeout_ms: int | None = Field(
         None, ge=1, description="Deadline for this search (default 5000); 504 when it passes."
     )
+    filter: dict[str, Any] | None = Field(
+        None,
+        description="Metadata filter: {field: value} for equality, {field: [values]} for any "
+        "of them; all conditions must hold.",
+        examples=[{"source": "scifact"}],
+    )
+    rerank_depth: int | None = Field(
+        None, ge=1, description="How many of the candidates the cross-encoder scores."
+    )
+    rerank_weight: float | None = Field(
+        None, ge=0, le=1, description="Blend of reranker and ANN scores (1: reranker only)."
+    )
 
     @field_validator("query")
     @classmethod
@@ -272,6 +284,9 @@ class SearchRequest(_Request):
             candidates=candidates,
             rerank=self.rerank,
             timeout_ms=self.timeout_ms,
+            filter=self.filter,
+            rerank_depth=self.rerank_depth,
+            rerank_weight=self.rerank_weight,
         )
 
 

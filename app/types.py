@@ -14,6 +14,9 @@ import numpy.typing as npt
 
 FloatArray = npt.NDArray[np.float32]
 Metadata = dict[str, Any]
+FilterValue = str | int | float | bool
+# metadata field -> a value (equality) or a list of values (any of them)
+Filter = dict[str, FilterValue | list[FilterValue]]
 
 
 class InputType(StrEnum):
@@ -37,12 +40,21 @@ class Truncate(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Document:
-    """One passage to index. `id` is the caller's stable id; re-indexing is keyed by it."""
+    """One passage to index. `id` is stable; re-indexing is keyed by it.
+
+    A long document is indexed as chunks (`doc#0`, `doc#1`, ...) whose `parent` is the
+    document's id; an unchunked document is its own parent.
+    """
 
     id: str
     text: str
     title: str = ""
     metadata: Metadata = field(default_factory=dict)
+    parent: str = ""
+
+    @property
+    def parent_id(self) -> str:
+        return self.parent or self.id
 
     @property
     def passage(self) -> str:
@@ -87,6 +99,9 @@ class SearchQuery:
     candidates: int
     rerank: bool = True
     timeout_ms: int | None = None  # None: the gateway's default deadline
+    filter: Filter | None = None
+    rerank_depth: int | None = None  # None: the gateway's default
+    rerank_weight: float | None = None  # None: the gateway's default
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from app.types import Document, FloatArray, Hit
+from app.errors import InvalidInput
+from app.types import Document, Filter, FloatArray, Hit
 
 
 @dataclass(frozen=True)
@@ -53,16 +55,21 @@ class VectorIndex(Protocol):
         """Documents in the published generation."""
         ...
 
-    async def search(self, vectors: FloatArray, k: int) -> AnnResult:
-        """The `k` nearest documents by inner product for each row of `vectors`, best first.
+    async def search(self, vectors: FloatArray, k: int, filter: Filter | None = None) -> AnnResult:
+        """The `k` nearest documents by inner product for each row of `vectors`, best first,
+        among those whose metadata matches `filter` (k results whenever k match).
 
         Raises:
             IndexUnavailable: the index cannot be searched.
         """
         ...
 
-    async def existing_hashes(self, ids: Sequence[str]) -> dict[str, str]:
-        """Content hashes of the staged documents among `ids` (for idempotent re-indexing)."""
+    async def children(self, parents: Sequence[str]) -> dict[str, dict[str, str]]:
+        """For each of `parents` that has staged records: {record id: content hash}.
+
+        What re-indexing compares against: unchanged records are skipped, changed ones
+        replaced, and chunks a shorter new version no longer has are deleted.
+        """
         ...
 
     async def upsert(self, documents: Sequence[Document], vectors: FloatArray) -> None:
@@ -90,3 +97,35 @@ def content_hash(document: Document) -> str:
         [document.title, document.text, document.metadata], sort_keys=True, ensure_ascii=False
     )
     return hashlib.sha256(payload.encode()).hexdigest()
+
+
+FILTER_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+MAX_FILTER_CONDITIONS = 16
+MAX_FILTER_VALUES = 1024
+
+
+def validate_filter(raw: object) -> Filter | None:
+    """A metadata filter: {field: value} for equality, {field: [values]} for "any of".
+
+    Raises:
+        InvalidInput: not that shape, a bad field name, or too many conditions or values.
+    """
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not raw:
+        raise InvalidInput("filter must be a non-empty object of field: value", field="filter")
+    if len(raw) > MAX_FILTER_CONDITIONS:
+        raise InvalidInput(f"at most {MAX_FILTER_CONDITIONS} filter conditions", field="filter")
+    for key, value in raw.items():
+        if not isinstance(key, str) or not FILTER_KEY.fullmatch(key):
+            raise InvalidInput(f"filter field {key!r} is not a valid metadata name", field="filter")
+        values = value if isinstance(value, list) else [value]
+        if not values or len(values) > MAX_FILTER_VALUES:
+            raise InvalidInput(
+                f"filter.{key} needs 1 to {MAX_FILTER_VALUES} values", field=f"filter.{key}"
+            )
+        if not all(isinstance(v, str | int | float | bool) for v in values):
+            raise InvalidInput(
+                f"filter.{key} values must be strings, numbers or booleans", field=f"filter.{key}"
+            )
+    return raw

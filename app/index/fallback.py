@@ -12,7 +12,7 @@ from app.errors import IndexUnavailable, InvalidInput, SemsearchError
 from app.index import AnnResult, VectorIndex
 from app.logs import get_logger
 from app.resilience import CircuitBreaker
-from app.types import Document, FloatArray
+from app.types import Document, Filter, FloatArray
 
 log = get_logger(__name__)
 
@@ -55,16 +55,16 @@ class FallbackIndex:
     async def count(self) -> int:
         return await self.primary.count()
 
-    async def search(self, vectors: FloatArray, k: int) -> AnnResult:
+    async def search(self, vectors: FloatArray, k: int, filter: Filter | None = None) -> AnnResult:
         try:
-            return await self.breaker.call(lambda: self.primary.search(vectors, k))
+            return await self.breaker.call(lambda: self.primary.search(vectors, k, filter))
         except InvalidInput:
             raise
         except Exception as exc:
             reason = exc.message if isinstance(exc, SemsearchError) else repr(exc)
             log.warning("index_fallback", collection=self.collection, reason=reason)
         try:
-            result = await self.fallback.search(vectors, k)
+            result = await self.fallback.search(vectors, k, filter)
         except Exception as exc:
             raise IndexUnavailable(
                 f"neither the primary nor the fallback index of {self.collection!r} answered: "
@@ -72,10 +72,19 @@ class FallbackIndex:
             ) from exc
         return AnnResult(result.hits, result.backend, result.generation, degraded=True)
 
-    async def existing_hashes(self, ids: Sequence[str]) -> dict[str, str]:
-        primary = await self.primary.existing_hashes(ids)
-        fallback = await self.fallback.existing_hashes(ids)
-        return {i: h for i, h in primary.items() if fallback.get(i) == h}
+    async def children(self, parents: Sequence[str]) -> dict[str, dict[str, str]]:
+        """Records count as present only where both copies agree (so a record one copy missed
+        is written again); records either copy holds are listed, so stale ones get deleted."""
+        primary = await self.primary.children(parents)
+        fallback = await self.fallback.children(parents)
+        merged: dict[str, dict[str, str]] = {}
+        for parent in primary.keys() | fallback.keys():
+            mine, theirs = primary.get(parent, {}), fallback.get(parent, {})
+            merged[parent] = {
+                record: (digest if theirs.get(record) == digest else "")
+                for record, digest in {**theirs, **mine}.items()
+            }
+        return merged
 
     async def upsert(self, documents: Sequence[Document], vectors: FloatArray) -> None:
         await self.primary.upsert(documents, vectors)

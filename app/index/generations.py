@@ -46,6 +46,7 @@ class Manifest:
     count: int
     store_version: int
     index_type: str
+    index_params: dict[str, int]
     created_at: float
     build_seconds: float
 

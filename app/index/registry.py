@@ -10,7 +10,7 @@ from app import metrics
 from app.config import GatewaySettings
 from app.errors import NotFound
 from app.index import VectorIndex
-from app.index.faiss_index import FaissIndex
+from app.index.faiss_index import FaissIndex, FaissOptions
 from app.index.fallback import FallbackIndex
 from app.index.generations import CollectionLayout, validate_collection_name
 from app.logs import get_logger
@@ -36,10 +36,12 @@ async def open_collection(
     copy when `fallback_index_dir` is set. `create=(model_id, dimension)` creates what is
     missing (for writing); without it a missing collection is NotFound."""
 
+    options = FaissOptions.from_settings(settings)
+
     async def one(index_dir: Path) -> VectorIndex:
         if create is not None:
-            return await FaissIndex.create(index_dir, name, *create)
-        return await FaissIndex.open(index_dir, name)
+            return await FaissIndex.create(index_dir, name, *create, options=options)
+        return await FaissIndex.open(index_dir, name, options)
 
     primary = await one(settings.index_dir)
     if settings.fallback_index_dir is None:

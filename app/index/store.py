@@ -21,12 +21,14 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS docs (
     seq      INTEGER PRIMARY KEY AUTOINCREMENT,  -- the FAISS id; stable for a document's life
     id       TEXT NOT NULL UNIQUE,
+    parent   TEXT NOT NULL,                      -- the source document of a chunk (else id)
     hash     TEXT NOT NULL,
     title    TEXT NOT NULL,
     text     TEXT NOT NULL,
     metadata TEXT NOT NULL,                      -- JSON object
     vector   BLOB NOT NULL                       -- float32, unit length
 );
+CREATE INDEX IF NOT EXISTS docs_parent ON docs (parent);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
@@ -63,12 +65,24 @@ class DocumentStore:
     def count(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM docs").fetchone()[0])
 
-    def hashes(self, ids: Sequence[str]) -> dict[str, str]:
-        found: dict[str, str] = {}
+    def children(self, parents: Sequence[str]) -> dict[str, dict[str, str]]:
+        found: dict[str, dict[str, str]] = {}
+        for chunk in _chunks(list(parents), 500):
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.execute(
+                f"SELECT parent, id, hash FROM docs WHERE parent IN ({marks})", chunk
+            )
+            for parent, doc_id, digest in rows:
+                found.setdefault(parent, {})[doc_id] = digest
+        return found
+
+    def existing(self, ids: Sequence[str]) -> list[str]:
+        found: list[str] = []
         for chunk in _chunks(list(ids), 500):
             marks = ",".join("?" * len(chunk))
-            rows = self._db.execute(f"SELECT id, hash FROM docs WHERE id IN ({marks})", chunk)
-            found.update({row[0]: row[1] for row in rows})
+            found += [
+                r[0] for r in self._db.execute(f"SELECT id FROM docs WHERE id IN ({marks})", chunk)
+            ]
         return found
 
     def upsert(
@@ -77,6 +91,7 @@ class DocumentStore:
         rows = [
             (
                 doc.id,
+                doc.parent_id,
                 digest,
                 doc.title,
                 doc.text,
@@ -87,14 +102,15 @@ class DocumentStore:
         ]
         with self._transaction():
             self._db.executemany(
-                "INSERT INTO docs (id, hash, title, text, metadata, vector) VALUES (?,?,?,?,?,?) "
-                "ON CONFLICT(id) DO UPDATE SET hash=excluded.hash, title=excluded.title, "
-                "text=excluded.text, metadata=excluded.metadata, vector=excluded.vector",
+                "INSERT INTO docs (id, parent, hash, title, text, metadata, vector) "
+                "VALUES (?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET parent=excluded.parent, "
+                "hash=excluded.hash, title=excluded.title, text=excluded.text, "
+                "metadata=excluded.metadata, vector=excluded.vector",
                 rows,
             )
 
     def delete(self, ids: Sequence[str]) -> int:
-        present = list(self.hashes(ids))
+        present = self.existing(ids)
         if not present:
             return 0  # nothing to change, so no new version to publish
         with self._transaction():

@@ -117,6 +117,15 @@ class TextTokenizer:
             out.append(self._finish(q, enc, total))
         return out
 
+    @property
+    def special_tokens(self) -> int:
+        """Special tokens a single text gets ([CLS] ... [SEP]: 2 for BERT)."""
+        return self._single_special
+
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        """Character spans of `text`'s tokens (no special tokens): where chunks may be cut."""
+        return list(self._tok.encode(text, add_special_tokens=False).offsets)
+
     def _finish(self, first: Encoding, second: Encoding | None, original: int) -> Encoded:
         final = self._tok.post_process(first, second, add_special_tokens=True)
         return Encoded(list(final.ids), list(final.type_ids), original)

@@ -70,6 +70,16 @@ async def collections(request: Request) -> dict[str, Any]:
     return {"collections": _pipeline(request).collections.status()}
 
 
+@router.post(
+    "/admin/reload",
+    tags=["ops"],
+    summary="Load newly published index generations now (they are also polled).",
+    **PROTECTED,
+)
+async def reload(request: Request) -> dict[str, list[str]]:
+    return {"reloaded": await _pipeline(request).collections.reload()}
+
+
 @router.get(
     "/ready",
     tags=["ops"],

@@ -20,7 +20,7 @@ from app.index import AnnResult, VectorIndex
 from app.index.fallback import FallbackIndex
 from app.logs import configure_logging
 from app.pipeline import SearchPipeline
-from app.types import FloatArray
+from app.types import Filter, FloatArray
 from services.gateway.main import create_app
 
 FAULT = Path(os.environ["CHAOS_INDEX_FAULT_FILE"])
@@ -37,10 +37,10 @@ def main() -> None:
         assert isinstance(index, FallbackIndex), "set SEMSEARCH_FALLBACK_INDEX_DIR"
         healthy = index.primary.search
 
-        async def search(vectors: FloatArray, k: int) -> AnnResult:
+        async def search(vectors: FloatArray, k: int, filter: Filter | None = None) -> AnnResult:
             if FAULT.exists():
                 raise IndexUnavailable("injected fault: the primary index is down")
-            return await healthy(vectors, k)
+            return await healthy(vectors, k, filter)
 
         index.primary.search = search  # type: ignore[method-assign]
         return index

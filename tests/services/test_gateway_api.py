@@ -306,3 +306,38 @@ async def test_ready_lists_the_circuits(gateway_env: GatewaySettings) -> None:
         ready = (await client.get("/ready")).json()["components"]
     assert ready["circuits"] == {"embedder": "closed", "index": "closed", "reranker": "closed"}
     assert ready["inflight"] == 0
+
+
+async def test_filter_over_http(gateway_env: GatewaySettings) -> None:
+    async with asgi_client(create_app(gateway_env)) as client:
+        reply = await client.post(
+            "/v1/search", json={"query": "language", "filter": {"topic": "software"}}
+        )
+        assert reply.status_code == 200
+        assert {r["id"] for r in reply.json()["results"]} == {"rust", "python"}
+        for bad in ({"topic": {"$gt": 1}}, {"": "x"}, [1], {"topic": []}):
+            assert_error(
+                await client.post("/v1/search", json={"query": "q", "filter": bad}),
+                422,
+                "invalid_request",
+            )
+
+
+async def test_admin_reload_picks_up_a_new_generation_at_once(gateway_env: GatewaySettings) -> None:
+    from app.types import Document
+    from tests.conftest import SMALL_DOCS, build_collection
+
+    settings = gateway_env.model_copy(update={"index_reload_interval_s": 3600})
+    async with asgi_client(create_app(settings)) as client:
+        index = await build_collection(
+            settings.index_dir,
+            "default",
+            [*SMALL_DOCS, Document("oslo", "Oslo is the capital of Norway.", "Oslo")],
+            FakeEmbedder(model_id="fake:embedder"),
+        )
+        await index.close()
+        reply = await client.post("/admin/reload")
+        assert reply.status_code == 200
+        assert reply.json() == {"reloaded": ["default"]}
+        body = (await client.post("/v1/search", json={"query": "Oslo Norway"})).json()
+        assert body["index"]["generation"] == 2 and body["results"][0]["id"] == "oslo"

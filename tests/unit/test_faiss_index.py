@@ -105,7 +105,7 @@ async def test_update_keeps_one_copy_per_id(tmp_path: Path, fake_embedder: FakeE
     assert [h.id for h in hits].count("cats") == 1
     assert hits[0].id == "cats"
     assert hits[0].title == "Dogs"
-    assert await index.existing_hashes(["cats"]) == {"cats": content_hash(changed[0])}
+    assert await index.children(["cats"]) == {"cats": {"cats": content_hash(changed[0])}}
 
 
 async def test_reader_picks_up_a_generation_published_elsewhere(
@@ -142,9 +142,7 @@ async def test_crash_before_publish_leaves_the_old_generation_and_is_published_n
         tmp_path, "docs", "fake-embedder", fake_embedder.info.dimension or 0
     )
     # every document is already staged, so a re-run embeds nothing, yet publishes what is staged
-    assert set(await rerun.existing_hashes([d.id for d in SMALL_DOCS])) == {
-        d.id for d in SMALL_DOCS
-    }
+    assert set(await rerun.children([d.id for d in SMALL_DOCS])) == {d.id for d in SMALL_DOCS}
     assert await rerun.publish() == 2
     assert not stale.exists()
     assert await rerun.count() == len(SMALL_DOCS)
@@ -166,12 +164,12 @@ async def test_current_pointer_is_swapped_atomically_and_old_generations_pruned(
 
 async def test_second_writer_is_refused(tmp_path: Path, fake_embedder: FakeEmbedder) -> None:
     first = await build_collection(tmp_path, "docs", SMALL_DOCS[:1], fake_embedder)
-    await first.existing_hashes(["x"])  # holds the writer lock until closed
+    await first.children(["x"])  # holds the writer lock until closed
     second = await FaissIndex.open(tmp_path, "docs")
     with pytest.raises(SemsearchError, match="another process"):
-        await second.existing_hashes(["x"])
+        await second.children(["x"])
     await first.close()
-    assert await second.existing_hashes(["berlin"]) == {"berlin": content_hash(SMALL_DOCS[0])}
+    assert await second.children(["berlin"]) == {"berlin": {"berlin": content_hash(SMALL_DOCS[0])}}
 
 
 async def test_other_model_or_bad_names_are_refused(

@@ -9,7 +9,7 @@ import pytest
 
 from app.errors import InvalidInput
 from app.index.faiss_index import FaissIndex
-from app.indexing import count_lines, index_documents, read_jsonl
+from app.indexing import count_documents, index_documents, read_jsonl
 from app.models.fake import FakeEmbedder
 from app.types import Document, InputType, Truncate
 from tests.conftest import SMALL_DOCS
@@ -126,7 +126,7 @@ def test_jsonl_reader_accepts_ids_titles_metadata_and_beir_ids(tmp_path: Path) -
     )
     docs = list(read_jsonl(path))
     assert docs == [Document("a", "alpha", "A", {"k": 1}), Document("7", "beta", "", {})]
-    assert count_lines(path) == 2
+    assert count_documents(path) == 2
 
 
 @pytest.mark.parametrize(

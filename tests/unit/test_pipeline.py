@@ -272,3 +272,57 @@ async def test_status_reports_components(
         "default": {"backend": "faiss", "generation": 1, "model": "fake-embedder"}
     }
     assert components["cache"] == "memory"
+
+
+def test_fusion_blends_z_scores() -> None:
+    from app.pipeline import fuse
+
+    ann = [0.9, 0.8, 0.7]
+    rerank = [-2.0, 4.0, 1.0]
+    assert fuse(ann, rerank, 1.0) == rerank
+    only_ann = fuse(ann, rerank, 0.0)
+    assert sorted(range(3), key=lambda i: -only_ann[i]) == [0, 1, 2]
+    half = fuse(ann, rerank, 0.5)
+    assert sorted(range(3), key=lambda i: -half[i]) == [1, 0, 2] or sorted(
+        range(3), key=lambda i: -half[i]
+    ) == [1, 2, 0]
+    assert fuse([0.5, 0.5], [1.0, 1.0], 0.5) == [0.0, 0.0]  # no spread, no NaN
+
+
+async def test_weight_and_depth_per_request(
+    small_collection: Path, fake_embedder: FakeEmbedder
+) -> None:
+    class PrefersCats(FakeReranker):
+        async def score(
+            self, query: str, passages: Sequence[str], truncate: Truncate = Truncate.END
+        ) -> list[float]:
+            return [5.0 if "Cats" in p else 0.0 for p in passages]
+
+    pipeline = await make_pipeline(small_collection, fake_embedder, PrefersCats())
+    reranker_only = await pipeline.search(query("capital of Germany Berlin", rerank_weight=1.0))
+    assert reranker_only.results[0].hit.id == "cats"
+    ann_only = await pipeline.search(query("capital of Germany Berlin", rerank_weight=0.0))
+    assert ann_only.results[0].hit.id == "berlin" and ann_only.reranked
+    assert ann_only.results[0].rerank_score == 0.0
+    shallow = await pipeline.search(query("capital of Germany Berlin", rerank_depth=1))
+    assert [r.rerank_score is not None for r in shallow.results] == [True, False, False]
+    with pytest.raises(InvalidInput) as raised:
+        await pipeline.search(query("x", rerank_weight=1.5))
+    assert raised.value.field == "rerank_weight"
+
+
+async def test_metadata_filter_restricts_and_is_part_of_the_cache_key(
+    small_collection: Path, fake_embedder: FakeEmbedder, fake_reranker: FakeReranker
+) -> None:
+    pipeline = await make_pipeline(small_collection, fake_embedder, fake_reranker)
+    everything = await pipeline.search(query("programming language Berlin", top_k=5))
+    software = await pipeline.search(
+        query("programming language Berlin", top_k=5, filter={"topic": "software"})
+    )
+    assert {r.hit.id for r in software.results} == {"rust", "python"}
+    assert software.cached is False and len(everything.results) == 5
+    several = await pipeline.search(query("Berlin", top_k=5, filter={"topic": ["city", "animal"]}))
+    assert {r.hit.id for r in several.results} == {"berlin", "paris", "cats"}
+    with pytest.raises(InvalidInput) as raised:
+        await pipeline.search(query("x", filter={"bad key!": 1}))
+    assert raised.value.field == "filter"

@@ -229,10 +229,10 @@ async def test_failing_primary_index_falls_back(
     primary = fallback_index.primary  # type: ignore[attr-defined]
     real_search = primary.search
 
-    async def failing(vectors, k):  # type: ignore[no-untyped-def]
+    async def failing(vectors, k, filter=None):  # type: ignore[no-untyped-def]
         if broken["on"]:
             raise IndexUnavailable("qdrant is down")
-        return await real_search(vectors, k)
+        return await real_search(vectors, k, filter)
 
     primary.search = failing
     for i in range(4):
@@ -251,7 +251,7 @@ async def test_no_fallback_and_a_failing_index_is_503(small_collection: Path) ->
     )
     index = await pipeline.collections.get("default")
 
-    async def failing(vectors, k) -> AnnResult:  # type: ignore[no-untyped-def]
+    async def failing(vectors, k, filter=None) -> AnnResult:  # type: ignore[no-untyped-def]
         raise RuntimeError("disk gone")
 
     index.search = failing  # type: ignore[method-assign]

@@ -1,0 +1,84 @@
+"""FAISS index types: the automatic choice, HNSW and IVF-PQ recall, filtered ANN, GPU setting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.errors import SemsearchError
+from app.index.faiss_index import FaissIndex, FaissOptions, build_index
+from app.index.generations import CollectionLayout
+from app.types import Document
+
+DIM = 32
+
+
+def clustered(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((20, DIM))
+    vectors = centers[rng.integers(0, 20, n)] + 0.3 * rng.standard_normal((n, DIM))
+    vectors = vectors.astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def test_auto_picks_by_size() -> None:
+    options = FaissOptions()
+    assert options.resolve_type(10) == "flat"
+    assert options.resolve_type(49_999) == "flat"
+    assert options.resolve_type(50_000) == "hnsw"
+    assert options.resolve_type(3_000_000) == "ivfpq"
+    assert FaissOptions(index_type="hnsw").resolve_type(10) == "hnsw"
+
+
+@pytest.mark.parametrize(("kind", "min_recall"), [("hnsw", 0.95), ("ivfpq", 0.7)])
+def test_ann_types_recall_against_exact(kind: str, min_recall: float) -> None:
+    n = 12_000  # enough to train 256 centroids per PQ sub-quantizer
+    vectors = clustered(n)
+    queries = clustered(100, seed=1)
+    ids = np.arange(100, 100 + n, dtype=np.int64)
+    options = FaissOptions(
+        index_type=kind,
+        ivf_nlist=64,
+        ivf_nprobe=16,
+        pq_m=16,  # type: ignore[arg-type]
+        hnsw_ef_search=256,
+    )
+    index, built, params = build_index(vectors, ids, options)
+    assert built == kind and params
+    _, found = index.search(queries, 10)
+    exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :10] + 100
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact, strict=True)])
+    assert recall >= min_recall, recall
+
+
+async def test_hnsw_collection_with_selective_and_broad_filters(tmp_path: Path) -> None:
+    n = 3000
+    vectors = clustered(n)
+    docs = [
+        Document(f"d{i}", f"t{i}", "", {"group": "rare" if i % 500 == 0 else "common"})
+        for i in range(n)
+    ]
+    options = FaissOptions(index_type="hnsw", exact_filter_limit=100)
+    index = await FaissIndex.create(tmp_path, "c", "m", DIM, options=options)
+    await index.upsert(docs, vectors)
+    await index.publish()
+    assert index.index_type == "hnsw"
+    manifest = CollectionLayout(tmp_path, "c").read_manifest(1)
+    assert manifest.index_params == {"m": 32, "ef_construction": 200}
+    query = clustered(1, seed=5)
+    rare = (await index.search(query, 10, {"group": "rare"})).hits[0]
+    assert sorted(h.id for h in rare) == sorted(f"d{i}" for i in range(0, n, 500))  # all 6, exact
+    broad = (await index.search(query, 10, {"group": "common"})).hits[0]  # via the selector
+    assert len(broad) == 10 and all(h.metadata["group"] == "common" for h in broad)
+    exact = await index.exact_ids(query, 10)
+    ann = await index.ann_ids(query, 10)
+    assert len(set(exact[0]) & set(ann[0])) >= 9
+
+
+async def test_gpu_on_without_a_gpu_is_a_clear_error(tmp_path: Path) -> None:
+    index = await FaissIndex.create(tmp_path, "c", "m", DIM, options=FaissOptions(gpu="on"))
+    await index.upsert([Document("a", "x")], clustered(1))
+    with pytest.raises(SemsearchError, match="no GPU"):
+        await index.publish()

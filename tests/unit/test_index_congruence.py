@@ -1,0 +1,184 @@
+"""The same cases against every VectorIndex backend, and the backends against each other.
+
+FAISS (flat, exact) and Qdrant (embedded local mode, exact search) must agree: same top ids,
+scores within a tolerance, same filter semantics, same write semantics. With QDRANT_URL set
+the Qdrant cases also run against that server.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.errors import InvalidInput
+from app.index import VectorIndex, content_hash
+from app.index.faiss_index import FaissIndex
+from app.index.qdrant_index import QdrantIndex, QdrantOptions
+from app.types import Document, Filter
+
+DIM = 32
+BACKENDS = ["faiss", "qdrant-local"]
+if os.environ.get("QDRANT_URL"):
+    BACKENDS.append("qdrant-server")
+
+Factory = Callable[[str], Awaitable[VectorIndex]]
+
+
+def corpus(n: int = 200, seed: int = 0) -> tuple[list[Document], np.ndarray]:
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((n, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    langs = ["en", "de", "fr"]
+    docs = [
+        Document(
+            id=f"d{i}",
+            text=f"text {i}",
+            title=f"title {i}",
+            metadata={
+                "lang": langs[i % 3],
+                "year": 2000 + i % 10,
+                "score": (i % 4) / 2,
+                "public": i % 2 == 0,
+                "tags": [f"t{i % 5}", f"t{(i + 1) % 5}"],
+            },
+        )
+        for i in range(n)
+    ]
+    return docs, vectors
+
+
+@pytest.fixture(params=BACKENDS)
+async def make_index(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Factory]:
+    opened: list[VectorIndex] = []
+
+    async def make(name: str) -> VectorIndex:
+        index: VectorIndex
+        if request.param == "faiss":
+            index = await FaissIndex.create(tmp_path / "faiss", name, "m", DIM)
+        elif request.param == "qdrant-local":
+            options = QdrantOptions(path=tmp_path / "qdrant", exact=True)
+            index = await QdrantIndex.create(options, name, "m", DIM)
+        else:
+            options = QdrantOptions(url=os.environ["QDRANT_URL"], exact=True)
+            index = await QdrantIndex.create(options, f"{name}-{uuid.uuid4().hex[:8]}", "m", DIM)
+        opened.append(index)
+        return index
+
+    yield make
+    for index in opened:
+        await index.close()
+
+
+async def filled(make: Factory, n: int = 200) -> tuple[VectorIndex, list[Document], np.ndarray]:
+    docs, vectors = corpus(n)
+    index = await make("docs")
+    await index.upsert(docs, vectors)
+    assert await index.publish() == 1
+    return index, docs, vectors
+
+
+def brute_force(
+    vectors: np.ndarray, query: np.ndarray, k: int, allowed: list[int] | None = None
+) -> list[int]:
+    scores = vectors @ query
+    rows = (
+        np.argsort(-scores, kind="stable")
+        if allowed is None
+        else sorted(allowed, key=lambda i: -scores[i])
+    )
+    return list(rows[:k])
+
+
+async def test_search_is_exact_nearest_neighbours(make_index: Factory) -> None:
+    index, docs, vectors = await filled(make_index)
+    queries = corpus(5, seed=1)[1]
+    result = await index.search(queries, 10)
+    assert result.generation == 1 and not result.degraded
+    for query, hits in zip(queries, result.hits, strict=True):
+        expected = brute_force(vectors, query, 10)
+        assert [h.id for h in hits] == [docs[i].id for i in expected]
+        np.testing.assert_allclose([h.score for h in hits], vectors[expected] @ query, atol=1e-5)
+    top = result.hits[0][0]
+    assert top.title.startswith("title ") and top.text.startswith("text ")
+    assert set(top.metadata) == {"lang", "year", "score", "public", "tags"}
+    assert await index.count() == 200
+
+
+@pytest.mark.parametrize(
+    ("filter", "keep"),
+    [
+        ({"lang": "de"}, lambda d: d.metadata["lang"] == "de"),
+        ({"lang": ["de", "fr"]}, lambda d: d.metadata["lang"] in ("de", "fr")),
+        ({"public": True}, lambda d: d.metadata["public"] is True),
+        ({"year": 2003}, lambda d: d.metadata["year"] == 2003),
+        ({"score": 0.5}, lambda d: d.metadata["score"] == 0.5),
+        ({"tags": "t2"}, lambda d: "t2" in d.metadata["tags"]),
+        (
+            {"lang": "en", "year": [2000, 2003, 2006]},
+            lambda d: d.metadata["lang"] == "en" and d.metadata["year"] in (2000, 2003, 2006),
+        ),
+        ({"lang": "xx"}, lambda d: False),
+    ],
+)
+async def test_filters_mean_the_same_everywhere(
+    make_index: Factory, filter: Filter, keep: Callable[[Document], bool]
+) -> None:
+    index, docs, vectors = await filled(make_index)
+    query = corpus(1, seed=2)[1]
+    allowed = [i for i, d in enumerate(docs) if keep(d)]
+    hits = (await index.search(query, 10, filter)).hits[0]
+    assert [h.id for h in hits] == [docs[i].id for i in brute_force(vectors, query[0], 10, allowed)]
+    assert len(hits) == min(10, len(allowed))  # k results whenever k match
+
+
+async def test_writes_children_updates_and_deletes(make_index: Factory) -> None:
+    index, _docs, vectors = await filled(make_index, n=20)
+    chunks = [
+        Document(f"long#{i}", f"part {i}", "Long", {"lang": "en"}, parent="long") for i in range(3)
+    ]
+    await index.upsert(chunks, vectors[:3])
+    changed = Document("d5", "new text", "new title", {"lang": "de"})
+    await index.upsert([changed], vectors[5:6])
+    children = await index.children(["long", "d5", "nope"])
+    assert children == {
+        "long": {c.id: content_hash(c) for c in chunks},
+        "d5": {"d5": content_hash(changed)},
+    }
+    assert await index.delete(["long#2", "missing"]) == 1
+    assert await index.publish() == 2
+    assert await index.publish() is None  # nothing new
+    assert await index.count() == 22
+    hits = (await index.search(vectors[5:6], 1)).hits[0]
+    assert hits[0].id == "d5" and hits[0].text == "new text"
+    assert "long#2" not in (await index.children(["long"]))["long"]
+
+
+async def test_wrong_dimension_is_refused(make_index: Factory) -> None:
+    index, _, _ = await filled(make_index, n=5)
+    with pytest.raises(InvalidInput):
+        await index.search(np.ones((1, DIM + 1), np.float32), 3)
+
+
+async def test_faiss_and_qdrant_agree(tmp_path: Path) -> None:
+    docs, vectors = corpus(300, seed=3)
+    faiss_index = await FaissIndex.create(tmp_path / "faiss", "docs", "m", DIM)
+    qdrant_index = await QdrantIndex.create(
+        QdrantOptions(path=tmp_path / "q", exact=True), "docs", "m", DIM
+    )
+    for index in (faiss_index, qdrant_index):
+        await index.upsert(docs, vectors)
+        await index.publish()
+    queries = corpus(20, seed=4)[1]
+    for filter in (None, {"lang": "fr"}, {"tags": ["t1", "t4"], "public": False}):
+        a = (await faiss_index.search(queries, 10, filter)).hits
+        b = (await qdrant_index.search(queries, 10, filter)).hits
+        for left, right in zip(a, b, strict=True):
+            assert [h.id for h in left] == [h.id for h in right]
+            np.testing.assert_allclose([h.score for h in left], [h.score for h in right], atol=1e-5)
+    await faiss_index.close()
+    await qdrant_index.close()

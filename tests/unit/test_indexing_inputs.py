@@ -1,0 +1,145 @@
+"""Indexing inputs (CSV, directories), chunking, deletes and dry runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.errors import InvalidInput
+from app.index.faiss_index import FaissIndex
+from app.indexing import (
+    Chunker,
+    CsvColumns,
+    NothingStaged,
+    count_documents,
+    index_documents,
+    read_documents,
+)
+from app.models.fake import FakeEmbedder
+from app.models.paths import resolve_model_path
+from app.models.tokens import TextTokenizer
+from app.types import Document
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> TextTokenizer:
+    return TextTokenizer.from_folder(
+        resolve_model_path("sentence-transformers/all-MiniLM-L6-v2"), 64
+    )
+
+
+async def open_index(tmp_path: Path, embedder: FakeEmbedder) -> FaissIndex:
+    return await FaissIndex.create(
+        tmp_path, "docs", embedder.info.model_id, embedder.info.dimension or 0
+    )
+
+
+def test_csv_with_column_mapping(tmp_path: Path) -> None:
+    path = tmp_path / "docs.csv"
+    path.write_text(
+        'key,body,heading,lang,year\n1,"first, with a comma",One,en,2020\n2,second,,de,\n'
+    )
+    docs = list(read_documents(path, columns=CsvColumns(id="key", text="body", title="heading")))
+    assert docs == [
+        Document("1", "first, with a comma", "One", {"lang": "en", "year": "2020"}),
+        Document("2", "second", "", {"lang": "de"}),
+    ]
+    only_lang = list(
+        read_documents(path, columns=CsvColumns(id="key", text="body", metadata=("lang",)))
+    )
+    assert only_lang[0].metadata == {"lang": "en"}
+    assert count_documents(path) == 2
+    with pytest.raises(InvalidInput, match="no column 'id'"):
+        list(read_documents(path))
+    tsv = tmp_path / "docs.tsv"
+    tsv.write_text("id\ttext\na\tx y\n")
+    assert next(read_documents(tsv)).text == "x y"
+
+
+def test_directory_of_text_and_markdown(tmp_path: Path) -> None:
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "faiss-intro.md").write_text(
+        "# FAISS in practice\n\nIndexes and recall.\n"
+    )
+    (tmp_path / "plain_file.txt").write_text("Just text.\n")
+    (tmp_path / "empty.md").write_text("\n")
+    (tmp_path / "image.png").write_bytes(b"\x89PNG")
+    docs = list(read_documents(tmp_path))
+    assert [(d.id, d.title, d.text) for d in docs] == [
+        ("notes/faiss-intro.md", "FAISS in practice", "Indexes and recall."),
+        ("plain_file.txt", "plain file", "Just text."),
+    ]
+    assert docs[0].metadata == {"path": "notes/faiss-intro.md", "format": "md"}
+    assert count_documents(tmp_path) == 3  # counted before reading: the empty one is skipped later
+
+
+def test_ids_may_not_look_like_chunks(tmp_path: Path) -> None:
+    path = tmp_path / "docs.jsonl"
+    path.write_text('{"id": "a#1", "text": "x"}\n')
+    with pytest.raises(InvalidInput, match="'#'"):
+        list(read_documents(path))
+
+
+def test_chunks_fit_the_window_overlap_and_keep_provenance(tokenizer: TextTokenizer) -> None:
+    words = " ".join(f"word{i}" for i in range(300))
+    doc = Document("paper", words, "A Title", {"lang": "en"})
+    chunks = Chunker(tokenizer, overlap=8).split(doc)
+    assert len(chunks) > 3
+    assert [c.id for c in chunks] == [f"paper#{i}" for i in range(len(chunks))]
+    for i, chunk in enumerate(chunks):
+        assert chunk.parent_id == "paper" and chunk.title == "A Title"
+        assert chunk.metadata == {"lang": "en", "parent_id": "paper", "chunk": i}
+        # title + text + [CLS]/[SEP] fit the 64-token window
+        assert len(tokenizer.spans(chunk.passage)) + tokenizer.special_tokens <= 64
+    first, second = chunks[0].text.split(), chunks[1].text.split()
+    assert set(first[-4:]) <= set(second)  # neighbours overlap
+    assert chunks[-1].text.endswith("word299")
+    short = Document("note", "a short note", "t")
+    assert Chunker(tokenizer).split(short) == [short]
+
+
+async def test_shorter_new_version_deletes_its_stale_chunks(
+    tmp_path: Path, tokenizer: TextTokenizer
+) -> None:
+    embedder = FakeEmbedder(model_id="fake", max_tokens=64)
+    index = await open_index(tmp_path, embedder)
+    chunker = Chunker(tokenizer, overlap=0)
+    long = Document("paper", " ".join(f"w{i}" for i in range(200)))
+    first = await index_documents([long], index, embedder, chunker=chunker)
+    chunk_count = first.records_written
+    assert chunk_count > 2 and first.added == 1
+    shorter = Document("paper", "now a short paper")
+    second = await index_documents([shorter], index, embedder, chunker=chunker)
+    assert (second.updated, second.records_written, second.records_removed) == (1, 1, chunk_count)
+    assert await index.children(["paper"]) != {}
+    assert list((await index.children(["paper"]))["paper"]) == ["paper"]
+    assert await index.count() == 1
+
+
+async def test_delete_removes_documents_with_all_their_chunks(
+    tmp_path: Path, tokenizer: TextTokenizer
+) -> None:
+    embedder = FakeEmbedder(model_id="fake", max_tokens=64)
+    index = await open_index(tmp_path, embedder)
+    chunker = Chunker(tokenizer)
+    docs = [Document("long", " ".join(f"w{i}" for i in range(200))), Document("keep", "keep me")]
+    await index_documents(docs, index, embedder, chunker=chunker)
+    report = await index_documents([], index, embedder, delete=["long", "unknown"])
+    assert report.deleted == 1 and report.records_removed > 2
+    assert report.generation == 2
+    assert await index.count() == 1
+
+
+async def test_dry_run_counts_and_writes_nothing(tmp_path: Path) -> None:
+    embedder = FakeEmbedder(model_id="fake")
+    index = await open_index(tmp_path, embedder)
+    await index_documents([Document("a", "alpha"), Document("b", "beta")], index, embedder)
+    calls = len(embedder.calls)
+    plan = [Document("a", "alpha"), Document("b", "beta changed"), Document("c", "gamma")]
+    report = await index_documents(plan, index, embedder, delete=["a"], dry_run=True)
+    assert (report.added, report.updated, report.unchanged, report.deleted) == (1, 1, 1, 1)
+    assert report.generation is None and report.dry_run
+    assert len(embedder.calls) == calls and index.generation == 1
+    new_collection = await index_documents(plan, NothingStaged("new"), embedder, dry_run=True)  # type: ignore[arg-type]
+    assert new_collection.added == 3
