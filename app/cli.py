@@ -337,6 +337,92 @@ def search(
     )
 
 
+@cli.command("eval")
+def eval_command(
+    dataset: Annotated[
+        Path,
+        typer.Argument(
+            exists=True, file_okay=False, help="A BEIR folder: corpus.jsonl, queries.jsonl, qrels/."
+        ),
+    ],
+    split: Annotated[str, typer.Option(help="qrels/<split>.tsv to score.")] = "test",
+    collection: Annotated[
+        str | None, typer.Option(help="Collection to (re)use; default eval-<name>.")
+    ] = None,
+    depths: Annotated[str, typer.Option(help="Rerank depths to sweep.")] = "10,20,30",
+    weights: Annotated[str, typer.Option(help="Fusion weights to sweep.")] = "0,0.25,0.5,0.75,1",
+    rerank: Annotated[bool, typer.Option(help="Also evaluate dense + rerank.")] = True,
+    output: Annotated[
+        Path | None, typer.Option(help="JSON report (default var/eval/<name>-<split>.json).")
+    ] = None,
+) -> None:
+    """Quality through the real search path: nDCG@10, recall@10/@100 and MRR@10 for dense-only
+    and dense + rerank, a sweep of fusion weight x rerank depth, and ANN recall@10 against
+    exact search. Indexes the corpus first (re-runs reuse it)."""
+    from app.evaluation import EvalConfig, evaluate_search
+
+    settings = GatewaySettings()
+    configure_logging("warning", settings.log_format, "eval")
+    config = EvalConfig(
+        dataset=dataset,
+        split=split,
+        collection=collection,
+        rerank=rerank,
+        depths=tuple(int(d) for d in depths.split(",")),
+        weights=tuple(float(w) for w in weights.split(",")),
+    )
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+    tasks: dict[str, Any] = {}
+
+    def advance(stage: str, n: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = progress.add_task(stage, total=total)
+        progress.advance(tasks[stage], n)
+
+    with progress:
+        try:
+            report = asyncio.run(evaluate_search(config, settings, advance))
+        except SemsearchError as exc:
+            err.print(f"[red]error:[/red] {exc.message}")
+            raise typer.Exit(1) from None
+    measures = ["nDCG@10", "R@10", "R@100", "RR@10"]
+    table = Table(title=f"{report['dataset']} ({report['split']}, {report['queries']} queries)")
+    table.add_column("run")
+    for measure in measures:
+        table.add_column(measure.replace("RR@10", "MRR@10"), justify="right")
+    rows = [("dense", report["dense"])]
+    if report.get("dense_rerank"):
+        rows.append(("dense + rerank (settings)", report["dense_rerank"]))
+        best = report["best"]
+        rows.append((f"best: depth {best['depth']}, w {best['weight']}", best))
+    for label, values in rows:
+        table.add_row(label, *(f"{values[m]:.4f}" for m in measures))
+    console.print(table)
+    if report.get("sweep"):
+        sweep = Table(title="nDCG@10 by rerank depth (rows) and weight w (columns)")
+        sweep.add_column("depth")
+        for weight in config.weights:
+            sweep.add_column(f"w={weight:g}", justify="right")
+        for depth in config.depths:
+            cells = {s["weight"]: s["nDCG@10"] for s in report["sweep"] if s["depth"] == depth}
+            sweep.add_row(str(depth), *(f"{cells[w]:.4f}" for w in config.weights))
+        console.print(sweep)
+    elif config.rerank:
+        console.print(f"reranker not used: {report.get('reranker_status')}")
+    recall = report["ann_recall@10"]
+    console.print(f"ANN recall@10 vs exact search: {recall:.4f}" if recall is not None else "")
+    target = output or Path("var/eval") / f"{report['dataset']}-{split}.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(report, indent=2))
+    console.print(f"wrote {target}")
+
+
 @cli.command("hash-key")
 def hash_key(
     key: Annotated[

@@ -315,7 +315,7 @@ class SearchPipeline:
                 degraded.append("reranker")
 
         result = SearchResult(
-            results=_rank(hits, scores, query.top_k, weight),
+            results=rank_results(hits, scores, query.top_k, weight),
             reranked=scores is not None,
             degraded=degraded,
             cached=False,
@@ -446,7 +446,7 @@ def _zscores(values: Sequence[float]) -> list[float]:
     return [(v - mean) / spread if spread > 0 else 0.0 for v in values]
 
 
-def _rank(
+def rank_results(
     hits: list[Hit], scores: list[float] | None, top_k: int, weight: float = 1.0
 ) -> list[RankedHit]:
     """Reranked head ordered by the fused score (stable on ties), then the rest in ANN order;

@@ -1,0 +1,71 @@
+"""`semsearch eval` end to end on a small BEIR folder, with fake models: the report's shape,
+metrics from ir-measures, the sweep, ANN recall against exact search."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from app.cli import cli
+from app.evaluation import evaluate, load_beir
+from tests.conftest import load_sample_documents, load_sample_queries
+
+
+@pytest.fixture
+def beir(tmp_path: Path) -> Path:
+    folder = tmp_path / "mini"
+    (folder / "qrels").mkdir(parents=True)
+    docs = load_sample_documents()[:120]
+    queries = [q for q in load_sample_queries() if q["expected_id"] in {d.id for d in docs}]
+    (folder / "corpus.jsonl").write_text("".join(
+        json.dumps({"_id": d.id, "title": d.title, "text": d.text}) + "\n" for d in docs))
+    (folder / "queries.jsonl").write_text("".join(
+        json.dumps({"_id": q["id"], "text": q["text"]}) + "\n" for q in queries) + json.dumps(
+        {"_id": "unjudged", "text": "not in the qrels"}) + "\n")
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
+        f"{q['id']}\t{q['expected_id']}\t1\n" for q in queries))
+    return folder
+
+
+def test_metrics_come_from_ir_measures_and_missing_queries_count_as_zero() -> None:
+    qrels = {"q1": {"a": 1}, "q2": {"b": 1}}
+    perfect = evaluate({"q1": {"a": 2.0, "x": 1.0}, "q2": {"b": 1.0}}, qrels)
+    assert perfect["nDCG@10"] == pytest.approx(1.0) and perfect["RR@10"] == pytest.approx(1.0)
+    half = evaluate({"q1": {"a": 1.0}}, qrels)  # q2 has no results at all
+    assert half["nDCG@10"] == pytest.approx(0.5)
+    second = evaluate({"q1": {"x": 2.0, "a": 1.0}, "q2": {"b": 1.0}}, qrels)
+    assert second["RR@10"] == pytest.approx(0.75)
+
+
+def test_loader_keeps_only_judged_queries(beir: Path) -> None:
+    dataset = load_beir(beir)
+    assert "unjudged" not in dataset.queries
+    assert len(dataset.corpus) == 120 and set(dataset.queries) == set(dataset.qrels)
+
+
+def test_eval_command_reports_dense_rerank_sweep_and_recall(
+    beir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SEMSEARCH_EMBEDDER_BACKEND", "fake")
+    monkeypatch.setenv("SEMSEARCH_RERANKER_BACKEND", "fake")
+    monkeypatch.setenv("SEMSEARCH_INDEX_DIR", str(tmp_path / "index"))
+    out = tmp_path / "report.json"
+    args = ["eval", str(beir), "--depths", "5,10", "--weights", "0,0.5,1", "--output", str(out)]
+    first = CliRunner().invoke(cli, args)
+    assert first.exit_code == 0, first.output
+    report = json.loads(out.read_text())
+    assert report["queries"] == len(load_beir(beir).queries)
+    assert set(report["dense"]) == {"nDCG@10", "R@10", "R@100", "RR@10"}
+    assert 0 < report["dense"]["nDCG@10"] <= 1
+    assert len(report["sweep"]) == 6
+    zero = [s for s in report["sweep"] if s["weight"] == 0.0]
+    assert all(s["nDCG@10"] == pytest.approx(report["dense"]["nDCG@10"]) for s in zero)  # w=0: ANN order
+    assert report["ann_recall@10"] == pytest.approx(1.0)  # flat index: exact
+    assert report["indexing"]["added"] == 120
+    again = CliRunner().invoke(cli, args)  # the corpus is reused, not re-embedded
+    assert again.exit_code == 0
+    assert json.loads(out.read_text())["indexing"]["unchanged"] == 120
+    assert "nDCG@10" in first.output and "w=0.5" in first.output
