@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv/bin
 
-.PHONY: help run test test-fast lint fmt index serve-embedder serve-reranker clean
+.PHONY: help run test test-fast lint fmt index serve-embedder serve-reranker up up-cpu down bench clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -35,6 +35,19 @@ serve-embedder: ## Run the embedder service on :8001
 
 serve-reranker: ## Run the reranker service on :8002
 	$(VENV)/semsearch serve reranker
+
+up: ## The full stack with docker compose, on an NVIDIA GPU (needs deploy/compose/.env)
+	cd deploy/compose && docker compose up -d
+
+up-cpu: ## The full stack with docker compose, CPU only
+	cd deploy/compose && docker compose -f compose.yml -f compose.cpu.yml up -d
+
+down: ## Stop the compose stack (volumes are kept)
+	cd deploy/compose && docker compose -f compose.yml -f compose.cpu.yml down
+
+bench: ## The serving benchmark (about 15 minutes; writes bench/results/serving.json)
+	scripts/bootstrap.sh --dev
+	$(VENV)/python -m bench.serving
 
 clean: ## Remove the local index and caches (keeps .venv)
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache

@@ -198,7 +198,8 @@ async def _index(job: IndexJob, settings: GatewaySettings) -> None:
     model = embedder.info
     chunker = None
     if job.chunk_tokens != 0:
-        tokenizer = TextTokenizer.from_folder(model_folder(model.model_id), model.max_tokens)
+        folder = model_folder(model.model_id, tokenizer_only=True)
+        tokenizer = TextTokenizer.from_folder(folder, model.max_tokens)
         chunker = Chunker(tokenizer, job.chunk_tokens, job.chunk_overlap)
     exists = CollectionLayout(settings.index_dir, job.collection).exists()
     if job.dry_run and not exists:

@@ -35,8 +35,9 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
-def model_folder(name: str) -> Path:
+def model_folder(name: str, tokenizer_only: bool = False) -> Path:
     """A local folder holding `name`: as given, bundled, or fetched into the hub cache.
+    `tokenizer_only` fetches just the tokenizer and config files (what chunking needs).
 
     Raises:
         OSError: `name` is a hub id that is neither cached nor downloadable.
@@ -46,7 +47,8 @@ def model_folder(name: str) -> Path:
         return Path(resolved)
     from huggingface_hub import snapshot_download
 
+    patterns = ["*.json", "*.txt", "*.model"] if tokenizer_only else None
     try:  # the cache first: no network round trip when the model is already here
-        return Path(snapshot_download(resolved, local_files_only=True))
+        return Path(snapshot_download(resolved, local_files_only=True, allow_patterns=patterns))
     except Exception:
-        return Path(snapshot_download(resolved))
+        return Path(snapshot_download(resolved, allow_patterns=patterns))

@@ -20,13 +20,18 @@ def beir(tmp_path: Path) -> Path:
     (folder / "qrels").mkdir(parents=True)
     docs = load_sample_documents()[:120]
     queries = [q for q in load_sample_queries() if q["expected_id"] in {d.id for d in docs}]
-    (folder / "corpus.jsonl").write_text("".join(
-        json.dumps({"_id": d.id, "title": d.title, "text": d.text}) + "\n" for d in docs))
-    (folder / "queries.jsonl").write_text("".join(
-        json.dumps({"_id": q["id"], "text": q["text"]}) + "\n" for q in queries) + json.dumps(
-        {"_id": "unjudged", "text": "not in the qrels"}) + "\n")
-    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
-        f"{q['id']}\t{q['expected_id']}\t1\n" for q in queries))
+    (folder / "corpus.jsonl").write_text(
+        "".join(json.dumps({"_id": d.id, "title": d.title, "text": d.text}) + "\n" for d in docs)
+    )
+    (folder / "queries.jsonl").write_text(
+        "".join(json.dumps({"_id": q["id"], "text": q["text"]}) + "\n" for q in queries)
+        + json.dumps({"_id": "unjudged", "text": "not in the qrels"})
+        + "\n"
+    )
+    (folder / "qrels" / "test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n"
+        + "".join(f"{q['id']}\t{q['expected_id']}\t1\n" for q in queries)
+    )
     return folder
 
 
@@ -62,7 +67,9 @@ def test_eval_command_reports_dense_rerank_sweep_and_recall(
     assert 0 < report["dense"]["nDCG@10"] <= 1
     assert len(report["sweep"]) == 6
     zero = [s for s in report["sweep"] if s["weight"] == 0.0]
-    assert all(s["nDCG@10"] == pytest.approx(report["dense"]["nDCG@10"]) for s in zero)  # w=0: ANN order
+    assert all(
+        s["nDCG@10"] == pytest.approx(report["dense"]["nDCG@10"]) for s in zero
+    )  # w=0: ANN order
     assert report["ann_recall@10"] == pytest.approx(1.0)  # flat index: exact
     assert report["indexing"]["added"] == 120
     again = CliRunner().invoke(cli, args)  # the corpus is reused, not re-embedded

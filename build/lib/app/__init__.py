@@ -1,0 +1,3 @@
+"""semsearch core library: models, indexes, cache, pipeline and indexing. No web framework here."""
+
+__version__ = "0.1.0"

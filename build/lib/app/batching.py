@@ -1,0 +1,226 @@
+"""BatchQueue: the one component that turns many small requests into few large model calls.
+
+Every item of every request gets a future. A single batcher task cuts batches by item count,
+by a padded-token budget (longest item x items, which is what a forward pass really costs) and
+by a short maximum wait, grouping items of similar length so little compute is spent on padding.
+The model runs on a worker thread while the next batch accumulates; the queue is bounded and a
+request that does not fit is refused at once (429) instead of waiting. Items whose caller went
+away (its task was cancelled, e.g. on client disconnect) are dropped before compute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from app import metrics
+from app.errors import Overloaded, Unavailable
+from app.logs import get_logger
+
+log = get_logger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass
+class RequestTiming:
+    """Queue and compute time of the batched work done for one request (TEI's headers)."""
+
+    queue_s: float = 0.0
+    compute_s: float = 0.0
+
+
+# Set per request by the services' middleware; the queue adds to it (`x-queue-time`).
+request_timing: ContextVar[RequestTiming | None] = ContextVar("request_timing", default=None)
+
+
+@dataclass(eq=False)
+class _Entry(Generic[T, R]):
+    item: T
+    size: int
+    future: asyncio.Future[R]
+    enqueued: float = field(default_factory=time.perf_counter)
+    batch: int = -1  # which batch computed it, and how long that batch took
+    compute_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    max_batch_size: int = 256
+    max_batch_tokens: int = 16_384
+    max_wait_s: float = 0.002
+    max_queued_items: int = 4096
+
+
+class BatchQueue(Generic[T, R]):
+    """Submit items, get results in order; `compute` sees batches on `executor`'s thread.
+
+    `compute(items)` must return one result per item, in order. `size_of(item)` is its length
+    in tokens.
+    """
+
+    def __init__(
+        self,
+        compute: Callable[[list[T]], Sequence[R]],
+        *,
+        size_of: Callable[[T], int],
+        executor: Executor,
+        limits: BatchLimits,
+        kind: str,
+    ) -> None:
+        self._compute = compute
+        self._size_of = size_of
+        self._executor = executor
+        self.limits = limits
+        self.kind = kind
+        self._pending: list[_Entry[T, R]] = []
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._items_per_s = 0.0  # smoothed throughput, for Retry-After
+        self._batches = 0
+
+    @property
+    def depth(self) -> int:
+        return len(self._pending)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"batcher-{self.kind}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for entry in self._pending:
+            if not entry.future.done():
+                entry.future.set_exception(Unavailable(f"{self.kind} model is shutting down"))
+        self._pending.clear()
+
+    async def submit(self, items: Sequence[T]) -> list[R]:
+        """Results for `items`, in order.
+
+        Raises:
+            Overloaded: the queue cannot take `len(items)` more items right now (nothing queued).
+            Unavailable: the batcher is not running.
+        """
+        if self._task is None or self._task.done():
+            raise Unavailable(f"{self.kind} batcher is not running")
+        if len(self._pending) + len(items) > self.limits.max_queued_items:
+            raise Overloaded(
+                f"{self.kind} queue is full ({len(self._pending)} items waiting)",
+                retry_after_s=self._retry_after(len(items)),
+            )
+        loop = asyncio.get_running_loop()
+        entries = [_Entry(item, self._size_of(item), loop.create_future()) for item in items]
+        self._pending.extend(entries)
+        metrics.BATCH_QUEUE_DEPTH.labels(self.kind).set(len(self._pending))
+        self._wakeup.set()
+        started = time.perf_counter()
+        try:
+            results = await asyncio.gather(*(entry.future for entry in entries))
+        finally:
+            # On cancellation gather cancels the futures; the batcher skips them.
+            timing = request_timing.get()
+            if timing is not None:
+                compute = sum({e.batch: e.compute_s for e in entries if e.batch >= 0}.values())
+                timing.compute_s += compute
+                timing.queue_s += max(0.0, time.perf_counter() - started - compute)
+        return list(results)
+
+    def _retry_after(self, wanted: int) -> float:
+        rate = self._items_per_s or 100.0
+        return max(1.0, (len(self._pending) + wanted) / rate)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wakeup.wait()
+            await self._linger()
+            batch = self._cut()
+            if not self._pending:
+                self._wakeup.clear()
+            metrics.BATCH_QUEUE_DEPTH.labels(self.kind).set(len(self._pending))
+            if not batch:
+                continue
+            await self._execute(loop, batch)
+
+    async def _execute(self, loop: asyncio.AbstractEventLoop, batch: list[_Entry[T, R]]) -> None:
+        started = time.perf_counter()
+        for entry in batch:
+            metrics.BATCH_QUEUE_SECONDS.labels(self.kind).observe(started - entry.enqueued)
+        metrics.BATCH_SIZE.labels(self.kind).observe(len(batch))
+        metrics.BATCH_TOKENS.labels(self.kind).observe(max(e.size for e in batch) * len(batch))
+        try:
+            results = await loop.run_in_executor(
+                self._executor, self._compute, [e.item for e in batch]
+            )
+            if len(results) != len(batch):
+                raise RuntimeError(f"compute returned {len(results)} results for {len(batch)}")
+        except Exception as exc:
+            log.error("batch_failed", kind=self.kind, items=len(batch), error=repr(exc))
+            for entry in batch:
+                if not entry.future.done():
+                    entry.future.set_exception(exc)
+            return
+        elapsed = time.perf_counter() - started
+        metrics.BATCH_COMPUTE_SECONDS.labels(self.kind).observe(elapsed)
+        rate = len(batch) / elapsed if elapsed > 0 else 0.0
+        self._items_per_s = rate if not self._items_per_s else 0.8 * self._items_per_s + 0.2 * rate
+        self._batches += 1
+        for entry, result in zip(batch, results, strict=True):
+            entry.batch, entry.compute_s = self._batches, elapsed
+            if not entry.future.done():
+                entry.future.set_result(result)
+
+    async def _linger(self) -> None:
+        """Wait for companions until the oldest item has waited `max_wait_s` or a batch is full.
+
+        Items that queued while the previous batch computed have waited already: no extra wait.
+        """
+        live = [e for e in self._pending if not e.future.done()]
+        if not live or len(live) >= self.limits.max_batch_size:
+            return
+        remaining = self.limits.max_wait_s - (time.perf_counter() - live[0].enqueued)
+        if remaining > 0:
+            await asyncio.sleep(remaining)
+
+    def _cut(self) -> list[_Entry[T, R]]:
+        """The next batch: the oldest live item plus the items closest to it in length,
+        within the item and padded-token limits. The oldest always goes first, so a long item
+        cannot be starved by a stream of short ones."""
+        live = [e for e in self._pending if not e.future.done()]
+        if not live:
+            self._pending = []
+            return []
+        anchor = live[0]
+        by_length = sorted(live, key=lambda e: e.size)
+        at = next(i for i, e in enumerate(by_length) if e is anchor)
+        batch = [anchor]
+        longest = anchor.size
+        lo, hi = at - 1, at + 1
+        budget = self.limits.max_batch_tokens
+        while len(batch) < self.limits.max_batch_size and (lo >= 0 or hi < len(by_length)):
+            take_lo = hi >= len(by_length) or (
+                lo >= 0 and anchor.size - by_length[lo].size <= by_length[hi].size - anchor.size
+            )
+            candidate = by_length[lo] if take_lo else by_length[hi]
+            if max(longest, candidate.size) * (len(batch) + 1) > budget:
+                break
+            batch.append(candidate)
+            longest = max(longest, candidate.size)
+            if take_lo:
+                lo -= 1
+            else:
+                hi += 1
+        chosen = set(map(id, batch))
+        self._pending = [e for e in live if id(e) not in chosen]
+        return batch

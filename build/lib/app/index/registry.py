@@ -1,0 +1,151 @@
+"""Opening collections (primary + optional fallback), and the set a gateway serves."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from app import metrics
+from app.config import GatewaySettings
+from app.errors import NotFound
+from app.index import VectorIndex
+from app.index.faiss_index import FaissIndex, FaissOptions
+from app.index.fallback import FallbackIndex
+from app.index.generations import CollectionLayout, validate_collection_name
+from app.logs import get_logger
+from app.resilience import BreakerPolicy, CircuitBreaker
+
+log = get_logger(__name__)
+
+
+def breaker_policy(settings: GatewaySettings) -> BreakerPolicy:
+    return BreakerPolicy(
+        failure_threshold=settings.breaker_failure_threshold,
+        window_s=settings.breaker_window_s,
+        error_rate=settings.breaker_error_rate,
+        min_calls=settings.breaker_min_calls,
+        recovery_s=settings.breaker_recovery_s,
+    )
+
+
+async def open_collection(
+    settings: GatewaySettings, name: str, create: tuple[str, int] | None = None
+) -> VectorIndex:
+    """Collection `name` as configured: the primary index, wrapped with the FAISS fallback
+    copy when `fallback_index_dir` is set. `create=(model_id, dimension)` creates what is
+    missing (for writing); without it a missing collection is NotFound."""
+
+    options = FaissOptions.from_settings(settings)
+
+    async def one(index_dir: Path) -> VectorIndex:
+        if create is not None:
+            return await FaissIndex.create(index_dir, name, *create, options=options)
+        return await FaissIndex.open(index_dir, name, options)
+
+    primary = await one(settings.index_dir)
+    if settings.fallback_index_dir is None:
+        return primary
+    fallback = await one(settings.fallback_index_dir)
+    breaker = CircuitBreaker(f"index:{name}", breaker_policy(settings))
+    return FallbackIndex(primary, fallback, breaker)
+
+
+class Collections:
+    """Name -> open `VectorIndex`. Collections created after start are found on first use."""
+
+    def __init__(
+        self,
+        opener: Callable[[str], Awaitable[VectorIndex]],
+        discover: Callable[[], list[str]],
+    ) -> None:
+        self._opener = opener
+        self._discover = discover
+        self._open: dict[str, VectorIndex] = {}
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: GatewaySettings) -> Collections:
+        def discover() -> list[str]:
+            root = settings.index_dir
+            if not root.is_dir():
+                return []
+            return sorted(
+                child.name
+                for child in root.iterdir()
+                if child.is_dir() and CollectionLayout(root, child.name).exists()
+            )
+
+        return cls(lambda name: open_collection(settings, name), discover)
+
+    async def start(self) -> None:
+        names = self._discover()
+        if not names:
+            log.warning("no_collections", hint="run `semsearch index PATH --collection NAME`")
+        for name in names:
+            try:
+                await self.get(name)
+            except Exception as exc:  # one broken collection must not keep the rest down
+                log.error("collection_open_failed", collection=name, error=repr(exc))
+
+    async def get(self, name: str) -> VectorIndex:
+        """The open collection `name`.
+
+        Raises:
+            InvalidInput: `name` is not a valid collection name.
+            NotFound: no such collection.
+        """
+        index = self._open.get(name)
+        if index is not None:
+            return index
+        validate_collection_name(name)
+        async with self._lock:
+            if name not in self._open:
+                try:
+                    self._open[name] = await self._opener(name)
+                except NotFound:
+                    known = ", ".join(sorted(self._open)) or "none yet"
+                    raise NotFound(
+                        f"collection {name!r} does not exist (known: {known})", field="collection"
+                    ) from None
+                await self._observe(self._open[name])
+            return self._open[name]
+
+    async def reload(self) -> list[str]:
+        """Pick up newly published generations; returns the collections that changed."""
+        changed = []
+        for name, index in list(self._open.items()):
+            try:
+                if await index.reload():
+                    changed.append(name)
+                    await self._observe(index)
+            except Exception as exc:  # a half-deleted directory must not stop the others
+                log.error("generation_reload_failed", collection=name, error=repr(exc))
+        return changed
+
+    def names(self) -> list[str]:
+        return sorted(self._open)
+
+    def status(self) -> dict[str, dict[str, object]]:
+        out: dict[str, dict[str, object]] = {}
+        for name, index in sorted(self._open.items()):
+            entry: dict[str, object] = {
+                "backend": index.backend,
+                "generation": index.generation,
+                "model": index.model_id,
+            }
+            if isinstance(index, FallbackIndex):
+                entry["fallback"] = index.fallback.backend
+                entry["primary_circuit"] = index.breaker.state.name.lower()
+            out[name] = entry
+        return out
+
+    async def close(self) -> None:
+        for index in self._open.values():
+            await index.close()
+        self._open.clear()
+
+    @staticmethod
+    async def _observe(index: VectorIndex) -> None:
+        metrics.INDEX_GENERATION.labels(index.collection).set(index.generation)
+        metrics.INDEX_DOCUMENTS.labels(index.collection).set(await index.count())

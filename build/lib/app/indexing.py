@@ -1,0 +1,340 @@
+"""Batch indexing: read documents, chunk them, embed what changed, stage it, publish.
+
+Idempotent by id + content hash: a re-run over the same input embeds nothing and publishes
+nothing; a changed document is re-embedded and replaced, and chunks a shorter new version no
+longer has are deleted. Streaming and resumable: documents are read, embedded and committed
+in batches, so memory does not grow with the corpus and a killed run loses at most one batch;
+a re-run skips everything already committed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any, Literal
+
+from app.errors import InvalidInput
+from app.index import VectorIndex, content_hash
+from app.models import Embedder
+from app.models.tokens import TextTokenizer
+from app.types import Document, InputType, Truncate
+
+InputFormat = Literal["auto", "jsonl", "csv", "dir"]
+TEXT_SUFFIXES = (".txt", ".md", ".markdown")
+
+
+@dataclass
+class IndexReport:
+    """Counts are of source documents; `records` counts the chunks written."""
+
+    read: int = 0
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    skipped: int = 0
+    records_written: int = 0
+    records_removed: int = 0
+    seconds: float = 0.0
+    generation: int | None = None  # None: nothing changed, nothing published
+    dry_run: bool = False
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def docs_per_s(self) -> float:
+        return self.read / self.seconds if self.seconds > 0 else 0.0
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CsvColumns:
+    id: str = "id"
+    text: str = "text"
+    title: str | None = "title"
+    metadata: tuple[str, ...] | None = None  # None: every other column
+
+
+def detect_format(path: Path, fmt: InputFormat) -> InputFormat:
+    if fmt != "auto":
+        return fmt
+    if path.is_dir():
+        return "dir"
+    if path.suffix.lower() in (".csv", ".tsv"):
+        return "csv"
+    return "jsonl"
+
+
+def read_documents(
+    path: Path, fmt: InputFormat = "auto", columns: CsvColumns | None = None
+) -> Iterator[Document]:
+    """Documents from a JSONL file, a CSV/TSV file, or a directory of .txt/.md files."""
+    kind = detect_format(path, fmt)
+    if kind == "dir":
+        return read_directory(path)
+    if kind == "csv":
+        return read_csv(path, columns or CsvColumns())
+    return read_jsonl(path)
+
+
+def count_documents(path: Path, fmt: InputFormat = "auto") -> int:
+    """How many documents `read_documents` will yield (cheap next to embedding), for ETAs."""
+    kind = detect_format(path, fmt)
+    if kind == "dir":
+        return sum(1 for _ in _text_files(path))
+    with path.open("rb") as handle:
+        lines = sum(1 for line in handle if line.strip())
+    return max(lines - 1, 0) if kind == "csv" else lines
+
+
+def read_jsonl(path: Path) -> Iterator[Document]:
+    """`id` and `text` required (BEIR's `_id` accepted), `title` and `metadata` optional.
+
+    Raises:
+        InvalidInput: a line is not a JSON object with those fields (names the line).
+    """
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if line.strip():
+                yield _document(line, f"{path.name}:{number}")
+
+
+def _document(line: str, where: str) -> Document:
+    try:
+        raw: Any = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"{where}: not valid JSON ({exc.msg})") from exc
+    if not isinstance(raw, dict):
+        raise InvalidInput(f"{where}: expected a JSON object")
+    return _checked(
+        raw.get("id", raw.get("_id")),
+        raw.get("text"),
+        raw.get("title") or "",
+        raw.get("metadata") or {},
+        where,
+    )
+
+
+def _checked(doc_id: object, text: object, title: object, metadata: object, where: str) -> Document:
+    if not isinstance(doc_id, str | int) or isinstance(doc_id, bool) or str(doc_id) == "":
+        raise InvalidInput(f"{where}: `id` must be a non-empty string or integer")
+    if "#" in str(doc_id):
+        raise InvalidInput(f"{where}: `id` must not contain '#' (it marks chunks: doc#3)")
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidInput(f"{where}: `text` must be a non-empty string")
+    if not isinstance(title, str):
+        raise InvalidInput(f"{where}: `title` must be a string")
+    if not isinstance(metadata, dict):
+        raise InvalidInput(f"{where}: `metadata` must be a JSON object")
+    return Document(id=str(doc_id), text=text, title=title, metadata=metadata)
+
+
+def read_csv(path: Path, columns: CsvColumns) -> Iterator[Document]:
+    """One document per row; columns mapped by name (header row required).
+
+    Raises:
+        InvalidInput: a mapped column is missing, or a row has no id or text.
+    """
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    with path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle, delimiter=delimiter)
+        header = reader.fieldnames or []
+        for needed in (columns.id, columns.text):
+            if needed not in header:
+                raise InvalidInput(
+                    f"{path.name}: no column {needed!r} (columns: {', '.join(header)})"
+                )
+        title = columns.title if columns.title in header else None
+        used = {columns.id, columns.text, title}
+        extra = (
+            columns.metadata
+            if columns.metadata is not None
+            else tuple(c for c in header if c not in used)
+        )
+        for missing in set(extra) - set(header):
+            raise InvalidInput(f"{path.name}: no metadata column {missing!r}")
+        for number, row in enumerate(reader, start=2):
+            yield _checked(
+                row.get(columns.id) or "",
+                row.get(columns.text) or "",
+                (row.get(title) or "") if title else "",
+                {c: row[c] for c in extra if row.get(c) not in (None, "")},
+                f"{path.name}:{number}",
+            )
+
+
+def read_directory(root: Path) -> Iterator[Document]:
+    """Every .txt/.md file below `root`: id = relative path, title = the first Markdown
+    heading (or the file name). Empty files are skipped."""
+    for path in _text_files(root):
+        text = path.read_text(encoding="utf-8", errors="replace").strip()
+        if not text:
+            continue
+        title = path.stem.replace("_", " ").replace("-", " ")
+        first, _, rest = text.partition("\n")
+        if path.suffix.lower() != ".txt" and first.startswith("# "):
+            title, text = first[2:].strip(), rest.strip() or first[2:].strip()
+        relative = path.relative_to(root).as_posix()
+        yield Document(
+            id=relative,
+            text=text,
+            title=title,
+            metadata={"path": relative, "format": path.suffix.lower().lstrip(".")},
+        )
+
+
+def _text_files(root: Path) -> Iterator[Path]:
+    return (p for p in sorted(root.rglob("*")) if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
+
+
+# -- chunking ---------------------------------------------------------------------------------
+
+
+class Chunker:
+    """Cuts a document whose passage (title + text) would not fit the model window into
+    overlapping chunks `doc#0`, `doc#1`, ... that do, on token boundaries. Each chunk keeps
+    the title and the metadata, plus `parent_id` and `chunk` (its position)."""
+
+    def __init__(self, tokenizer: TextTokenizer, max_tokens: int | None = None, overlap: int = 32):
+        self._tok = tokenizer
+        self.max_tokens = min(max_tokens or tokenizer.window, tokenizer.window)
+        self.overlap = overlap
+
+    def split(self, doc: Document) -> list[Document]:
+        title_tokens = len(self._tok.spans(doc.title)) + 1 if doc.title else 0
+        room = max(
+            16, min(self.max_tokens, self._tok.window - self._tok.special_tokens) - title_tokens
+        )
+        spans = self._tok.spans(doc.text)
+        if len(spans) <= room:
+            return [doc]
+        overlap = min(self.overlap, room // 2)
+        chunks: list[Document] = []
+        start = 0
+        while True:
+            end = min(start + room, len(spans))
+            if end < len(spans):  # do not cut a word in two: end where a word starts
+                end = _word_start(spans, end, floor=start + 1)
+            chunks.append(
+                Document(
+                    id=f"{doc.id}#{len(chunks)}",
+                    text=doc.text[spans[start][0] : spans[end - 1][1]],
+                    title=doc.title,
+                    metadata={**doc.metadata, "parent_id": doc.id, "chunk": len(chunks)},
+                    parent=doc.id,
+                )
+            )
+            if end == len(spans):
+                return chunks
+            start = _word_start(spans, max(end - overlap, start + 1), floor=start + 1)
+
+
+def _word_start(spans: list[tuple[int, int]], i: int, floor: int) -> int:
+    """The nearest token at or before `i` (not before `floor`) that begins a word, i.e. is
+    separated from the token before it by a gap in the text (word pieces touch); `i` itself
+    when no word starts in between (one very long word)."""
+    for j in range(i, floor - 1, -1):
+        if spans[j][0] != spans[j - 1][1]:
+            return j
+    return i
+
+
+# -- the run ----------------------------------------------------------------------------------
+
+
+async def index_documents(
+    documents: Iterable[Document],
+    index: VectorIndex,
+    embedder: Embedder,
+    *,
+    chunker: Chunker | None = None,
+    batch_size: int = 64,
+    delete: Sequence[str] = (),
+    dry_run: bool = False,
+    on_batch: Callable[[int], None] | None = None,
+) -> IndexReport:
+    """Embed and stage every new or changed document, delete `delete` (source document ids),
+    then publish one generation. With `dry_run`, count what would change and write nothing.
+
+    Passages are embedded with truncation at the end as a safety net: with a chunker they fit
+    the window already.
+    """
+    report = IndexReport(dry_run=dry_run)
+    started = time.perf_counter()
+    for batch in _batches(documents, batch_size):
+        known = await index.children([doc.id for doc in batch])
+        to_embed: list[Document] = []
+        stale: list[str] = []
+        for doc in batch:
+            records = chunker.split(doc) if chunker else [doc]
+            before = known.get(doc.id, {})
+            changed = [r for r in records if before.get(r.id) != content_hash(r)]
+            gone = [record for record in before if record not in {r.id for r in records}]
+            to_embed += changed
+            stale += gone
+            if not before:
+                report.added += 1
+            elif changed or gone:
+                report.updated += 1
+            else:
+                report.unchanged += 1
+        report.read += len(batch)
+        report.records_written += len(to_embed)
+        report.records_removed += len(stale)
+        if not dry_run:
+            if to_embed:
+                embedded = await embedder.embed(
+                    [r.passage for r in to_embed], InputType.PASSAGE, Truncate.END
+                )
+                await index.upsert(to_embed, embedded.vectors)
+            if stale:
+                await index.delete(stale)
+        if on_batch is not None:
+            on_batch(len(batch))
+    if delete:
+        found = await index.children(list(delete))
+        report.deleted = len(found)
+        doomed = [record for children in found.values() for record in children]
+        report.records_removed += len(doomed)
+        if doomed and not dry_run:
+            await index.delete(doomed)
+    if not dry_run:
+        report.generation = await index.publish()
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _batches(documents: Iterable[Document], size: int) -> Iterator[list[Document]]:
+    """Batches with unique ids (the last occurrence of a repeated id wins)."""
+    iterator = iter(documents)
+    while batch := list(islice(iterator, size)):
+        yield list({doc.id: doc for doc in batch}.values())
+
+
+def read_id_list(path: Path) -> list[str]:
+    """Document ids, one per line (blank lines and `#` comments ignored)."""
+    return [
+        line.strip()
+        for line in path.read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+
+
+class NothingStaged:
+    """Stands in for a collection that does not exist yet, for a dry run (which must not
+    create it): nothing is staged, so every document would be added."""
+
+    def __init__(self, collection: str) -> None:
+        self.collection = collection
+
+    async def children(self, parents: Sequence[str]) -> dict[str, dict[str, str]]:
+        return {}
+
+    async def close(self) -> None:
+        return None

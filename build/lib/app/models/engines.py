@@ -1,0 +1,107 @@
+"""Engines run one padded batch through a model on the model's worker thread.
+
+`TorchEngine` runs a sentence-transformers model (bi- or cross-encoder) with torch;
+`app.models.onnx.OnnxEngine` runs an exported graph with ONNX Runtime. Both take the same
+`Padded` arrays and return float32 numpy arrays, so everything around them is shared.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from app.models.tokens import Padded
+from app.types import FloatArray
+
+
+class Engine(Protocol):
+    """(batch) -> outputs: sentence embeddings (n, d) or relevance logits (n,)."""
+
+    def __call__(self, batch: Padded) -> FloatArray: ...
+
+
+def resolve_device(setting: str) -> str:
+    """`auto` picks the first CUDA device when there is one, the CPU otherwise."""
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return setting
+
+
+def resolve_dtype(setting: str, device: str) -> str:
+    """`auto`: float16 on a GPU; bfloat16 on a CPU with bf16 units (same retrieval quality,
+    measured in bench/README.md, ~1.7x faster); float32 on other CPUs (bf16 would be slower)."""
+    if setting != "auto":
+        return setting
+    if device.startswith("cuda"):
+        return "float16"
+    return "bfloat16" if cpu_has_bf16() else "float32"
+
+
+def cpu_has_bf16() -> bool:
+    """Native bf16 arithmetic (AVX512-BF16 or AMX), read from /proc/cpuinfo (Linux)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def use_all_cores() -> None:
+    """Torch's default thread count ignores CPU affinity (containers); use what we may run on."""
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+
+
+class TorchEngine:
+    """A sentence-transformers model (an nn.Sequential of modules) run on padded batches."""
+
+    def __init__(self, model: torch.nn.Module, output: str, device: str, dtype: str) -> None:
+        self._model = model
+        self._output = output  # "sentence_embedding" or "scores"
+        self._device = torch.device(device)
+        if dtype == "float16":
+            model.half()  # on GPUs; autocast would keep fp32 weights and convert per op
+        self._autocast = dtype == "bfloat16"
+        model.eval()
+
+    def __call__(self, batch: Padded) -> FloatArray:
+        return split_on_oom(self._forward, batch)
+
+    def _forward(self, batch: Padded) -> FloatArray:
+        features: dict[str, Any] = {
+            "input_ids": torch.from_numpy(batch.input_ids).to(self._device),
+            "attention_mask": torch.from_numpy(batch.attention_mask).to(self._device),
+            "token_type_ids": torch.from_numpy(batch.token_type_ids).to(self._device),
+            "modality": "text",
+        }
+        with torch.inference_mode(), self._precision():
+            out = self._model.forward(features)[self._output]
+        array: FloatArray = out.float().cpu().numpy()
+        return array[:, 0] if self._output == "scores" else array
+
+    def _precision(self) -> contextlib.AbstractContextManager[object]:
+        if self._autocast:
+            return torch.autocast(self._device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+def split_on_oom(run: Callable[[Padded], FloatArray], batch: Padded) -> FloatArray:
+    """Run `batch`; on a CUDA out-of-memory, run it in halves (recursively) instead."""
+    try:
+        return run(batch)
+    except torch.cuda.OutOfMemoryError:
+        if len(batch.input_ids) == 1:
+            raise
+        torch.cuda.empty_cache()
+        return np.concatenate([split_on_oom(run, half) for half in _halves(batch)])
+
+
+def _halves(batch: Padded) -> Iterator[Padded]:
+    mid = len(batch.input_ids) // 2
+    for part in (slice(0, mid), slice(mid, None)):
+        yield Padded(batch.input_ids[part], batch.attention_mask[part], batch.token_type_ids[part])

@@ -1,0 +1,337 @@
+"""In-process models: tokenize once, batch dynamically, run an engine on a worker thread.
+
+    texts --TextTokenizer--> ids --BatchQueue--> padded batches --Engine--> vectors / logits
+
+Each model owns one worker thread: loading, warm-up and every forward pass run there, off the
+event loop (torch and onnxruntime release the GIL). This is the only module, with
+`app.models.engines`, that imports torch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import transformers
+
+from app import metrics
+from app.batching import BatchLimits, BatchQueue
+from app.config import EmbedderSettings, ModelSettings, RerankerSettings
+from app.errors import ModelFailure, Unavailable
+from app.logs import get_logger
+from app.models import Embeddings
+from app.models.engines import (
+    Engine,
+    TorchEngine,
+    resolve_device,
+    resolve_dtype,
+    use_all_cores,
+)
+from app.models.paths import model_folder
+from app.models.tokens import Encoded, TextTokenizer
+from app.types import FloatArray, InputType, ModelInfo, Truncate
+
+log = get_logger(__name__)
+
+transformers.logging.disable_progress_bar()
+# The libraries print through handlers of their own; send everything through ours (JSON).
+transformers.logging.disable_default_handler()
+transformers.logging.enable_propagation()
+for _library in ("huggingface_hub", "sentence_transformers"):
+    logging.getLogger(_library).handlers.clear()
+    logging.getLogger(_library).propagate = True
+# Hub retries are noise next to the one `model_load_failed` line that says what to do.
+logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+
+# Texts longer than this (in total) are tokenized on a thread, not on the event loop.
+_INLINE_TOKENIZE_CHARS = 4_000
+# Consecutive failed batches after which the model counts as broken (/health turns 503).
+_UNHEALTHY_AFTER = 3
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    tokenizer: TextTokenizer
+    engine: Engine
+    info: ModelInfo
+
+
+class _LocalModel:
+    """Lifecycle shared by the embedder and the reranker: load, warm up, batch, health."""
+
+    kind = "model"
+    setting_name = "SEMSEARCH_MODEL"
+
+    def __init__(self, settings: ModelSettings, model: str) -> None:
+        self._settings = settings
+        self._model_name = model
+        self._device = resolve_device(settings.device)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.kind}-model")
+        self._status = "loading"
+        self._failures = 0
+        self._loaded: _Loaded | None = None
+        self._queue: BatchQueue[Encoded, Any] | None = None
+        self._info = ModelInfo(model, self.kind, None, 0, settings.backend, self._device)
+
+    @property
+    def info(self) -> ModelInfo:
+        return self._info
+
+    @property
+    def ready(self) -> bool:
+        return self._status == "ready"
+
+    @property
+    def healthy(self) -> bool:
+        """False once batches keep failing: the model is loaded but unusable."""
+        return self._failures < _UNHEALTHY_AFTER
+
+    @property
+    def status(self) -> str:
+        return self._status if self.healthy else f"unhealthy: {self._failures} failed batches"
+
+    async def start(self) -> None:
+        """Load on the worker thread; never raises (a failure shows in `status`)."""
+        started = time.perf_counter()
+        metrics.MODEL_READY.labels(self.kind, self._model_name).set(0)
+        loop = asyncio.get_running_loop()
+        try:
+            self._loaded = await loop.run_in_executor(self._executor, self._load_and_warm_up)
+        except Exception as exc:
+            self._status = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+            log.error(
+                "model_load_failed",
+                kind=self.kind,
+                model=self._model_name,
+                error=self._status,
+                hint=f"set {self.setting_name} to a local model folder (or a reachable "
+                "Hugging Face id)",
+            )
+            return
+        self._info = self._loaded.info
+        settings = self._settings
+        self._queue = BatchQueue(
+            self._guarded(self._compute),
+            size_of=len,
+            executor=self._executor,
+            limits=BatchLimits(
+                max_batch_size=settings.max_batch_size,
+                max_batch_tokens=settings.max_batch_tokens,
+                max_wait_s=settings.max_wait_ms / 1000,
+                max_queued_items=settings.max_queue_items,
+            ),
+            kind=self.kind,
+        )
+        self._queue.start()
+        seconds = time.perf_counter() - started
+        metrics.MODEL_LOAD_SECONDS.labels(self.kind, self._model_name).set(seconds)
+        metrics.MODEL_READY.labels(self.kind, self._model_name).set(1)
+        self._status = "ready"
+        log.info(
+            "model_loaded",
+            kind=self.kind,
+            model=self._model_name,
+            backend=self._info.backend,
+            device=self._info.device,
+            seconds=round(seconds, 2),
+        )
+
+    async def stop(self) -> None:
+        if self._queue is not None:
+            await self._queue.stop()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _load_and_warm_up(self) -> _Loaded:
+        folder = model_folder(self._model_name)
+        loaded = self._load(folder)
+        warm = loaded.tokenizer.encode(["warm-up"], Truncate.END)
+        loaded.engine(loaded.tokenizer.pad(warm))
+        if self._device.startswith("cuda"):  # let cuDNN/cuBLAS pick kernels for a long batch too
+            long = loaded.tokenizer.encode(["warm " * loaded.tokenizer.window], Truncate.END)
+            loaded.engine(loaded.tokenizer.pad(long * 8))
+        return loaded
+
+    def _load(self, folder: Path) -> _Loaded:
+        raise NotImplementedError
+
+    def _engine(
+        self, folder: Path, output: str, load_torch: Callable[[str], Any]
+    ) -> tuple[Engine, str]:
+        """The configured engine for `folder`, and a label for /info."""
+        backend = self._settings.backend
+        if backend in ("onnx", "onnx-int8"):
+            from app.models.onnx import OnnxEngine, export, exported_path
+
+            path = exported_path(
+                folder, self.kind, backend == "onnx-int8", self._settings.onnx_cache_dir
+            )
+            if not path.is_file():
+                export(folder, self.kind, path)
+            return OnnxEngine(path, self._device, output), backend
+        if self._device == "cpu":
+            use_all_cores()
+        dtype = resolve_dtype(self._settings.dtype, self._device)
+        return TorchEngine(load_torch(self._device), output, self._device, dtype), f"torch-{dtype}"
+
+    def _guarded(
+        self, compute: Callable[[list[Encoded]], list[Any]]
+    ) -> Callable[[list[Encoded]], list[Any]]:
+        def run(batch: list[Encoded]) -> list[Any]:
+            try:
+                result = compute(batch)
+            except Exception as exc:
+                self._failures += 1
+                raise ModelFailure(f"{self.kind} model failed on a batch: {exc!r}") from exc
+            self._failures = 0
+            return result
+
+        return run
+
+    def _compute(self, batch: list[Encoded]) -> list[Any]:
+        raise NotImplementedError
+
+    def _require(self) -> tuple[_Loaded, BatchQueue[Encoded, Any]]:
+        if self._loaded is None or self._queue is None or not self.ready:
+            raise Unavailable(
+                f"{self.kind} model {self._model_name!r} is not loaded ({self._status})"
+            )
+        return self._loaded, self._queue
+
+    async def _tokenize(self, fn: Callable[[], list[Encoded]], chars: int) -> list[Encoded]:
+        if chars <= _INLINE_TOKENIZE_CHARS:
+            return fn()
+        return await asyncio.to_thread(fn)  # the Rust tokenizer releases the GIL
+
+
+class LocalEmbedder(_LocalModel):
+    """A sentence-transformers bi-encoder; vectors are L2-normalized."""
+
+    kind = "embedding"
+    setting_name = "SEMSEARCH_EMBEDDER_MODEL"
+
+    def __init__(self, settings: EmbedderSettings) -> None:
+        super().__init__(settings, settings.model)
+        self._embedder_settings = settings
+
+    def _load(self, folder: Path) -> _Loaded:
+        from sentence_transformers import SentenceTransformer
+
+        settings = self._embedder_settings
+        window = settings.max_seq_length or _configured_window(folder)
+
+        def load_torch(device: str) -> Any:
+            model = SentenceTransformer(str(folder), device=device)
+            model.max_seq_length = window
+            return model
+
+        engine, backend = self._engine(folder, "sentence_embedding", load_torch)
+        tokenizer = _tokenizer(folder, window)
+        dimension = int(engine(tokenizer.pad(tokenizer.encode(["x"], Truncate.END))).shape[1])
+        info = ModelInfo(settings.model, self.kind, dimension, window, backend, self._device)
+        return _Loaded(tokenizer, engine, info)
+
+    def _compute(self, batch: list[Encoded]) -> list[FloatArray]:
+        loaded = self._loaded
+        assert loaded is not None
+        return list(loaded.engine(loaded.tokenizer.pad(batch)))
+
+    async def embed(
+        self,
+        texts: Sequence[str],
+        input_type: InputType,
+        truncate: Truncate = Truncate.NONE,
+        normalize: bool = True,
+    ) -> Embeddings:
+        loaded, queue = self._require()
+        prefix = (
+            self._embedder_settings.query_prefix
+            if input_type is InputType.QUERY
+            else self._embedder_settings.passage_prefix
+        )
+        prefixed = [prefix + t for t in texts] if prefix else list(texts)
+        if not prefixed:
+            return Embeddings(np.zeros((0, self._info.dimension or 0), np.float32), 0)
+        encoded = await self._tokenize(
+            lambda: loaded.tokenizer.encode(prefixed, truncate), sum(map(len, prefixed))
+        )
+        vectors = np.stack(await queue.submit(encoded)).astype(np.float32)
+        if normalize:
+            vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return Embeddings(vectors, sum(len(e) for e in encoded))
+
+
+class LocalReranker(_LocalModel):
+    """A sentence-transformers cross-encoder returning raw logits (no sigmoid)."""
+
+    kind = "reranker"
+    setting_name = "SEMSEARCH_RERANKER_MODEL"
+
+    def __init__(self, settings: RerankerSettings) -> None:
+        super().__init__(settings, settings.model)
+        self._reranker_settings = settings
+
+    def _load(self, folder: Path) -> _Loaded:
+        from sentence_transformers import CrossEncoder
+
+        window = self._reranker_settings.max_length
+
+        def load_torch(device: str) -> Any:
+            return CrossEncoder(str(folder), device=device, max_length=window)
+
+        engine, backend = self._engine(folder, "scores", load_torch)
+        info = ModelInfo(
+            self._reranker_settings.model, self.kind, None, window, backend, self._device
+        )
+        return _Loaded(_tokenizer(folder, window), engine, info)
+
+    def _compute(self, batch: list[Encoded]) -> list[float]:
+        loaded = self._loaded
+        assert loaded is not None
+        return [float(x) for x in loaded.engine(loaded.tokenizer.pad(batch))]
+
+    async def score(
+        self, query: str, passages: Sequence[str], truncate: Truncate = Truncate.END
+    ) -> list[float]:
+        loaded, queue = self._require()
+        if not passages:
+            return []
+        encoded = await self._tokenize(
+            lambda: loaded.tokenizer.encode_pairs(query, passages, truncate),
+            len(query) * len(passages) + sum(map(len, passages)),
+        )
+        scores: list[float] = await queue.submit(encoded)
+        return scores
+
+
+def _configured_window(folder: Path) -> int:
+    """The model's own token window, from the files sentence-transformers and transformers
+    write (sentence-transformers 6 keeps it in tokenizer_config.json), else 512."""
+    import json
+
+    def read(name: str, key: str) -> int | None:
+        path = folder / name
+        value = json.loads(path.read_text()).get(key) if path.is_file() else None
+        return int(value) if isinstance(value, int | float) and 0 < value < 100_000 else None
+
+    return (
+        read("sentence_bert_config.json", "max_seq_length")
+        or read("tokenizer_config.json", "model_max_length")
+        or read("config.json", "max_position_embeddings")
+        or 512
+    )
+
+
+def _tokenizer(folder: Path, window: int) -> TextTokenizer:
+    if (folder / "tokenizer.json").is_file():
+        return TextTokenizer.from_folder(folder, window)
+    # Older checkpoints ship only a vocabulary: let transformers build the fast tokenizer.
+    from transformers import AutoTokenizer
+
+    return TextTokenizer(AutoTokenizer.from_pretrained(str(folder)).backend_tokenizer, window)

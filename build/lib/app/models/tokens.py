@@ -1,0 +1,148 @@
+"""Tokenize once: count tokens, refuse or cut overflow as asked, build model inputs.
+
+Built on the `tokenizers` library directly (no torch, no transformers), so every backend
+(torch, ONNX) and the batcher's token budget see the same ids. Truncation is applied to each
+encoding, never set on the shared tokenizer, so concurrent requests cannot disturb each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+from tokenizers import Encoding, Tokenizer
+
+from app.errors import InputTooLong
+from app.types import Truncate
+
+IntArray = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """Model-ready ids of one text (or one query/passage pair), special tokens included."""
+
+    ids: list[int]
+    type_ids: list[int]
+    original_tokens: int  # before truncation: what `usage` reports and NONE checks
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass(frozen=True)
+class Padded:
+    input_ids: IntArray
+    attention_mask: IntArray
+    token_type_ids: IntArray
+
+
+class TextTokenizer:
+    """A model's tokenizer with a fixed window (max tokens per input, special tokens included)."""
+
+    def __init__(self, tokenizer: Tokenizer, window: int) -> None:
+        self._tok = tokenizer
+        # tokenizer.json files often carry truncation/padding settings (MiniLM's: 128 tokens);
+        # we do both ourselves, per input.
+        self._tok.no_truncation()
+        self._tok.no_padding()
+        self.window = window
+        pad = tokenizer.token_to_id("[PAD]")
+        if pad is None:
+            pad = tokenizer.token_to_id("<pad>")
+        self.pad_id = pad if pad is not None else 0
+        self._single_special = tokenizer.num_special_tokens_to_add(False)
+        self._pair_special = tokenizer.num_special_tokens_to_add(True)
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, window: int) -> TextTokenizer:
+        return cls(Tokenizer.from_file(str(Path(folder) / "tokenizer.json")), window)
+
+    def encode(
+        self, texts: Sequence[str], truncate: Truncate, field: str = "input"
+    ) -> list[Encoded]:
+        """Encode single texts.
+
+        Raises:
+            InputTooLong: a text is over the window and `truncate` is NONE (names `field[i]`).
+        """
+        room = self.window - self._single_special
+        out = []
+        for i, enc in enumerate(self._tok.encode_batch(list(texts), add_special_tokens=False)):
+            total = len(enc.ids) + self._single_special
+            if total > self.window:
+                if truncate is Truncate.NONE:
+                    raise InputTooLong(
+                        f"input {i} is {total} tokens; the model reads at most {self.window}. "
+                        "Shorten it, or ask for truncate END or START",
+                        field=f"{field}[{i}]",
+                    )
+                _cut(enc, room, truncate)
+            out.append(self._finish(enc, None, total))
+        return out
+
+    def encode_pairs(
+        self, query: str, passages: Sequence[str], truncate: Truncate, field: str = "passages"
+    ) -> list[Encoded]:
+        """Encode (query, passage) pairs for a cross-encoder; overflow cuts the passage.
+
+        Raises:
+            InputTooLong: a pair is over the window and `truncate` is NONE.
+        """
+        q = self._tok.encode(query, add_special_tokens=False)
+        # A query may use at most half the window, so every passage keeps some room.
+        if len(q.ids) > (self.window - self._pair_special) // 2:
+            if truncate is Truncate.NONE:
+                raise InputTooLong(
+                    f"the query is {len(q.ids)} tokens; at most "
+                    f"{(self.window - self._pair_special) // 2} fit next to a passage",
+                    field="query",
+                )
+            _cut(q, (self.window - self._pair_special) // 2, Truncate.END)
+        room = self.window - self._pair_special - len(q.ids)
+        out = []
+        for i, enc in enumerate(self._tok.encode_batch(list(passages), add_special_tokens=False)):
+            total = len(q.ids) + len(enc.ids) + self._pair_special
+            if total > self.window:
+                if truncate is Truncate.NONE:
+                    raise InputTooLong(
+                        f"passage {i} with the query is {total} tokens; the model reads at most "
+                        f"{self.window}. Shorten it, or ask for truncation",
+                        field=f"{field}[{i}]",
+                    )
+                _cut(enc, room, truncate)
+            out.append(self._finish(q, enc, total))
+        return out
+
+    @property
+    def special_tokens(self) -> int:
+        """Special tokens a single text gets ([CLS] ... [SEP]: 2 for BERT)."""
+        return self._single_special
+
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        """Character spans of `text`'s tokens (no special tokens): where chunks may be cut."""
+        return list(self._tok.encode(text, add_special_tokens=False).offsets)
+
+    def _finish(self, first: Encoding, second: Encoding | None, original: int) -> Encoded:
+        final = self._tok.post_process(first, second, add_special_tokens=True)
+        return Encoded(list(final.ids), list(final.type_ids), original)
+
+    def pad(self, batch: Sequence[Encoded]) -> Padded:
+        """Right-pad a batch to its longest item (int64 arrays, as the models expect)."""
+        longest = max(len(e) for e in batch)
+        ids = np.full((len(batch), longest), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(batch), longest), dtype=np.int64)
+        types = np.zeros((len(batch), longest), dtype=np.int64)
+        for row, e in enumerate(batch):
+            n = len(e)
+            ids[row, :n] = e.ids
+            mask[row, :n] = 1
+            types[row, :n] = e.type_ids
+        return Padded(ids, mask, types)
+
+
+def _cut(enc: Encoding, room: int, truncate: Truncate) -> None:
+    enc.truncate(max(room, 0), direction="left" if truncate is Truncate.START else "right")

@@ -1,0 +1,533 @@
+"""The search path, written once against the protocols.
+
+    admission (422 / 429) -> cache lookup -> embed query -> ANN candidates -> rerank top N
+        -> top_k -> cache store (only full answers)
+
+Every search has one deadline; each stage spends from it. A stage that fails degrades the
+answer instead of failing it (no reranker: ANN order; primary index down: the fallback
+index), except the ones no answer can be made without: the query embedding (503
+`embedder_unavailable`) and an index (503 `index_unavailable`). Out of time before an answer
+exists: 504.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from app import metrics
+from app.cache import ResultCache, build_cache, cache_key, normalize_query
+from app.clients import HttpEmbedder, HttpReranker
+from app.config import EmbedderSettings, GatewaySettings, RerankerSettings
+from app.errors import (
+    CircuitOpen,
+    DeadlineExceeded,
+    EmbedderUnavailable,
+    IndexUnavailable,
+    InputTooLong,
+    InvalidInput,
+    Overloaded,
+    SemsearchError,
+)
+from app.index import AnnResult, VectorIndex, validate_filter
+from app.index.registry import Collections, breaker_policy
+from app.logs import current_request_id, get_logger
+from app.models import Embedder, Reranker, build_embedder, build_reranker
+from app.resilience import (
+    BreakerPolicy,
+    Bulkhead,
+    CircuitBreaker,
+    Deadline,
+    RetryPolicy,
+    StageGuard,
+    request_arrival,
+)
+from app.types import (
+    Filter,
+    FloatArray,
+    Hit,
+    InputType,
+    RankedHit,
+    SearchQuery,
+    SearchResult,
+    Truncate,
+)
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    max_query_chars: int = 2048
+    max_top_k: int = 100
+    max_candidates: int = 1000
+    rerank_depth: int = 30
+    rerank_weight: float = 1.0
+    cache_ttl_s: int = 3600
+    timeout_ms: int = 5000
+    min_timeout_ms: int = 100
+    max_timeout_ms: int = 60_000
+    min_rerank_budget_ms: int = 100
+    max_inflight: int = 64
+
+    @classmethod
+    def from_settings(cls, settings: GatewaySettings) -> PipelineConfig:
+        return cls(
+            max_query_chars=settings.max_query_chars,
+            max_top_k=settings.max_top_k,
+            max_candidates=settings.max_candidates,
+            rerank_depth=settings.rerank_depth,
+            rerank_weight=settings.rerank_weight,
+            cache_ttl_s=settings.cache_ttl_s,
+            timeout_ms=settings.search_timeout_ms,
+            min_timeout_ms=settings.min_timeout_ms,
+            max_timeout_ms=settings.max_timeout_ms,
+            min_rerank_budget_ms=settings.min_rerank_budget_ms,
+            max_inflight=settings.max_inflight_searches,
+        )
+
+
+@dataclass
+class Guards:
+    """Breaker, bulkhead, per-try timeout and retries for each dependency of a search."""
+
+    embed: StageGuard
+    index: StageGuard
+    rerank: StageGuard
+
+    @classmethod
+    def from_settings(cls, settings: GatewaySettings) -> Guards:
+        policy = breaker_policy(settings)
+        retry = RetryPolicy(settings.retry_attempts, settings.retry_base_delay_ms / 1000)
+        return cls(
+            embed=_guard(
+                "embedder", policy, settings.embedder_concurrency, settings.embed_timeout_ms, retry
+            ),
+            index=_guard(
+                "index", policy, settings.max_inflight_searches, settings.index_timeout_ms, retry
+            ),
+            rerank=_guard(
+                "reranker",
+                policy,
+                settings.reranker_concurrency,
+                settings.rerank_timeout_ms,
+                RetryPolicy(attempts=1),
+            ),
+        )
+
+    @classmethod
+    def default(cls) -> Guards:
+        return cls.from_settings(GatewaySettings())
+
+
+def _guard(
+    name: str, policy: BreakerPolicy, limit: int, timeout_ms: int, retry: RetryPolicy
+) -> StageGuard:
+    return StageGuard(
+        name, CircuitBreaker(name, policy), Bulkhead(name, limit), timeout_ms / 1000, retry
+    )
+
+
+class SearchPipeline:
+    """Answers `SearchQuery`s. Holds no per-request state; safe to share across requests."""
+
+    def __init__(
+        self,
+        *,
+        embedder: Embedder,
+        reranker: Reranker,
+        collections: Collections,
+        cache: ResultCache,
+        config: PipelineConfig | None = None,
+        guards: Guards | None = None,
+        default_collection: str = "default",
+    ) -> None:
+        self.embedder = embedder
+        self.reranker = reranker
+        self.collections = collections
+        self.cache = cache
+        self.config = config or PipelineConfig()
+        self.guards = guards or Guards.default()
+        self.default_collection = default_collection
+        self._inflight = 0
+        self._loading: list[asyncio.Task[None]] = []
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    @classmethod
+    def from_settings(cls, settings: GatewaySettings) -> SearchPipeline:
+        """The embedded default (models in-process, LRU cache) or remote services and Redis,
+        depending only on which URLs are set."""
+        embedder: Embedder = (
+            HttpEmbedder(settings.embedder_url, settings.model_timeout_s)
+            if settings.embedder_url
+            else build_embedder(EmbedderSettings())
+        )
+        reranker: Reranker = (
+            HttpReranker(settings.reranker_url, settings.model_timeout_s)
+            if settings.reranker_url
+            else build_reranker(RerankerSettings())
+        )
+        cache_breaker = CircuitBreaker("cache", breaker_policy(settings))
+        return cls(
+            embedder=embedder,
+            reranker=reranker,
+            collections=Collections.from_settings(settings),
+            cache=build_cache(
+                settings.redis_url,
+                settings.cache_max_entries,
+                settings.cache_timeout_s,
+                cache_breaker,
+            ),
+            config=PipelineConfig.from_settings(settings),
+            guards=Guards.from_settings(settings),
+            default_collection=settings.default_collection,
+        )
+
+    async def start(self) -> None:
+        """Open the collections; load or connect the models in the background.
+
+        The reranker may take long to load (or fail, e.g. offline with a hub id): searches are
+        answered in ANN order meanwhile, flagged `degraded: ["reranker"]`.
+        """
+        await self.collections.start()
+        self._loading = [
+            asyncio.create_task(self.embedder.start()),
+            asyncio.create_task(self.reranker.start()),
+        ]
+
+    async def wait_ready(self, timeout_s: float = 120.0) -> None:
+        """Block until the models finished loading (successfully or not)."""
+        await asyncio.wait_for(asyncio.gather(*self._loading), timeout_s)
+
+    async def refresh(self) -> None:
+        """Periodic upkeep: pick up newly published generations."""
+        await self.collections.reload()
+
+    async def stop(self) -> None:
+        for task in self._loading:
+            task.cancel()
+        await self.embedder.stop()
+        await self.reranker.stop()
+        await self.collections.close()
+        await self.cache.close()
+
+    def status(self) -> tuple[bool, dict[str, object]]:
+        """(ready, components) for /ready: ready once the query embedder and the default
+        collection can serve; the reranker and the cache only degrade answers."""
+        collections = self.collections.status()
+        ready = self.embedder.ready and self.default_collection in collections
+        return ready, {
+            "embedder": {"model": self.embedder.info.model_id, "status": self.embedder.status},
+            "reranker": {"model": self.reranker.info.model_id, "status": self.reranker.status},
+            "cache": self.cache.backend,
+            "collections": collections,
+            "default_collection": self.default_collection,
+            "circuits": {
+                guard.name: guard.breaker.state.name.lower()
+                for guard in (self.guards.embed, self.guards.index, self.guards.rerank)
+            },
+            "inflight": self._inflight,
+        }
+
+    def unhealthy(self) -> str | None:
+        """Why the process should be restarted (an in-process model keeps failing), or None."""
+        for model in (self.embedder, self.reranker):
+            if not model.healthy:
+                return f"{model.info.kind} model: {model.status}"
+        return None
+
+    # -- the search path ------------------------------------------------------------------
+
+    async def search(self, query: SearchQuery) -> SearchResult:
+        """Run one search.
+
+        Raises:
+            InvalidInput: a value is out of range (422) -- before any work.
+            Overloaded: too many searches in progress (429) -- before any work.
+            NotFound: the collection does not exist (404).
+            EmbedderUnavailable / IndexUnavailable: no answer can be made (503).
+            DeadlineExceeded: the deadline passed before an answer existed (504).
+        """
+        self._validate(query)
+        if self._inflight >= self.config.max_inflight:
+            metrics.SHED_REQUESTS.labels("inflight").inc()
+            raise Overloaded(f"{self._inflight} searches in progress", retry_after_s=1.0)
+        self._inflight += 1
+        try:
+            budget_ms = query.timeout_ms or self.config.timeout_ms
+            deadline = Deadline(budget_ms / 1000, started_at=request_arrival.get())
+            return await self._search(query, deadline)
+        except SemsearchError as exc:
+            metrics.SEARCHES.labels(exc.type).inc()
+            raise
+        finally:
+            self._inflight -= 1
+
+    async def _search(self, query: SearchQuery, deadline: Deadline) -> SearchResult:
+        started = time.perf_counter()
+        timings: dict[str, float] = {}
+        index = await self.collections.get(query.collection)
+        text = normalize_query(query.query)
+        reranker_model = self.reranker.info.model_id if query.rerank else None
+        depth = min(query.rerank_depth or self.config.rerank_depth, query.candidates)
+        weight = self.config.rerank_weight if query.rerank_weight is None else query.rerank_weight
+        key = cache_key(
+            collection=query.collection,
+            generation=index.generation,
+            embedder_model=self.embedder.info.model_id,
+            reranker_model=reranker_model,
+            query=text,
+            top_k=query.top_k,
+            candidates=query.candidates,
+            rerank_depth=depth,
+            rerank_weight=weight,
+            filter=query.filter,
+        )
+
+        with _stage(timings, "cache"):
+            cached = await self.cache.get(key)
+        if cached is not None:
+            result = _decode(cached)
+            result.cached = True
+            result.request_id = current_request_id()
+            result.timings_ms = _finish(timings, started)
+            metrics.SEARCHES.labels("cached").inc()
+            return result
+
+        with _stage(timings, "embed"):
+            vector = await self._embed(text, index, deadline)
+        with _stage(timings, "ann"):
+            ann = await self._ann(index, vector, query.candidates, query.filter, deadline)
+        hits = ann.hits[0]
+        degraded = ["index"] if ann.degraded else []
+
+        scores: list[float] | None = None
+        if query.rerank and hits:
+            with _stage(timings, "rerank"):
+                scores = await self._rerank(text, hits[:depth], deadline)
+            if scores is None:
+                degraded.append("reranker")
+
+        result = SearchResult(
+            results=rank_results(hits, scores, query.top_k, weight),
+            reranked=scores is not None,
+            degraded=degraded,
+            cached=False,
+            collection=query.collection,
+            index_backend=ann.backend,
+            generation=ann.generation,
+            embedder_model=self.embedder.info.model_id,
+            reranker_model=reranker_model if scores is not None else None,
+            timings_ms={},
+            request_id=current_request_id(),
+        )
+        if not degraded:
+            with _stage(timings, "cache_store"):
+                await self.cache.set(key, _encode(result), self.config.cache_ttl_s)
+        result.timings_ms = _finish(timings, started)
+        for stage in degraded:
+            metrics.SEARCH_DEGRADED.labels(stage).inc()
+        metrics.SEARCHES.labels("degraded" if degraded else "full").inc()
+        return result
+
+    def _validate(self, query: SearchQuery) -> None:
+        config = self.config
+        if len(query.query) > config.max_query_chars:
+            raise InvalidInput(
+                f"query is {len(query.query)} characters; the limit is {config.max_query_chars}",
+                field="query",
+            )
+        if not 1 <= query.top_k <= config.max_top_k:
+            raise InvalidInput(f"top_k must be between 1 and {config.max_top_k}", field="top_k")
+        if not 1 <= query.candidates <= config.max_candidates:
+            raise InvalidInput(
+                f"candidates must be between 1 and {config.max_candidates}", field="candidates"
+            )
+        if query.candidates < query.top_k:
+            raise InvalidInput(
+                f"candidates ({query.candidates}) must be at least top_k ({query.top_k})",
+                field="candidates",
+            )
+        validate_filter(query.filter)
+        if query.rerank_depth is not None and not 1 <= query.rerank_depth <= config.max_candidates:
+            raise InvalidInput(
+                f"rerank_depth must be between 1 and {config.max_candidates}", field="rerank_depth"
+            )
+        if query.rerank_weight is not None and not 0.0 <= query.rerank_weight <= 1.0:
+            raise InvalidInput("rerank_weight must be between 0 and 1", field="rerank_weight")
+        low, high = config.min_timeout_ms, config.max_timeout_ms
+        if query.timeout_ms is not None and not low <= query.timeout_ms <= high:
+            # below the floor no search can finish: a client error, not a 504 later
+            raise InvalidInput(f"timeout_ms must be between {low} and {high}", field="timeout_ms")
+
+    async def _embed(self, text: str, index: VectorIndex, deadline: Deadline) -> FloatArray:
+        if self.embedder.ready and self.embedder.info.model_id != index.model_id:
+            raise EmbedderUnavailable(
+                f"collection {index.collection!r} was indexed with {index.model_id!r} but the "
+                f"embedder serves {self.embedder.info.model_id!r}; re-index the collection or "
+                "set SEMSEARCH_EMBEDDER_MODEL to the model it was built with"
+            )
+        try:
+            embeddings = await self.guards.embed.run(
+                lambda: self.embedder.embed([text], InputType.QUERY, Truncate.NONE), deadline
+            )
+        except InputTooLong as exc:
+            raise InvalidInput(exc.message.replace("input 0", "the query"), field="query") from exc
+        except (InvalidInput, Overloaded, DeadlineExceeded):
+            raise
+        except CircuitOpen as exc:
+            raise EmbedderUnavailable(
+                "the embedder is failing (circuit open), so no search is possible",
+                retry_after_s=exc.retry_after_s,
+            ) from exc
+        except Exception as exc:
+            reason = exc.message if isinstance(exc, SemsearchError) else repr(exc)
+            raise EmbedderUnavailable(
+                f"the query cannot be embedded, so no search is possible: {reason}"
+            ) from exc
+        return embeddings.vectors
+
+    async def _ann(
+        self,
+        index: VectorIndex,
+        vector: FloatArray,
+        k: int,
+        filter: Filter | None,
+        deadline: Deadline,
+    ) -> AnnResult:
+        try:
+            return await self.guards.index.run(lambda: index.search(vector, k, filter), deadline)
+        except (InvalidInput, Overloaded, DeadlineExceeded):
+            raise
+        except Exception as exc:
+            reason = exc.message if isinstance(exc, SemsearchError) else repr(exc)
+            raise IndexUnavailable(f"the index cannot be searched: {reason}") from exc
+
+    async def _rerank(self, text: str, hits: list[Hit], deadline: Deadline) -> list[float] | None:
+        """Scores, or None when reranking was skipped: the answer is then in ANN order."""
+        if deadline.remaining() * 1000 < self.config.min_rerank_budget_ms:
+            log.info("rerank_skipped", reason="deadline", remaining_ms=deadline.remaining() * 1000)
+            return None
+        try:
+            return await self.guards.rerank.run(
+                lambda: self.reranker.score(text, [h.passage for h in hits], Truncate.END),
+                deadline,
+            )
+        except Exception as exc:
+            reason = exc.message if isinstance(exc, SemsearchError) else repr(exc)
+            # A reranker known to be down was already reported once (model_load_failed, or
+            # the breaker opening); a failure of a working one is news.
+            down = not self.reranker.ready or isinstance(exc, CircuitOpen)
+            (log.debug if down else log.warning)("rerank_skipped", reason=reason)
+            return None
+
+
+def fuse(ann: Sequence[float], rerank: Sequence[float], weight: float) -> list[float]:
+    """Blend the two stages' scores over the reranked candidates of one query:
+    `weight * z(rerank) + (1 - weight) * z(ann)`, z being the z-score within the list.
+    weight 1 ranks by the cross-encoder alone; 0 keeps the ANN order."""
+    if weight >= 1.0:
+        return list(rerank)
+    return [
+        weight * r + (1.0 - weight) * a
+        for r, a in zip(_zscores(rerank), _zscores(ann), strict=True)
+    ]
+
+
+def _zscores(values: Sequence[float]) -> list[float]:
+    mean = sum(values) / len(values)
+    spread = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+    return [(v - mean) / spread if spread > 0 else 0.0 for v in values]
+
+
+def rank_results(
+    hits: list[Hit], scores: list[float] | None, top_k: int, weight: float = 1.0
+) -> list[RankedHit]:
+    """Reranked head ordered by the fused score (stable on ties), then the rest in ANN order;
+    the first `top_k`. `score` is what the order follows: the fused score when reranked."""
+    if scores is None:
+        return [RankedHit(h, i + 1, h.score, None) for i, h in enumerate(hits[:top_k])]
+    final = fuse([h.score for h in hits[: len(scores)]], scores, weight)
+    head = sorted(range(len(scores)), key=lambda i: -final[i])
+    ranked = [RankedHit(hits[i], 0, final[i], scores[i]) for i in head]
+    ranked += [RankedHit(h, 0, h.score, None) for h in hits[len(scores) :]]
+    return [
+        RankedHit(r.hit, rank, r.score, r.rerank_score)
+        for rank, r in enumerate(ranked[:top_k], start=1)
+    ]
+
+
+@contextmanager
+def _stage(timings: dict[str, float], name: str) -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        elapsed = time.perf_counter() - started
+        timings[name] = round(elapsed * 1000, 3)
+        metrics.SEARCH_STAGE_LATENCY.labels(name).observe(elapsed)
+
+
+def _finish(timings: dict[str, float], started: float) -> dict[str, float]:
+    elapsed = time.perf_counter() - started
+    metrics.SEARCH_STAGE_LATENCY.labels("total").observe(elapsed)
+    return {**timings, "total": round(elapsed * 1000, 3)}
+
+
+def _encode(result: SearchResult) -> bytes:
+    """The cacheable part of an answer (no request id, timings or cached flag)."""
+    return json.dumps(
+        {
+            "results": [
+                {
+                    "id": r.hit.id,
+                    "ann_score": r.hit.score,
+                    "text": r.hit.text,
+                    "title": r.hit.title,
+                    "metadata": r.hit.metadata,
+                    "rank": r.rank,
+                    "score": r.score,
+                    "rerank_score": r.rerank_score,
+                }
+                for r in result.results
+            ],
+            "reranked": result.reranked,
+            "collection": result.collection,
+            "index_backend": result.index_backend,
+            "generation": result.generation,
+            "embedder_model": result.embedder_model,
+            "reranker_model": result.reranker_model,
+        },
+        ensure_ascii=False,
+    ).encode()
+
+
+def _decode(payload: bytes) -> SearchResult:
+    data = json.loads(payload)
+    return SearchResult(
+        results=[
+            RankedHit(
+                Hit(r["id"], r["ann_score"], r["text"], r["title"], r["metadata"]),
+                r["rank"],
+                r["score"],
+                r["rerank_score"],
+            )
+            for r in data["results"]
+        ],
+        reranked=data["reranked"],
+        degraded=[],
+        cached=True,
+        collection=data["collection"],
+        index_backend=data["index_backend"],
+        generation=data["generation"],
+        embedder_model=data["embedder_model"],
+        reranker_model=data["reranker_model"],
+        timings_ms={},
+        request_id=None,
+    )

@@ -1,0 +1,131 @@
+"""Plain domain types shared by the engine, the wire schemas and the clients.
+
+Nothing here imports pydantic, FastAPI or torch: the engine sees only these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float32]
+Metadata = dict[str, Any]
+FilterValue = str | int | float | bool
+# metadata field -> a value (equality) or a list of values (any of them)
+Filter = dict[str, FilterValue | list[FilterValue]]
+
+
+class InputType(StrEnum):
+    """How a text is used; asymmetric models (E5, BGE) embed queries and passages differently."""
+
+    QUERY = "query"
+    PASSAGE = "passage"
+
+
+class Truncate(StrEnum):
+    """What to do with an input longer than the model's window (NVIDIA's convention).
+
+    NONE refuses the input (422) so nothing is cut silently; START drops tokens from the
+    beginning, END from the end.
+    """
+
+    NONE = "NONE"
+    START = "START"
+    END = "END"
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    """One passage to index. `id` is stable; re-indexing is keyed by it.
+
+    A long document is indexed as chunks (`doc#0`, `doc#1`, ...) whose `parent` is the
+    document's id; an unchunked document is its own parent.
+    """
+
+    id: str
+    text: str
+    title: str = ""
+    metadata: Metadata = field(default_factory=dict)
+    parent: str = ""
+
+    @property
+    def parent_id(self) -> str:
+        return self.parent or self.id
+
+    @property
+    def passage(self) -> str:
+        """The text the models see: title and body, as the models were trained on."""
+        return f"{self.title} {self.text}" if self.title else self.text
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One ANN result, with the stored document it points to."""
+
+    id: str
+    score: float
+    text: str
+    title: str = ""
+    metadata: Metadata = field(default_factory=dict)
+
+    @property
+    def passage(self) -> str:
+        return f"{self.title} {self.text}" if self.title else self.text
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """What a model backend reports about itself (served at the services' /info)."""
+
+    model_id: str
+    kind: str  # "embedding" | "reranker"
+    dimension: int | None
+    max_tokens: int
+    backend: str
+    device: str
+
+
+@dataclass(frozen=True, slots=True)
+class SearchQuery:
+    """One search, as the pipeline sees it (already validated and defaulted)."""
+
+    query: str
+    collection: str
+    top_k: int
+    candidates: int
+    rerank: bool = True
+    timeout_ms: int | None = None  # None: the gateway's default deadline
+    filter: Filter | None = None
+    rerank_depth: int | None = None  # None: the gateway's default
+    rerank_weight: float | None = None  # None: the gateway's default
+
+
+@dataclass(frozen=True, slots=True)
+class RankedHit:
+    """A final result: the ANN hit, its reranker score when reranked, and its rank (1-based)."""
+
+    hit: Hit
+    rank: int
+    score: float
+    rerank_score: float | None
+
+
+@dataclass(slots=True)
+class SearchResult:
+    """What the pipeline answers; the gateway adds nothing but the wire shape."""
+
+    results: list[RankedHit]
+    reranked: bool
+    degraded: list[str]
+    cached: bool
+    collection: str
+    index_backend: str
+    generation: int
+    embedder_model: str
+    reranker_model: str | None
+    timings_ms: dict[str, float]
+    request_id: str | None

@@ -1,0 +1,367 @@
+"""FastAPI glue every service shares: the error shape, request ids, body limits, metrics.
+
+Pure ASGI middleware (not BaseHTTPMiddleware): it adds one small wrapper per request and
+leaves streaming and cancellation alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, Protocol, TypeVar
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app import __version__, metrics
+from app.batching import RequestTiming, request_timing
+from app.config import ModelSettings
+from app.errors import (
+    ClientDisconnected,
+    InvalidInput,
+    PayloadTooLarge,
+    RetryableError,
+    SemsearchError,
+    Unauthorized,
+    Unavailable,
+    error_body,
+    http_status,
+)
+from app.logs import (
+    REQUEST_ID_HEADER,
+    bind_request_id,
+    clear_request_context,
+    get_logger,
+    new_request_id,
+)
+from app.protocol import ErrorResponse, HealthResponse, InfoResponse, ReadyResponse
+from app.resilience import request_arrival
+from app.types import ModelInfo
+
+log = get_logger("semsearch.http")
+T = TypeVar("T")
+_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+# Documented on every route, so the OpenAPI schema (and schemathesis) knows the error shape.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse} for status in (404, 413, 422, 429, 503, 504)
+}
+
+
+def install(app: FastAPI, service: str, max_request_bytes: int) -> None:
+    """Add the shared middleware, error handlers and /health + /metrics to a service app."""
+    app.add_middleware(RequestContext, service=service, max_body=max_request_bytes)
+    # Registered per class: Starlette routes the specific ones through its exception middleware
+    # (the response goes out normally) and only `Exception` through the outermost one.
+    for error_class in (SemsearchError, RequestValidationError, StarletteHTTPException, Exception):
+        app.add_exception_handler(error_class, _handle_error)
+    app.add_api_route(
+        "/health",
+        health,
+        methods=["GET"],
+        response_model=HealthResponse,
+        responses={503: {"model": ErrorResponse}},
+        tags=["ops"],
+        summary="Liveness: the process answers and its models work.",
+    )
+    app.add_api_route(
+        "/metrics",
+        metrics_endpoint,
+        methods=["GET"],
+        tags=["ops"],
+        summary="Prometheus metrics.",
+        response_class=Response,
+    )
+
+
+async def health(request: Request) -> Response:
+    """503 once an in-process model keeps failing, so an orchestrator restarts the process."""
+    check: Callable[[], str | None] | None = getattr(request.app.state, "unhealthy", None)
+    problem = check() if check is not None else None
+    if problem is not None:
+        return JSONResponse(error_body("unhealthy", problem), status_code=503)
+    return JSONResponse(HealthResponse().model_dump())
+
+
+async def metrics_endpoint() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+def ready_response(ready: bool, components: dict[str, Any]) -> JSONResponse:
+    """`GET /ready`: 200 when the service can answer, 503 (with the reasons) when not."""
+    body = ReadyResponse(status="ready" if ready else "not_ready", components=components)
+    return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+
+
+def error_response(error: SemsearchError) -> JSONResponse:
+    headers = {}
+    if isinstance(error, RetryableError):
+        headers["Retry-After"] = str(max(1, math.ceil(error.retry_after_s)))
+    if isinstance(error, Unauthorized):
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse(
+        error_body(error.type, error.message, error.field),
+        status_code=http_status(error),
+        headers=headers,
+    )
+
+
+async def _handle_error(_request: Request, error: Exception) -> JSONResponse:
+    """The one handler: every error a service can raise becomes the one JSON error shape."""
+    if isinstance(error, SemsearchError):
+        return _semsearch_error(error)
+    if isinstance(error, RequestValidationError):
+        return _validation_error(error)
+    if isinstance(error, StarletteHTTPException):
+        return _http_error(error)
+    log.exception("unhandled_error", error=repr(error))
+    return JSONResponse(
+        error_body("internal_error", "internal error; the request id is in the logs"),
+        status_code=500,
+    )
+
+
+def _semsearch_error(error: SemsearchError) -> JSONResponse:
+    if http_status(error) >= 500:
+        log.warning("request_failed", error_type=error.type, error=error.message)
+    return error_response(error)
+
+
+def _validation_error(error: RequestValidationError) -> JSONResponse:
+    problems = []
+    first_field: str | None = None
+    for item in error.errors():
+        loc = [str(part) for part in item.get("loc", ()) if part != "body"]
+        if item.get("type") == "json_invalid":
+            return JSONResponse(
+                error_body(
+                    "invalid_json", f"request body is not valid JSON: {item.get('msg')}", "body"
+                ),
+                status_code=422,
+            )
+        name = ".".join(loc) or "body"
+        first_field = first_field or name
+        problems.append(f"{name}: {item.get('msg')}")
+    return JSONResponse(
+        error_body("invalid_request", "; ".join(problems) or "invalid request", first_field),
+        status_code=422,
+    )
+
+
+def _http_error(error: StarletteHTTPException) -> JSONResponse:
+    kind = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
+    return JSONResponse(
+        error_body(kind, str(error.detail)),
+        status_code=error.status_code,
+        headers=getattr(error, "headers", None),
+    )
+
+
+class RequestContext:
+    """Per request: bind a request id, cap the body size, count and time, log one line."""
+
+    def __init__(self, app: ASGIApp, service: str, max_body: int) -> None:
+        self.app = app
+        self.service = service
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        given = headers.get(REQUEST_ID_HEADER.lower(), "")
+        request_id = given if _VALID_REQUEST_ID.fullmatch(given) else new_request_id()
+        bind_request_id(request_id)
+        timing = RequestTiming()
+        request_timing.set(timing)
+        request_arrival.set(time.monotonic())
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = [
+                    *message.get("headers", []),
+                    (REQUEST_ID_HEADER.lower().encode(), request_id.encode()),
+                ]
+                if timing.compute_s or timing.queue_s:  # TEI's headers, in milliseconds
+                    headers.append((b"x-queue-time", f"{timing.queue_s * 1000:.2f}".encode()))
+                    headers.append((b"x-compute-time", f"{timing.compute_s * 1000:.2f}".encode()))
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            declared = headers.get("content-length", "")
+            if declared.isdigit():
+                if int(declared) > self.max_body:
+                    await self._too_large(scope, receive, send_with_id)
+                    return
+            elif scope["method"] in ("POST", "PUT", "PATCH"):
+                # A chunked body has no declared size: read it here, up to the limit.
+                buffered = await _read_limited(receive, self.max_body)
+                if buffered is None:
+                    await self._too_large(scope, receive, send_with_id)
+                    return
+                receive = _replay(buffered, receive)
+            await self.app(scope, receive, send_with_id)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = scope.get("route")
+            template = getattr(route, "path", "unmatched")
+            method = scope["method"]
+            metrics.HTTP_REQUESTS.labels(self.service, template, method, str(status)).inc()
+            metrics.HTTP_LATENCY.labels(self.service, template, method).observe(elapsed)
+            if template not in ("/health", "/metrics", "/ready"):
+                log.info(
+                    "request",
+                    method=method,
+                    path=scope["path"],
+                    status=status,
+                    ms=round(elapsed * 1000, 2),
+                )
+            clear_request_context()
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        error = PayloadTooLarge(f"request body is larger than {self.max_body} bytes", field="body")
+        await error_response(error)(scope, receive, send)
+
+
+async def _read_limited(receive: Receive, limit: int) -> bytes | None:
+    """The whole request body, or None as soon as it passes `limit` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(chunks)  # client went away; the app will see an empty body
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Callable[[], Awaitable[Message]]:
+    """A `receive` that hands the buffered body to the app, then defers to the server."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+class _Model(Protocol):
+    @property
+    def info(self) -> ModelInfo: ...
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def status(self) -> str: ...
+
+    @property
+    def healthy(self) -> bool: ...
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await `work`, cancelling it if the client goes away first: its queued items are then
+    dropped before they reach the model."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        metrics.CLIENT_DISCONNECTS.inc()
+        raise ClientDisconnected("client disconnected before the answer was ready")
+    return task.result()
+
+
+async def _disconnected(request: Request) -> None:
+    # After the body was read, the next `receive` waits for the client's disconnect (or for
+    # the server to finish the response).
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def model_info(model: _Model, settings: ModelSettings) -> InfoResponse:
+    """`GET /info` of a model service (TEI's convention): model, window and limits."""
+    if not model.ready:
+        raise Unavailable(f"model is not loaded ({model.status})")
+    info = model.info
+    return InfoResponse(
+        model_id=info.model_id,
+        kind=info.kind,
+        dimension=info.dimension,
+        max_input_tokens=info.max_tokens,
+        backend=info.backend,
+        device=info.device,
+        max_items_per_request=settings.max_items_per_request,
+        max_chars_per_item=settings.max_chars_per_item,
+        max_batch_size=settings.max_batch_size,
+        max_batch_tokens=settings.max_batch_tokens,
+        max_wait_ms=settings.max_wait_ms,
+        max_queue_items=settings.max_queue_items,
+    )
+
+
+def model_ready(model: _Model) -> JSONResponse:
+    """`GET /ready` of a model service: 200 once the model is loaded and warmed up."""
+    return ready_response(model.ready, {"model": model.info.model_id, "status": model.status})
+
+
+def check_model_name(requested: str | None, served: str) -> None:
+    """A request naming another model must not silently get this one's output."""
+    if requested and requested not in (served, served.rstrip("/").rsplit("/", 1)[-1]):
+        raise InvalidInput(f"this service serves {served!r}, not {requested!r}", field="model")
+
+
+class _StartStop(_Model, Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+def create_model_app(
+    service: str, settings: ModelSettings, model: _StartStop, router: APIRouter
+) -> FastAPI:
+    """The app of a model service: `model` loads in the background from the lifespan, so
+    /health answers at once and /ready turns 200 when the model is loaded and warmed up."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loading = asyncio.create_task(model.start())
+        try:
+            yield
+        finally:
+            loading.cancel()
+            await model.stop()
+
+    app = FastAPI(title=f"semsearch {service}", version=__version__, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.model = model
+    app.state.unhealthy = lambda: None if model.healthy else f"{service} model: {model.status}"
+    install(app, service, settings.max_request_bytes)
+    app.include_router(router)
+    return app

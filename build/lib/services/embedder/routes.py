@@ -1,0 +1,125 @@
+"""Embedder routes: OpenAI /v1/embeddings (+ NVIDIA input_type/truncate), TEI /embed and /info,
+OpenAI /v1/models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from app.config import EmbedderSettings
+from app.errors import InputTooLong, InvalidInput
+from app.models import Embedder, Embeddings
+from app.models.limits import check_input_limits
+from app.protocol import EmbeddingsRequest, EmbeddingsResponse, InfoResponse, TeiEmbedRequest
+from app.types import FloatArray, InputType, Truncate
+from services.common import (
+    ERROR_RESPONSES,
+    check_model_name,
+    model_info,
+    model_ready,
+    unless_disconnected,
+)
+
+router = APIRouter(responses=ERROR_RESPONSES)
+
+
+def _embedder(request: Request) -> Embedder:
+    embedder: Embedder = request.app.state.model
+    return embedder
+
+
+async def _embed(
+    request: Request,
+    texts: list[str],
+    field: str,
+    input_type: InputType,
+    truncate: Truncate,
+    normalize: bool,
+) -> Embeddings:
+    settings: EmbedderSettings = request.app.state.settings
+    check_input_limits(
+        texts,
+        max_items=settings.max_items_per_request,
+        max_chars=settings.max_chars_per_item,
+        field=field,
+    )
+    embedder = _embedder(request)
+    try:
+        return await unless_disconnected(
+            request, embedder.embed(texts, input_type, truncate, normalize)
+        )
+    except InputTooLong as exc:  # name the field as this API calls it
+        exc.field = (exc.field or "input").replace("input", field, 1)
+        raise
+
+
+@router.post(
+    "/v1/embeddings",
+    response_model=EmbeddingsResponse,
+    tags=["embeddings"],
+    summary="OpenAI-compatible embeddings, with NVIDIA's input_type and truncate.",
+)
+async def embeddings(body: EmbeddingsRequest, request: Request) -> EmbeddingsResponse:
+    embedder = _embedder(request)
+    check_model_name(body.model, embedder.info.model_id)
+    result = await _embed(
+        request, body.texts(), "input", body.input_type, body.truncate, body.normalize
+    )
+    vectors = result.vectors
+    if body.dimensions is not None:
+        vectors = shorten(vectors, body.dimensions, body.normalize)
+    return EmbeddingsResponse.build(
+        vectors, embedder.info.model_id, result.prompt_tokens, body.encoding_format
+    )
+
+
+@router.post(
+    "/embed",
+    tags=["embeddings"],
+    summary="TEI-compatible embeddings.",
+    response_model=list[list[float]],
+)
+async def embed(body: TeiEmbedRequest, request: Request) -> JSONResponse:
+    result = await _embed(
+        request, body.texts(), "inputs", InputType.PASSAGE, body.truncate_mode(), body.normalize
+    )
+    return JSONResponse(result.vectors.tolist())
+
+
+def shorten(vectors: FloatArray, dimensions: int, normalize: bool) -> FloatArray:
+    """OpenAI's `dimensions`: keep the first N components (Matryoshka-style), renormalized."""
+    if dimensions > vectors.shape[1]:
+        raise InvalidInput(
+            f"dimensions must be at most {vectors.shape[1]} for this model", field="dimensions"
+        )
+    cut = np.ascontiguousarray(vectors[:, :dimensions])
+    if normalize:
+        cut /= np.maximum(np.linalg.norm(cut, axis=1, keepdims=True), 1e-12)
+    return cut
+
+
+@router.get(
+    "/info",
+    response_model=InfoResponse,
+    tags=["info"],
+    summary="TEI-style model information and batching limits.",
+)
+async def info(request: Request) -> InfoResponse:
+    return model_info(_embedder(request), request.app.state.settings)
+
+
+@router.get("/v1/models", tags=["embeddings"], summary="OpenAI-compatible model list.")
+async def models(request: Request) -> dict[str, Any]:
+    model_id = _embedder(request).info.model_id
+    return {
+        "object": "list",
+        "data": [{"id": model_id, "object": "model", "owned_by": "semsearch"}],
+    }
+
+
+@router.get("/ready", tags=["ops"], summary="Readiness: the model is loaded and warmed up.")
+async def ready(request: Request) -> JSONResponse:
+    return model_ready(_embedder(request))

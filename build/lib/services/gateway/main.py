@@ -1,0 +1,71 @@
+"""The gateway: `uvicorn services.gateway.main:app` or `semsearch serve gateway`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app import __version__
+from app.auth import ApiKeys
+from app.config import GatewaySettings
+from app.logs import configure_logging, get_logger
+from app.pipeline import SearchPipeline
+from services import common
+from services.gateway.routes import router
+
+log = get_logger(__name__)
+
+
+def create_app(
+    settings: GatewaySettings | None = None, pipeline: SearchPipeline | None = None
+) -> FastAPI:
+    """The gateway app; `pipeline` may be given pre-built (tests inject fakes that way)."""
+    settings = settings or GatewaySettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        search = pipeline or SearchPipeline.from_settings(settings)
+        app.state.pipeline = search
+        await search.start()
+        upkeep = asyncio.create_task(_upkeep(search, settings.index_reload_interval_s))
+        try:
+            yield
+        finally:
+            upkeep.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await upkeep
+            await search.stop()
+
+    app = FastAPI(title="semsearch gateway", version=__version__, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.api_keys = ApiKeys.from_settings(settings)  # a placeholder key fails start-up
+    app.state.unhealthy = lambda: (
+        app.state.pipeline.unhealthy() if hasattr(app.state, "pipeline") else None
+    )
+    common.install(app, "gateway", settings.max_request_bytes)
+    app.include_router(router)
+    return app
+
+
+async def _upkeep(pipeline: SearchPipeline, interval_s: float) -> None:
+    """Pick up new index generations without a restart."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await pipeline.refresh()
+        except Exception as exc:  # upkeep must outlive any one failure
+            log.error("upkeep_failed", error=repr(exc))
+
+
+def __getattr__(name: str) -> FastAPI:
+    # `uvicorn services.gateway.main:app` builds the app from the environment on first
+    # access; importing this module (tests, the CLI) has no side effects.
+    if name != "app":
+        raise AttributeError(name)
+    settings = GatewaySettings()
+    configure_logging(settings.log_level, settings.log_format, "gateway")
+    return create_app(settings)

@@ -1,0 +1,119 @@
+"""Reranker routes: NVIDIA /v1/ranking and Cohere/TEI-style /rerank, plus /info."""
+
+from __future__ import annotations
+
+import math
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from app.config import RerankerSettings
+from app.logs import current_request_id
+from app.models import Reranker
+from app.models.limits import check_input_limits, check_text_length
+from app.protocol import (
+    InfoResponse,
+    Ranking,
+    RankingRequest,
+    RankingResponse,
+    RerankDocument,
+    RerankRequest,
+    RerankResponse,
+    RerankResult,
+    rank_order,
+)
+from app.types import Truncate
+from services.common import (
+    ERROR_RESPONSES,
+    check_model_name,
+    model_info,
+    model_ready,
+    unless_disconnected,
+)
+
+router = APIRouter(responses=ERROR_RESPONSES)
+
+
+def _reranker(request: Request) -> Reranker:
+    reranker: Reranker = request.app.state.model
+    return reranker
+
+
+def _settings(request: Request) -> RerankerSettings:
+    settings: RerankerSettings = request.app.state.settings
+    return settings
+
+
+async def _score(
+    request: Request, model: str | None, query: str, passages: list[str], truncate: Truncate
+) -> list[float]:
+    reranker, settings = _reranker(request), _settings(request)
+    check_input_limits(
+        passages,
+        max_items=settings.max_items_per_request,
+        max_chars=settings.max_chars_per_item,
+        field="passages",
+    )
+    check_text_length(query, max_chars=settings.max_chars_per_item, field="query")
+    check_model_name(model, reranker.info.model_id)
+    return await unless_disconnected(request, reranker.score(query, passages, truncate))
+
+
+@router.post(
+    "/v1/ranking",
+    response_model=RankingResponse,
+    tags=["ranking"],
+    summary="NVIDIA-compatible reranking: logits, best first.",
+)
+async def ranking(body: RankingRequest, request: Request) -> RankingResponse:
+    scores = await _score(
+        request, body.model, body.query.text, [p.text for p in body.passages], body.truncate
+    )
+    return RankingResponse(rankings=[Ranking(index=i, logit=scores[i]) for i in rank_order(scores)])
+
+
+@router.post(
+    "/rerank",
+    response_model=RerankResponse,
+    response_model_exclude_none=True,
+    tags=["ranking"],
+    summary="Cohere/TEI-compatible reranking.",
+)
+async def rerank(body: RerankRequest, request: Request) -> RerankResponse:
+    documents = body.texts()
+    truncate = Truncate.END if body.truncate else Truncate.NONE
+    scores = await _score(request, body.model, body.query, documents, truncate)
+    order = rank_order(scores)[: body.top_n]
+    return RerankResponse(
+        id=current_request_id(),
+        model=_reranker(request).info.model_id,
+        results=[
+            RerankResult(
+                index=i,
+                relevance_score=scores[i] if body.raw_scores else _sigmoid(scores[i]),
+                document=RerankDocument(text=documents[i]) if body.return_documents else None,
+            )
+            for i in order
+        ],
+    )
+
+
+def _sigmoid(logit: float) -> float:
+    return (
+        1.0 / (1.0 + math.exp(-logit)) if logit >= 0 else math.exp(logit) / (1.0 + math.exp(logit))
+    )
+
+
+@router.get(
+    "/info",
+    response_model=InfoResponse,
+    tags=["info"],
+    summary="TEI-style model information and limits.",
+)
+async def info(request: Request) -> InfoResponse:
+    return model_info(_reranker(request), _settings(request))
+
+
+@router.get("/ready", tags=["ops"], summary="Readiness: the model is loaded and warmed up.")
+async def ready(request: Request) -> JSONResponse:
+    return model_ready(_reranker(request))
