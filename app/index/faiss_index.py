@@ -45,6 +45,7 @@ IndexType = Literal["flat", "hnsw", "ivfpq"]
 FLAT_BELOW = 50_000  # auto: exact search is fast enough below this many vectors
 HNSW_BELOW = 2_000_000  # auto: HNSW up to here, IVF-PQ (compressed) above
 _ADD_BATCH = 65_536
+REFINE_FACTOR = 4  # IVF-PQ: candidates fetched per result, then re-scored exactly
 
 
 @dataclass(frozen=True)
@@ -171,10 +172,30 @@ class _Generation:
         if k <= 0:
             return [[] for _ in range(len(vectors))]
         if filter is None:
-            scores, ids = self.index.search(vectors, k)
+            scores, ids = self.index.search(vectors, self._oversampled(k))
         else:
             scores, ids = self._filtered(vectors, k, self.allowed(filter))
+        if self.kind == "ivfpq":
+            scores, ids = self._refine(vectors, ids, k)
         return self._hits(scores, ids)
+
+    def _oversampled(self, k: int) -> int:
+        # PQ codes rank approximately: fetch more, re-score them exactly (see _refine)
+        return min(self.count, k * REFINE_FACTOR) if self.kind == "ivfpq" else k
+
+    def _refine(self, vectors: FloatArray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact scores from the raw vectors for the candidates PQ found; keep the best k."""
+        out_scores = np.full((len(vectors), k), -np.inf, dtype=np.float32)
+        out_ids = np.full((len(vectors), k), -1, dtype=np.int64)
+        for row, (query, candidates) in enumerate(zip(vectors, ids, strict=True)):
+            found = candidates[candidates >= 0]
+            if not len(found):
+                continue
+            exact = np.asarray(self.vectors[np.searchsorted(self.seqs, found)]) @ query
+            best = np.argsort(-exact, kind="stable")[:k]
+            out_scores[row, : len(best)] = exact[best]
+            out_ids[row, : len(best)] = found[best]
+        return out_scores, out_ids
 
     def exact(
         self, vectors: FloatArray, k: int, allowed: np.ndarray | None = None
@@ -236,12 +257,14 @@ class _Generation:
             )
         else:
             params = _faiss.SearchParametersIVF(sel=selector, nprobe=self.options.ivf_nprobe)
-        scores, ids = self.index.search(vectors, k, params=params)
-        short = np.flatnonzero((ids < 0).sum(axis=1) > 0)
-        if len(short) and len(allowed) >= k:
-            # the ANN walk found fewer than k matches: answer those queries exactly
+        scores, ids = self.index.search(vectors, self._oversampled(k), params=params)
+        short = np.flatnonzero((ids >= 0).sum(axis=1) < min(k, len(allowed)))
+        if len(short):
+            # the ANN walk found fewer than k of the matches: answer those queries exactly
             exact_scores, exact_ids = self.exact(vectors[short], k, allowed)
-            scores[short], ids[short] = exact_scores, exact_ids
+            width = exact_ids.shape[1]
+            scores[short], ids[short] = -np.inf, -1
+            scores[short, :width], ids[short, :width] = exact_scores, exact_ids
         return scores, ids
 
     def _hits(self, scores: np.ndarray, ids: np.ndarray) -> list[list[Hit]]:
