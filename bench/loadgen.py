@@ -104,3 +104,61 @@ async def run_load(
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         result.seconds = time.perf_counter() - started
     return result
+
+
+async def run_open_loop(
+    url: str,
+    bodies: Sequence[dict[str, Any]],
+    *,
+    rate_per_s: float,
+    duration_s: float,
+    max_outstanding: int = 1000,
+    timeout_s: float = 60.0,
+    classify: Callable[[httpx.Response], list[str]] | None = None,
+) -> LoadResult:
+    """Offer `rate_per_s` requests per second for `duration_s`, whatever the answers (an
+    overload test: arrivals do not slow down because the server does). Requests beyond
+    `max_outstanding` in flight are not sent and count as errors with status -1."""
+    limits = httpx.Limits(
+        max_connections=max_outstanding, max_keepalive_connections=max_outstanding
+    )
+    cycle = itertools.cycle(bodies)
+    result = LoadResult(0, 0, 0, 0.0, 1)
+    outstanding: set[asyncio.Task[None]] = set()
+    async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as client:
+
+        async def one(body: dict[str, Any]) -> None:
+            sent = time.perf_counter()
+            try:
+                reply = await client.post(url, json=body)
+                await reply.aread()
+                status, good = reply.status_code, reply.status_code == 200
+                for label in classify(reply) if classify else ():
+                    result.labels[label] = result.labels.get(label, 0) + 1
+            except httpx.HTTPError:
+                status, good = 0, False
+            elapsed_ms = (time.perf_counter() - sent) * 1000
+            result.latencies_ms.append(elapsed_ms)
+            if good:
+                result.ok_latencies_ms.append(elapsed_ms)
+            result.statuses[status] = result.statuses.get(status, 0) + 1
+            if not good:
+                result.errors += 1
+
+        started = time.perf_counter()
+        interval = 1.0 / rate_per_s
+        n = 0
+        while (due := started + n * interval) < started + duration_s:
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            result.requests += 1
+            n += 1
+            if len(outstanding) >= max_outstanding:
+                result.statuses[-1] = result.statuses.get(-1, 0) + 1
+                result.errors += 1
+                continue
+            task = asyncio.ensure_future(one(next(cycle)))
+            outstanding.add(task)
+            task.add_done_callback(outstanding.discard)
+        await asyncio.gather(*outstanding)
+        result.seconds = time.perf_counter() - started
+    return result

@@ -128,7 +128,7 @@ def random_head_cross_encoder(folder: Path) -> Path:
     return folder
 
 
-def start_target(target: str, kind: str, cross_encoder: Path, logs: Path) -> Service:
+def start_target(target: str, kind: str, cross_encoder: Path, logs: Path, dtype: str) -> Service:
     port = free_port()
     if target == "naive":
         env = child_env(
@@ -152,6 +152,8 @@ def start_target(target: str, kind: str, cross_encoder: Path, logs: Path) -> Ser
         SEMSEARCH_EMBEDDER_MODEL=EMBEDDER,
         SEMSEARCH_RERANKER_MODEL=str(cross_encoder),
         SEMSEARCH_RERANKER_MAX_LENGTH=str(RERANK_MAX_LENGTH),
+        SEMSEARCH_EMBEDDER_DTYPE=dtype,
+        SEMSEARCH_RERANKER_DTYPE=dtype,
     )
     command = [sys.executable, "-m", "app.cli", "serve", kind, "--port", str(port)]
     return start_service(f"semsearch-{kind}", command, port, env, logs)
@@ -193,30 +195,41 @@ def timed(fn: Callable[[], object], repeats: int) -> float:
     return (time.perf_counter() - started) / repeats
 
 
-def raw_baselines(plans: list[dict[str, Any]], cross_encoder: Path) -> dict[str, dict[str, float]]:
+def raw_baselines(
+    plans: list[dict[str, Any]], cross_encoder: Path, dtype: str
+) -> dict[str, dict[str, float]]:
+    """The model called directly, at the precision our service runs (so the ratio is ours)."""
+    import torch
     from sentence_transformers import CrossEncoder, SentenceTransformer
 
+    precision: Any = (
+        torch.autocast("cpu", dtype=torch.bfloat16)
+        if dtype == "bfloat16"
+        else torch.inference_mode()
+    )
     out: dict[str, dict[str, float]] = {}
     model = SentenceTransformer(resolve_model_path(EMBEDDER), device="cpu")
     ce = CrossEncoder(str(cross_encoder), device="cpu", max_length=RERANK_MAX_LENGTH)
     for plan in plans:
-        bodies = plan["bodies"]
-        if plan["name"] == "queries":
-            texts = [b["input"][0] for b in bodies]
-            one = timed(partial(model.encode, texts[:1]), 200)
-            fifteen = timed(partial(model.encode, texts[:15], batch_size=15), 50)
-            out["queries"] = {"calls_per_s": 1 / one, "items_per_s_batch15": 15 / fifteen}
-        elif plan["name"] == "passages":
-            batch = bodies[0]["input"]
-            seconds = timed(partial(model.encode, batch, batch_size=64), 3)
-            out["passages"] = {"items_per_s": 64 / seconds}
-        else:
-            body = bodies[0]
-            pairs = [(body["query"]["text"], p["text"]) for p in body["passages"]]
-            seconds = timed(partial(ce.predict, pairs, batch_size=len(pairs)), 3)
-            out[plan["name"]] = {"items_per_s": len(pairs) / seconds}
+        with torch.inference_mode(), precision:
+            out[plan["name"]] = _raw_rate(plan, model, ce)
         print(f"  raw {plan['name']:<10} {out[plan['name']]}", flush=True)
     return out
+
+
+def _raw_rate(plan: dict[str, Any], model: Any, ce: Any) -> dict[str, float]:
+    bodies = plan["bodies"]
+    if plan["name"] == "queries":
+        texts = [b["input"][0] for b in bodies]
+        one = timed(partial(model.encode, texts[:1]), 200)
+        fifteen = timed(partial(model.encode, texts[:15], batch_size=15), 50)
+        return {"calls_per_s": 1 / one, "items_per_s_batch15": 15 / fifteen}
+    if plan["name"] == "passages":
+        batch = bodies[0]["input"]
+        return {"items_per_s": 64 / timed(partial(model.encode, batch, batch_size=64), 3)}
+    body = bodies[0]
+    pairs = [(body["query"]["text"], p["text"]) for p in body["passages"]]
+    return {"items_per_s": len(pairs) / timed(partial(ce.predict, pairs, batch_size=len(pairs)), 3)}
 
 
 def main() -> None:
@@ -225,6 +238,12 @@ def main() -> None:
     parser.add_argument("--targets", default="naive,semsearch")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per cell")
     parser.add_argument("--min-requests", type=int, default=12, help="per cell, for percentiles")
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16"],
+        help="our services' precision; the raw ceiling uses the same",
+    )
     args = parser.parse_args()
 
     plans = workloads(args.workloads.split(","))
@@ -236,7 +255,7 @@ def main() -> None:
             kind_plans = [p for p in plans if p["kind"] == kind]
             if not kind_plans:
                 continue
-            service = start_target(target, kind, cross_encoder, work)
+            service = start_target(target, kind, cross_encoder, work, args.dtype)
             print(f"{target} ({kind}) at {service.url}", flush=True)
             try:
                 for plan in kind_plans:
@@ -249,7 +268,7 @@ def main() -> None:
             if target == "naive":
                 break  # one naive process serves both kinds
     print("raw in-process model calls", flush=True)
-    raw = raw_baselines(plans, cross_encoder)
+    raw = raw_baselines(plans, cross_encoder, args.dtype)
     verdicts = judge(cells, raw)
 
     print()
@@ -274,7 +293,7 @@ def main() -> None:
     print()
     print(table(verdicts, ["check", "value", "target", "met"]))
     path = write_json(
-        "serving",
+        f"serving-{args.dtype}",
         {
             "machine": machine(),
             "cells": cells,

@@ -183,7 +183,9 @@ class _Generation:
         # PQ codes rank approximately: fetch more, re-score them exactly (see _refine)
         return min(self.count, k * REFINE_FACTOR) if self.kind == "ivfpq" else k
 
-    def _refine(self, vectors: FloatArray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _refine(
+        self, vectors: FloatArray, ids: np.ndarray, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Exact scores from the raw vectors for the candidates PQ found; keep the best k."""
         out_scores = np.full((len(vectors), k), -np.inf, dtype=np.float32)
         out_ids = np.full((len(vectors), k), -1, dtype=np.int64)

@@ -88,16 +88,21 @@ async def test_ivfpq_results_are_refined_with_exact_scores(tmp_path: Path) -> No
     n = 12_000
     vectors = clustered(n)
     docs = [Document(f"d{i}", f"t{i}", "", {"half": i % 2}) for i in range(n)]
-    options = FaissOptions(index_type="ivfpq", ivf_nlist=64, ivf_nprobe=16, pq_m=16,
-                           exact_filter_limit=10)
+    options = FaissOptions(
+        index_type="ivfpq", ivf_nlist=64, ivf_nprobe=16, pq_m=16, exact_filter_limit=10
+    )
     index = await FaissIndex.create(tmp_path, "c", "m", DIM, options=options)
     await index.upsert(docs, vectors)
     await index.publish()
     queries = clustered(50, seed=7)
     exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
     result = (await index.search(queries, 10)).hits
-    recall = np.mean([len({h.id for h in hits} & {f"d{i}" for i in row}) / 10
-                      for hits, row in zip(result, exact, strict=True)])
+    recall = np.mean(
+        [
+            len({h.id for h in hits} & {f"d{i}" for i in row}) / 10
+            for hits, row in zip(result, exact, strict=True)
+        ]
+    )
     assert recall >= 0.9, recall  # PQ alone ranks approximately; refinement fixes the order
     for hits, query in zip(result, queries, strict=True):  # scores are exact, not PQ estimates
         for hit in hits:
