@@ -251,8 +251,10 @@ def main() -> None:
     cross_encoder = random_head_cross_encoder(ROOT / "bench" / ".models" / "ce-minilm-l6-random")
     cells: list[dict[str, Any]] = []
     for target in args.targets.split(","):
-        for kind in ("embedder", "reranker"):
-            kind_plans = [p for p in plans if p["kind"] == kind]
+        # one naive process serves both models; ours are two services, one at a time
+        kinds = ("both",) if target == "naive" else ("embedder", "reranker")
+        for kind in kinds:
+            kind_plans = [p for p in plans if kind in ("both", p["kind"])]
             if not kind_plans:
                 continue
             service = start_target(target, kind, cross_encoder, work, args.dtype)
@@ -265,8 +267,6 @@ def main() -> None:
                         )
             finally:
                 service.stop()
-            if target == "naive":
-                break  # one naive process serves both kinds
     print("raw in-process model calls", flush=True)
     raw = raw_baselines(plans, cross_encoder, args.dtype)
     verdicts = judge(cells, raw)

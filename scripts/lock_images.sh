@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+trap 'rm -rf "$work" build' EXIT  # pip leaves build/ behind when installing "."
 python="${PYTHON:-python3}"
 
 lock() {  # lock <name> <extras> [torch spec]
