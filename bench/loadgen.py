@@ -81,25 +81,8 @@ async def run_load(
 
         async def worker() -> None:
             while time.perf_counter() - started < duration_s or result.requests < min_requests:
-                body = next(cycle)
-                sent = time.perf_counter()
                 result.requests += 1
-                try:
-                    reply = await client.post(url, json=body)
-                    await reply.aread()
-                    status = reply.status_code
-                    good = ok(reply)
-                    for label in classify(reply) if classify else ():
-                        result.labels[label] = result.labels.get(label, 0) + 1
-                except httpx.HTTPError:
-                    status, good = 0, False
-                elapsed_ms = (time.perf_counter() - sent) * 1000
-                result.latencies_ms.append(elapsed_ms)
-                if good:
-                    result.ok_latencies_ms.append(elapsed_ms)
-                result.statuses[status] = result.statuses.get(status, 0) + 1
-                if not good:
-                    result.errors += 1
+                await _send(client, url, next(cycle), result, ok, classify)
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         result.seconds = time.perf_counter() - started
@@ -126,25 +109,6 @@ async def run_open_loop(
     result = LoadResult(0, 0, 0, 0.0, 1)
     outstanding: set[asyncio.Task[None]] = set()
     async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as client:
-
-        async def one(body: dict[str, Any]) -> None:
-            sent = time.perf_counter()
-            try:
-                reply = await client.post(url, json=body)
-                await reply.aread()
-                status, good = reply.status_code, reply.status_code == 200
-                for label in classify(reply) if classify else ():
-                    result.labels[label] = result.labels.get(label, 0) + 1
-            except httpx.HTTPError:
-                status, good = 0, False
-            elapsed_ms = (time.perf_counter() - sent) * 1000
-            result.latencies_ms.append(elapsed_ms)
-            if good:
-                result.ok_latencies_ms.append(elapsed_ms)
-            result.statuses[status] = result.statuses.get(status, 0) + 1
-            if not good:
-                result.errors += 1
-
         started = time.perf_counter()
         interval = 1.0 / rate_per_s
         n = 0
@@ -156,9 +120,40 @@ async def run_open_loop(
                 result.statuses[-1] = result.statuses.get(-1, 0) + 1
                 result.errors += 1
                 continue
-            task = asyncio.ensure_future(one(next(cycle)))
+            task = asyncio.ensure_future(_send(client, url, next(cycle), result, _ok, classify))
             outstanding.add(task)
             task.add_done_callback(outstanding.discard)
         await asyncio.gather(*outstanding)
         result.seconds = time.perf_counter() - started
     return result
+
+
+def _ok(reply: httpx.Response) -> bool:
+    return reply.status_code == 200
+
+
+async def _send(
+    client: httpx.AsyncClient,
+    url: str,
+    body: dict[str, Any],
+    result: LoadResult,
+    ok: Callable[[httpx.Response], bool],
+    classify: Callable[[httpx.Response], list[str]] | None,
+) -> None:
+    """One request, recorded in `result` (a transport error counts as status 0)."""
+    sent = time.perf_counter()
+    try:
+        reply = await client.post(url, json=body)
+        await reply.aread()
+        status, good = reply.status_code, ok(reply)
+        for label in classify(reply) if classify else ():
+            result.labels[label] = result.labels.get(label, 0) + 1
+    except httpx.HTTPError:
+        status, good = 0, False
+    elapsed_ms = (time.perf_counter() - sent) * 1000
+    result.latencies_ms.append(elapsed_ms)
+    if good:
+        result.ok_latencies_ms.append(elapsed_ms)
+    result.statuses[status] = result.statuses.get(status, 0) + 1
+    if not good:
+        result.errors += 1

@@ -12,7 +12,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -42,9 +42,9 @@ from app.logs import (
     get_logger,
     new_request_id,
 )
+from app.models import Embedder, Reranker
 from app.protocol import ErrorResponse, HealthResponse, InfoResponse, ReadyResponse
 from app.resilience import request_arrival
-from app.types import ModelInfo
 
 log = get_logger("semsearch.http")
 T = TypeVar("T")
@@ -268,20 +268,6 @@ def _replay(body: bytes, receive: Receive) -> Callable[[], Awaitable[Message]]:
     return replay
 
 
-class _Model(Protocol):
-    @property
-    def info(self) -> ModelInfo: ...
-
-    @property
-    def ready(self) -> bool: ...
-
-    @property
-    def status(self) -> str: ...
-
-    @property
-    def healthy(self) -> bool: ...
-
-
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     """Await `work`, cancelling it if the client goes away first: its queued items are then
     dropped before they reach the model."""
@@ -305,7 +291,7 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-def model_info(model: _Model, settings: ModelSettings) -> InfoResponse:
+def model_info(model: Embedder | Reranker, settings: ModelSettings) -> InfoResponse:
     """`GET /info` of a model service (TEI's convention): model, window and limits."""
     if not model.ready:
         raise Unavailable(f"model is not loaded ({model.status})")
@@ -326,7 +312,7 @@ def model_info(model: _Model, settings: ModelSettings) -> InfoResponse:
     )
 
 
-def model_ready(model: _Model) -> JSONResponse:
+def model_ready(model: Embedder | Reranker) -> JSONResponse:
     """`GET /ready` of a model service: 200 once the model is loaded and warmed up."""
     return ready_response(model.ready, {"model": model.info.model_id, "status": model.status})
 
@@ -337,14 +323,8 @@ def check_model_name(requested: str | None, served: str) -> None:
         raise InvalidInput(f"this service serves {served!r}, not {requested!r}", field="model")
 
 
-class _StartStop(_Model, Protocol):
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
-
-
 def create_model_app(
-    service: str, settings: ModelSettings, model: _StartStop, router: APIRouter
+    service: str, settings: ModelSettings, model: Embedder | Reranker, router: APIRouter
 ) -> FastAPI:
     """The app of a model service: `model` loads in the background from the lifespan, so
     /health answers at once and /ready turns 200 when the model is loaded and warmed up."""

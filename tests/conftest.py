@@ -10,6 +10,7 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,6 +33,21 @@ TRAINED_RERANKER = Path(
 
 # Hub lookups fail (slowly, with retries) on machines without internet; tests never need them.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """`configure_logging` (the CLI calls it) changes process-wide state: undo it per test."""
+    import logging
+
+    import structlog
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    structlog.reset_defaults()
 
 
 @pytest.fixture(autouse=True)
@@ -131,18 +147,13 @@ async def small_collection(tmp_path: Path, fake_embedder: FakeEmbedder) -> Async
     return tmp_path / "index"
 
 
-@pytest.fixture(scope="session")
-def tiny_cross_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real BERT cross-encoder (random weights, 2 small layers) with the MiniLM tokenizer.
-
-    It runs the real loading and scoring code in seconds; its scores mean nothing.
-    """
+def _tiny_bert(**extra: Any) -> tuple[Any, Any]:
+    """The MiniLM tokenizer and a 2-layer, 32-wide BERT config, seeded: tiny real models."""
     import torch
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+    from transformers import BertConfig, BertTokenizerFast
 
     from app.models.paths import resolve_model_path
 
-    folder = tmp_path_factory.mktemp("tiny-cross-encoder")
     tokenizer = BertTokenizerFast.from_pretrained(
         resolve_model_path("sentence-transformers/all-MiniLM-L6-v2")
     )
@@ -154,8 +165,21 @@ def tiny_cross_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
         num_attention_heads=2,
         intermediate_size=64,
         max_position_embeddings=512,
-        num_labels=1,
+        **extra,
     )
+    return tokenizer, config
+
+
+@pytest.fixture(scope="session")
+def tiny_cross_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real BERT cross-encoder (random weights, 2 small layers) with the MiniLM tokenizer.
+
+    It runs the real loading and scoring code in seconds; its scores mean nothing.
+    """
+    from transformers import BertForSequenceClassification
+
+    folder = tmp_path_factory.mktemp("tiny-cross-encoder")
+    tokenizer, config = _tiny_bert(num_labels=1)
     BertForSequenceClassification(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
@@ -165,26 +189,12 @@ def tiny_cross_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_bi_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A sentence-transformers bi-encoder (tiny random BERT, mean pooling, normalize) with the
     MiniLM tokenizer: the real loading, batching and pooling code in milliseconds per batch."""
-    import torch
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    from app.models.paths import resolve_model_path
+    from transformers import BertModel
 
     root = tmp_path_factory.mktemp("tiny-bi-encoder")
-    tokenizer = BertTokenizerFast.from_pretrained(
-        resolve_model_path("sentence-transformers/all-MiniLM-L6-v2")
-    )
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=512,
-    )
+    tokenizer, config = _tiny_bert()
     BertModel(config).save_pretrained(root / "bert")
     tokenizer.save_pretrained(root / "bert")
     transformer = Transformer(str(root / "bert"), max_seq_length=128)
@@ -195,14 +205,11 @@ def tiny_bi_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "model"
 
 
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real redis-server on a free loopback port for the whole session."""
+def start_redis(port: int, workdir: Path) -> subprocess.Popen[bytes]:
+    """A real redis-server on loopback, no persistence; waits until it accepts connections."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail("redis-server is not installed; `make test` installs it (apt-get)")
-    port = free_port()
-    workdir = tmp_path_factory.mktemp("redis")
     proc = subprocess.Popen(
         [
             binary,
@@ -220,8 +227,16 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    wait_for_port(port, 10, proc)
+    return proc
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server on a free loopback port for the whole session."""
+    port = free_port()
+    proc = start_redis(port, tmp_path_factory.mktemp("redis"))
     try:
-        wait_for_port(port, 10, proc)
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         proc.terminate()

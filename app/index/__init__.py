@@ -129,3 +129,12 @@ def validate_filter(raw: object) -> Filter | None:
                 f"filter.{key} values must be strings, numbers or booleans", field=f"filter.{key}"
             )
     return raw
+
+
+def check_dimension(vectors: FloatArray, dimension: int, collection: str) -> None:
+    """Query vectors must match the collection's; a mismatch is a clear error, not a crash."""
+    if vectors.ndim != 2 or vectors.shape[1] != dimension:
+        raise InvalidInput(
+            f"query vectors are {vectors.shape[-1]}-d; collection {collection!r} holds "
+            f"{dimension}-d vectors"
+        )

@@ -31,7 +31,7 @@ import numpy as np
 
 from app.config import GatewaySettings
 from app.errors import InvalidInput, NotFound, SemsearchError
-from app.index import AnnResult, content_hash
+from app.index import AnnResult, check_dimension, content_hash
 from app.index.generations import CollectionLayout, Manifest
 from app.index.store import DocumentStore
 from app.logs import get_logger
@@ -406,7 +406,7 @@ class FaissIndex:
         generation = self._generation  # one generation for the whole call, even across a reload
         if generation is None:
             return AnnResult([[] for _ in range(len(vectors))], self.backend, 0)
-        self._check_dimension(vectors)
+        check_dimension(vectors, self._dimension, self.collection)
         hits = await asyncio.to_thread(generation.search, vectors, k, filter)
         return AnnResult(hits, self.backend, generation.number)
 
@@ -415,7 +415,7 @@ class FaissIndex:
         generation = self._generation
         if generation is None:
             return [[] for _ in range(len(vectors))]
-        self._check_dimension(vectors)
+        check_dimension(vectors, self._dimension, self.collection)
         _, ids = await asyncio.to_thread(generation.exact, vectors, k)
         return [list(map(int, row)) for row in ids]
 
@@ -425,13 +425,6 @@ class FaissIndex:
             return [[] for _ in range(len(vectors))]
         _, ids = await asyncio.to_thread(generation.index.search, vectors, k)
         return [[int(i) for i in row if i >= 0] for row in ids]
-
-    def _check_dimension(self, vectors: FloatArray) -> None:
-        if vectors.ndim != 2 or vectors.shape[1] != self._dimension:
-            raise InvalidInput(
-                f"query vectors are {vectors.shape[-1]}-d; collection {self.collection!r} "
-                f"holds {self._dimension}-d vectors"
-            )
 
     async def reload(self) -> bool:
         number = self._layout.current_generation()

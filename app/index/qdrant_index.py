@@ -21,7 +21,7 @@ from typing import Any
 
 from app.config import GatewaySettings
 from app.errors import IndexUnavailable, InvalidInput, NotFound, SemsearchError
-from app.index import AnnResult, content_hash
+from app.index import AnnResult, check_dimension, content_hash
 from app.logs import get_logger
 from app.types import Document, Filter, FloatArray, Hit
 
@@ -220,11 +220,7 @@ class QdrantIndex:
     async def search(self, vectors: FloatArray, k: int, filter: Filter | None = None) -> AnnResult:
         from qdrant_client import models
 
-        if vectors.ndim != 2 or vectors.shape[1] != self._dimension:
-            raise InvalidInput(
-                f"query vectors are {vectors.shape[-1]}-d; collection {self._name!r} "
-                f"holds {self._dimension}-d vectors"
-            )
+        check_dimension(vectors, self._dimension, self._name)
         params = models.SearchParams(
             hnsw_ef=max(self._options.hnsw_ef_search, k), exact=self._options.exact
         )

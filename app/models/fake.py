@@ -41,24 +41,10 @@ def _check_length(
             )
 
 
-class FakeEmbedder:
-    """Bag-of-words hashing embedder. Words shared by two texts raise their cosine."""
+class _AlwaysReady:
+    """A fake's lifecycle: nothing to load, always ready and healthy."""
 
-    def __init__(
-        self,
-        model_id: str = "fake",
-        dimension: int = FAKE_DIMENSION,
-        max_tokens: int = FAKE_MAX_TOKENS,
-    ) -> None:
-        self._info = ModelInfo(
-            model_id=model_id,
-            kind="embedding",
-            dimension=dimension,
-            max_tokens=max_tokens,
-            backend="fake",
-            device="cpu",
-        )
-        self.calls: list[tuple[list[str], InputType]] = []
+    _info: ModelInfo
 
     @property
     def info(self) -> ModelInfo:
@@ -81,6 +67,26 @@ class FakeEmbedder:
 
     async def stop(self) -> None:
         return None
+
+
+class FakeEmbedder(_AlwaysReady):
+    """Bag-of-words hashing embedder. Words shared by two texts raise their cosine."""
+
+    def __init__(
+        self,
+        model_id: str = "fake",
+        dimension: int = FAKE_DIMENSION,
+        max_tokens: int = FAKE_MAX_TOKENS,
+    ) -> None:
+        self._info = ModelInfo(
+            model_id=model_id,
+            kind="embedding",
+            dimension=dimension,
+            max_tokens=max_tokens,
+            backend="fake",
+            device="cpu",
+        )
+        self.calls: list[tuple[list[str], InputType]] = []
 
     async def embed(
         self,
@@ -111,7 +117,7 @@ class FakeEmbedder:
         return Embeddings(vectors=out, prompt_tokens=tokens)
 
 
-class FakeReranker:
+class FakeReranker(_AlwaysReady):
     """Scores a pair by the share of query words found in the passage, as a logit."""
 
     def __init__(self, model_id: str = "fake", max_tokens: int = 512) -> None:
@@ -124,28 +130,6 @@ class FakeReranker:
             device="cpu",
         )
         self.calls: list[tuple[str, list[str]]] = []
-
-    @property
-    def info(self) -> ModelInfo:
-        return self._info
-
-    @property
-    def ready(self) -> bool:
-        return True
-
-    @property
-    def status(self) -> str:
-        return "ready"
-
-    @property
-    def healthy(self) -> bool:
-        return True
-
-    async def start(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
 
     async def score(
         self, query: str, passages: Sequence[str], truncate: Truncate = Truncate.END

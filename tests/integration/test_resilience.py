@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ import pytest
 
 from bench.loadgen import LoadResult, run_load, run_open_loop
 from bench.processes import Service, child_env, free_port, start_service
-from tests.conftest import DATA, ROOT, wait_for_port
+from tests.conftest import DATA, ROOT, start_redis
 from tests.integration.conftest import SEMSEARCH
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -61,30 +60,6 @@ class Stack:
             if line.startswith(line_prefix):
                 return float(line.rsplit(" ", 1)[1])
         return 0.0
-
-
-def start_redis(port: int, workdir: Path) -> subprocess.Popen[bytes]:
-    binary = shutil.which("redis-server")
-    assert binary, "redis-server is required (make test installs it)"
-    proc = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(workdir),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    wait_for_port(port, 10, proc)
-    return proc
 
 
 @pytest.fixture(scope="module")

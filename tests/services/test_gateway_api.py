@@ -278,7 +278,8 @@ async def test_api_keys_guard_search_but_not_ops_endpoints(
             assert (await client.get(open_path)).status_code == 200, open_path
         openapi = (await client.get("/openapi.json")).json()
         assert openapi["paths"]["/v1/search"]["post"]["security"]
-    logged = caplog.text + capsys.readouterr().out
+    captured = capsys.readouterr()
+    logged = caplog.text + captured.out + captured.err
     assert "api_key_id" in logged  # requests are attributed to a key...
     assert "s3cret-key" not in logged  # ...but never by the key itself
 

@@ -35,6 +35,15 @@ class BrokenEmbedder(FakeEmbedder):
         raise Unavailable("connection refused")
 
 
+class PrefersCats(FakeReranker):
+    """Disagrees with the ANN order on purpose: the cats passage always wins."""
+
+    async def score(
+        self, query: str, passages: Sequence[str], truncate: Truncate = Truncate.END
+    ) -> list[float]:
+        return [5.0 if "Cats" in p else 0.0 for p in passages]
+
+
 class FailingCache(LRUCache):
     async def get(self, key: str) -> bytes | None:
         raise ConnectionError("redis is down")
@@ -93,12 +102,6 @@ async def test_full_path_reranks_and_reports_every_stage(
 async def test_reranker_decides_the_order_not_ann(
     small_collection: Path, fake_embedder: FakeEmbedder
 ) -> None:
-    class PrefersCats(FakeReranker):
-        async def score(
-            self, query: str, passages: Sequence[str], truncate: Truncate = Truncate.END
-        ) -> list[float]:
-            return [5.0 if "Cats" in p else 0.0 for p in passages]
-
     pipeline = await make_pipeline(small_collection, fake_embedder, PrefersCats())
     result = await pipeline.search(query("capital of Germany Berlin"))
     assert result.results[0].hit.id == "cats"
@@ -292,12 +295,6 @@ def test_fusion_blends_z_scores() -> None:
 async def test_weight_and_depth_per_request(
     small_collection: Path, fake_embedder: FakeEmbedder
 ) -> None:
-    class PrefersCats(FakeReranker):
-        async def score(
-            self, query: str, passages: Sequence[str], truncate: Truncate = Truncate.END
-        ) -> list[float]:
-            return [5.0 if "Cats" in p else 0.0 for p in passages]
-
     pipeline = await make_pipeline(small_collection, fake_embedder, PrefersCats())
     reranker_only = await pipeline.search(query("capital of Germany Berlin", rerank_weight=1.0))
     assert reranker_only.results[0].hit.id == "cats"
