@@ -1,0 +1,72 @@
+"""`semsearch index` killed with SIGKILL at an arbitrary point, then re-run: the collection
+ends up holding every document exactly once, and the gateway-facing generation is complete."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from app.index.generations import CollectionLayout
+from tests.conftest import ROOT
+from tests.integration.conftest import SEMSEARCH, child_env
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+
+def staged(index_dir: Path) -> int:
+    store = CollectionLayout(index_dir, "crash").store_path
+    if not store.exists():
+        return 0
+    with sqlite3.connect(store) as db:
+        try:
+            return int(db.execute("SELECT count(*) FROM docs").fetchone()[0])
+        except sqlite3.OperationalError:  # the schema is being created
+            return 0
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_killed_run_resumes_and_holds_every_document_once(tmp_path: Path, seed: int) -> None:
+    count = 6000
+    corpus = tmp_path / "docs.jsonl"
+    with corpus.open("w") as out:
+        for i in range(count):
+            out.write(json.dumps({"id": f"d{i}", "text": f"document {i} " + "word " * 40}) + "\n")
+    index_dir = tmp_path / "index"
+    env = child_env(SEMSEARCH_EMBEDDER_BACKEND="fake", SEMSEARCH_INDEX_DIR=str(index_dir),
+                    SEMSEARCH_INDEX_BATCH_SIZE="16")
+    command = [SEMSEARCH, "index", str(corpus), "--collection", "crash", "--chunk-tokens", "0"]
+
+    run = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE)
+    target = random.Random(seed).randint(200, count - 1000)
+    deadline = time.monotonic() + 120
+    while staged(index_dir) < target:
+        assert run.poll() is None, "the run finished before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    run.send_signal(signal.SIGKILL)
+    run.wait(10)
+    partial = staged(index_dir)
+    assert 0 < partial < count
+    assert CollectionLayout(index_dir, "crash").current_generation() == 0  # nothing published
+
+    rerun = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert staged(index_dir) == count
+    layout = CollectionLayout(index_dir, "crash")
+    generation = layout.current_generation()
+    assert generation == 1
+    with sqlite3.connect(layout.generation_path(generation) / "docs.sqlite") as db:
+        ids = [row[0] for row in db.execute("SELECT id FROM docs")]
+    assert len(ids) == len(set(ids)) == count
+    assert "unchanged" in rerun.stdout
+    # the resumed run embedded only what the killed one had not committed
+    added = int(next(line for line in rerun.stdout.splitlines() if "added" in line).split("│")[2])
+    assert added == count - partial
