@@ -178,19 +178,14 @@ class IndexJob:
 
 
 async def _index(job: IndexJob, settings: GatewaySettings) -> None:
-    from app.clients import HttpEmbedder
+    from app.clients import embedder_for
     from app.index.generations import CollectionLayout
     from app.index.registry import open_collection
     from app.indexing import Chunker, count_documents, index_documents, read_documents
-    from app.models import Embedder, build_embedder
     from app.models.paths import model_folder
     from app.models.tokens import TextTokenizer
 
-    embedder: Embedder = (
-        HttpEmbedder(settings.embedder_url, settings.model_timeout_s)
-        if settings.embedder_url
-        else build_embedder(EmbedderSettings())
-    )
+    embedder = embedder_for(settings)
     with console.status(f"loading the embedder ({embedder.info.model_id})"):
         await embedder.start()
     if not embedder.ready:
@@ -353,6 +348,10 @@ def eval_command(
     depths: Annotated[str, typer.Option(help="Rerank depths to sweep.")] = "10,20,30",
     weights: Annotated[str, typer.Option(help="Fusion weights to sweep.")] = "0,0.25,0.5,0.75,1",
     rerank: Annotated[bool, typer.Option(help="Also evaluate dense + rerank.")] = True,
+    chunk_tokens: Annotated[
+        int | None,
+        typer.Option(min=1, help="Index in chunks of this many tokens (default: cut, as BEIR)."),
+    ] = None,
     output: Annotated[
         Path | None, typer.Option(help="JSON report (default var/eval/<name>-<split>.json).")
     ] = None,
@@ -371,6 +370,7 @@ def eval_command(
         rerank=rerank,
         depths=tuple(int(d) for d in depths.split(",")),
         weights=tuple(float(w) for w in weights.split(",")),
+        chunk_tokens=chunk_tokens,
     )
     progress = Progress(
         TextColumn("[bold]{task.description}"),

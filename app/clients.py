@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from app.config import EmbedderSettings, GatewaySettings, RerankerSettings
 from app.errors import (
     EmbedderUnavailable,
     RerankerUnavailable,
@@ -21,7 +22,7 @@ from app.errors import (
     error_for_status,
 )
 from app.logs import REQUEST_ID_HEADER, current_request_id, get_logger
-from app.models import Embeddings
+from app.models import Embedder, Embeddings, Reranker, build_embedder, build_reranker
 from app.protocol import (
     EmbeddingsRequest,
     EmbeddingsResponse,
@@ -185,3 +186,17 @@ class HttpReranker(_ServiceClient):
         for ranking in reply.rankings:
             scores[ranking.index] = ranking.logit
         return scores
+
+
+def embedder_for(settings: GatewaySettings) -> Embedder:
+    """The gateway's embedder: the service at `embedder_url`, else the model in-process."""
+    if settings.embedder_url:
+        return HttpEmbedder(settings.embedder_url, settings.model_timeout_s)
+    return build_embedder(EmbedderSettings())
+
+
+def reranker_for(settings: GatewaySettings) -> Reranker:
+    """The gateway's reranker: the service at `reranker_url`, else the model in-process."""
+    if settings.reranker_url:
+        return HttpReranker(settings.reranker_url, settings.model_timeout_s)
+    return build_reranker(RerankerSettings())

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.config import EmbedderSettings, GatewaySettings
+from app.config import GatewaySettings
 from app.errors import SemsearchError
 from app.types import Document, InputType, SearchQuery, Truncate
 
@@ -91,6 +91,7 @@ class EvalConfig:
     weights: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     concurrency: int = 8
     rerank: bool = True
+    chunk_tokens: int | None = None  # None: BEIR's convention, passages cut at the window
 
 
 async def evaluate_search(
@@ -101,14 +102,14 @@ async def evaluate_search(
     """Index the corpus (reusing what is indexed), run the judged queries through the real
     search pipeline, and score dense-only, dense + rerank (at the configured weight and
     depth), a sweep of weight x depth, and ANN recall@10 against exact search."""
-    from app.clients import HttpEmbedder
+    from app.clients import embedder_for
     from app.index.registry import open_collection
     from app.indexing import index_documents
-    from app.models import build_embedder
     from app.pipeline import SearchPipeline, rank_results
 
     dataset = load_beir(config.dataset, config.split)
-    name = config.collection or f"eval-{dataset.name}"
+    suffix = f"-chunk{config.chunk_tokens}" if config.chunk_tokens else ""
+    name = config.collection or f"eval-{dataset.name}{suffix}"
     # generous budgets: an evaluation measures quality, not latency
     settings = settings.model_copy(
         update={
@@ -121,22 +122,28 @@ async def evaluate_search(
         }
     )
 
-    embedder = (
-        HttpEmbedder(settings.embedder_url, settings.model_timeout_s)
-        if settings.embedder_url
-        else build_embedder(EmbedderSettings())
-    )
+    embedder = embedder_for(settings)
     await embedder.start()
     if not embedder.ready:
         raise SemsearchError(f"the embedder is not usable: {embedder.status}")
     index = await open_collection(
         settings, name, create=(embedder.info.model_id, embedder.info.dimension or 0)
     )
+    chunker = None
+    if config.chunk_tokens:
+        from app.indexing import Chunker
+        from app.models.paths import model_folder
+        from app.models.tokens import TextTokenizer
+
+        folder = model_folder(embedder.info.model_id, tokenizer_only=True)
+        tokenizer = TextTokenizer.from_folder(folder, embedder.info.max_tokens)
+        chunker = Chunker(tokenizer, config.chunk_tokens)
     try:
         indexed = await index_documents(
             dataset.corpus,
             index,
             embedder,
+            chunker=chunker,
             batch_size=settings.index_batch_size,
             on_batch=(lambda n: on_progress("index", n, len(dataset.corpus)))
             if on_progress

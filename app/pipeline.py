@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 from app import metrics
 from app.cache import ResultCache, build_cache, cache_key, normalize_query
-from app.clients import HttpEmbedder, HttpReranker
-from app.config import EmbedderSettings, GatewaySettings, RerankerSettings
+from app.clients import embedder_for, reranker_for
+from app.config import GatewaySettings
 from app.errors import (
     CircuitOpen,
     DeadlineExceeded,
@@ -37,7 +37,7 @@ from app.errors import (
 from app.index import AnnResult, VectorIndex, validate_filter
 from app.index.registry import Collections, breaker_policy
 from app.logs import current_request_id, get_logger
-from app.models import Embedder, Reranker, build_embedder, build_reranker
+from app.models import Embedder, Reranker
 from app.resilience import (
     BreakerPolicy,
     Bulkhead,
@@ -163,20 +163,10 @@ class SearchPipeline:
     def from_settings(cls, settings: GatewaySettings) -> SearchPipeline:
         """The embedded default (models in-process, LRU cache) or remote services and Redis,
         depending only on which URLs are set."""
-        embedder: Embedder = (
-            HttpEmbedder(settings.embedder_url, settings.model_timeout_s)
-            if settings.embedder_url
-            else build_embedder(EmbedderSettings())
-        )
-        reranker: Reranker = (
-            HttpReranker(settings.reranker_url, settings.model_timeout_s)
-            if settings.reranker_url
-            else build_reranker(RerankerSettings())
-        )
         cache_breaker = CircuitBreaker("cache", breaker_policy(settings))
         return cls(
-            embedder=embedder,
-            reranker=reranker,
+            embedder=embedder_for(settings),
+            reranker=reranker_for(settings),
             collections=Collections.from_settings(settings),
             cache=build_cache(
                 settings.redis_url,

@@ -291,7 +291,8 @@ class SearchRequest(_Request):
 
 
 class SearchHit(BaseModel):
-    id: str
+    id: str = Field(description="The indexed record: a document's id, or `doc#3` for a chunk.")
+    document_id: str = Field(description="The source document (the id a chunk came from).")
     rank: int
     score: float = Field(description="Reranker logit when reranked, otherwise the ANN score.")
     ann_score: float = Field(description="Cosine similarity of query and passage.")
@@ -328,6 +329,7 @@ class SearchResponse(BaseModel):
             results=[
                 SearchHit(
                     id=r.hit.id,
+                    document_id=str(r.hit.metadata.get("parent_id", r.hit.id)),
                     rank=r.rank,
                     score=r.score,
                     ann_score=r.hit.score,

@@ -5,8 +5,9 @@
 Picks test queries that have exactly one judged-relevant abstract, and a corpus of ~300
 abstracts: those positives, the abstracts all-MiniLM-L6-v2 finds closest to each query (hard
 negatives, so the demo is not trivially easy), and a seeded random sample of the rest. It
-keeps the queries whose judged abstract ranks first among the subset by cosine similarity
-and, when a cross-encoder folder is given, also after reranking the dense top 30.
+keeps the queries whose judged abstract ranks first among the subset the way `semsearch index`
+indexes it (chunked to the model window, a document scoring as its best chunk) and, when a
+cross-encoder folder is given, also after reranking the dense top 30 chunks.
 """
 
 from __future__ import annotations
@@ -20,8 +21,12 @@ from pathlib import Path
 import numpy as np
 from sentence_transformers import CrossEncoder, SentenceTransformer
 
+from app.indexing import Chunker
 from app.models.paths import resolve_model_path
+from app.models.tokens import TextTokenizer
+from app.types import Document
 
+MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 CORPUS_SIZE = 300
 HARD_NEGATIVES = 12
 QUERIES_WANTED = 10
@@ -38,7 +43,7 @@ def main(source: Path, target: Path, reranker_dir: str | None) -> None:
     single = sorted((q for q, docs in qrels.items() if len(docs) == 1), key=int)
     picked = rng.sample(single, 40)
 
-    model = SentenceTransformer(resolve_model_path("sentence-transformers/all-MiniLM-L6-v2"))
+    model = SentenceTransformer(resolve_model_path(MODEL))
     ids = list(corpus)
     passages = [f"{corpus[i]['title']} {corpus[i]['text']}" for i in ids]
     doc_vecs = model.encode(
@@ -56,24 +61,26 @@ def main(source: Path, target: Path, reranker_dir: str | None) -> None:
     rest = [i for i in ids if i not in chosen]
     chosen.update(rng.sample(rest, CORPUS_SIZE - len(chosen)))
     subset = sorted(chosen, key=int)
-    position = {doc_id: n for n, doc_id in enumerate(ids)}
-    sub_vecs = doc_vecs[[position[i] for i in subset]]
 
+    # the demo's index: chunks of the subset, as `semsearch index` makes them
+    tokenizer = TextTokenizer.from_folder(resolve_model_path(MODEL), int(model.max_seq_length))
+    chunker = Chunker(tokenizer)
+    chunks = [c for doc_id in subset for c in chunker.split(
+        Document(doc_id, corpus[doc_id]["text"], corpus[doc_id]["title"]))]
+    chunk_vecs = model.encode([c.passage for c in chunks], batch_size=64, normalize_embeddings=True)
     reranker = CrossEncoder(reranker_dir, max_length=256) if reranker_dir else None
     kept = []
     for q, vec in zip(picked, q_vecs, strict=True):
         expected = qrels[q][0]
         if expected not in chosen:
             continue
-        order = np.argsort(-(sub_vecs @ vec))
-        if subset[order[0]] != expected:
+        order = np.argsort(-(chunk_vecs @ vec))
+        if chunks[order[0]].parent_id != expected:
             continue
         if reranker is not None:
-            top = [subset[i] for i in order[:30]]
-            scores = reranker.predict(
-                [(queries[q], f"{corpus[d]['title']} {corpus[d]['text']}") for d in top]
-            )
-            if top[int(np.argmax(scores))] != expected:
+            top = [chunks[i] for i in order[:30]]
+            scores = reranker.predict([(queries[q], c.passage) for c in top])
+            if top[int(np.argmax(scores))].parent_id != expected:
                 continue
         kept.append({"id": q, "text": queries[q], "expected_id": expected})
         if len(kept) == QUERIES_WANTED:

@@ -81,12 +81,12 @@ def test_three_services_as_processes_with_redis(
 
     for query in load_sample_queries():
         dense = search(gateway.url, {"query": query["text"], "rerank": False, "top_k": 5})
-        assert dense["results"][0]["id"] == query["expected_id"], query  # type: ignore[index]
+        assert dense["results"][0]["document_id"] == query["expected_id"], query  # type: ignore[index]
         reranked = search(gateway.url, {"query": query["text"], "top_k": 5})
         assert reranked["reranked"] is True
         assert reranked["degraded"] == []
         if reranker_dir == TRAINED_RERANKER:  # the sample queries were picked to survive it
-            assert reranked["results"][0]["id"] == query["expected_id"], query  # type: ignore[index]
+            assert reranked["results"][0]["document_id"] == query["expected_id"], query  # type: ignore[index]
 
     # the request id given to the gateway reaches the model services' logs
     first = load_sample_queries()[0]["text"]
@@ -120,7 +120,7 @@ def test_three_services_as_processes_with_redis(
         timeout=60,
     )
     assert printed.returncode == 0, printed.stderr
-    assert json.loads(printed.stdout)["results"][0]["id"] == load_sample_queries()[1]["expected_id"]
+    assert json.loads(printed.stdout)["results"][0]["document_id"] == load_sample_queries()[1]["expected_id"]
 
     # /metrics is Prometheus text on every service
     for service in services:
@@ -154,7 +154,7 @@ def test_embedded_default_as_one_process(
 
     for query in load_sample_queries():
         result = search(gateway.url, {"query": query["text"]})
-        assert result["results"][0]["id"] == query["expected_id"], query  # type: ignore[index]
+        assert result["results"][0]["document_id"] == query["expected_id"], query  # type: ignore[index]
         assert result["reranked"] is False
         assert result["degraded"] == ["reranker"]
 

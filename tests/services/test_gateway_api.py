@@ -47,8 +47,10 @@ async def test_search_happy_path(gateway_env: GatewaySettings) -> None:
     assert next(r["id"] for r in body["results"]) == "berlin"
     assert [r["rank"] for r in body["results"]] == [1, 2]
     top = body["results"][0]
+    assert top["document_id"] == top["id"] == "berlin"  # not chunked: its own document
     assert set(top) == {
         "id",
+        "document_id",
         "rank",
         "score",
         "ann_score",
