@@ -165,11 +165,12 @@ class GatewaySettings(ServiceSettings):
         "cost of a search on CPU (~25-50 pairs/s on 2 cores); on a GPU 100+ is cheap.",
     )
     rerank_weight: float = Field(
-        1.0,
+        0.5,
         ge=0,
         le=1,
         description="Final score = w x z(rerank) + (1 - w) x z(ann), z-scored per query over "
-        "the reranked candidates. 1: the cross-encoder alone; 0: ANN order.",
+        "the reranked candidates. 1: the cross-encoder alone; 0: ANN order. 0.5 was best on "
+        "SciFact train (see bench/README.md); `semsearch eval` sweeps it on your data.",
     )
     max_query_chars: int = Field(2048, ge=1, description="Longest query accepted (422 above).")
     model_timeout_s: float = Field(

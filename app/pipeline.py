@@ -67,7 +67,7 @@ class PipelineConfig:
     max_top_k: int = 100
     max_candidates: int = 1000
     rerank_depth: int = 30
-    rerank_weight: float = 1.0
+    rerank_weight: float = 0.5
     cache_ttl_s: int = 3600
     timeout_ms: int = 5000
     min_timeout_ms: int = 100

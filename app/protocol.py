@@ -294,7 +294,11 @@ class SearchHit(BaseModel):
     id: str = Field(description="The indexed record: a document's id, or `doc#3` for a chunk.")
     document_id: str = Field(description="The source document (the id a chunk came from).")
     rank: int
-    score: float = Field(description="Reranker logit when reranked, otherwise the ANN score.")
+    score: float = Field(
+        description="What the order follows: when reranked, the blend of the reranker and ANN "
+        "scores (z-scored per query; the reranker logit alone at rerank_weight 1), otherwise "
+        "the ANN score."
+    )
     ann_score: float = Field(description="Cosine similarity of query and passage.")
     rerank_score: float | None
     title: str

@@ -65,8 +65,11 @@ def main(source: Path, target: Path, reranker_dir: str | None) -> None:
     # the demo's index: chunks of the subset, as `semsearch index` makes them
     tokenizer = TextTokenizer.from_folder(resolve_model_path(MODEL), int(model.max_seq_length))
     chunker = Chunker(tokenizer)
-    chunks = [c for doc_id in subset for c in chunker.split(
-        Document(doc_id, corpus[doc_id]["text"], corpus[doc_id]["title"]))]
+    chunks = [
+        c
+        for doc_id in subset
+        for c in chunker.split(Document(doc_id, corpus[doc_id]["text"], corpus[doc_id]["title"]))
+    ]
     chunk_vecs = model.encode([c.passage for c in chunks], batch_size=64, normalize_embeddings=True)
     reranker = CrossEncoder(reranker_dir, max_length=256) if reranker_dir else None
     kept = []

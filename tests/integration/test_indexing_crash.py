@@ -39,12 +39,16 @@ def test_killed_run_resumes_and_holds_every_document_once(tmp_path: Path, seed: 
         for i in range(count):
             out.write(json.dumps({"id": f"d{i}", "text": f"document {i} " + "word " * 40}) + "\n")
     index_dir = tmp_path / "index"
-    env = child_env(SEMSEARCH_EMBEDDER_BACKEND="fake", SEMSEARCH_INDEX_DIR=str(index_dir),
-                    SEMSEARCH_INDEX_BATCH_SIZE="16")
+    env = child_env(
+        SEMSEARCH_EMBEDDER_BACKEND="fake",
+        SEMSEARCH_INDEX_DIR=str(index_dir),
+        SEMSEARCH_INDEX_BATCH_SIZE="16",
+    )
     command = [SEMSEARCH, "index", str(corpus), "--collection", "crash", "--chunk-tokens", "0"]
 
-    run = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.PIPE)
+    run = subprocess.Popen(
+        command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     target = random.Random(seed).randint(200, count - 1000)
     deadline = time.monotonic() + 120
     while staged(index_dir) < target:

@@ -120,7 +120,10 @@ def test_three_services_as_processes_with_redis(
         timeout=60,
     )
     assert printed.returncode == 0, printed.stderr
-    assert json.loads(printed.stdout)["results"][0]["document_id"] == load_sample_queries()[1]["expected_id"]
+    assert (
+        json.loads(printed.stdout)["results"][0]["document_id"]
+        == load_sample_queries()[1]["expected_id"]
+    )
 
     # /metrics is Prometheus text on every service
     for service in services:

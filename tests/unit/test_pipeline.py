@@ -92,7 +92,11 @@ async def test_full_path_reranks_and_reports_every_stage(
     assert result.generation == 1
     assert set(result.timings_ms) >= {"cache", "embed", "ann", "rerank", "total"}
     top = result.results[0]
-    assert top.score == pytest.approx(top.rerank_score)
+    assert top.rerank_score is not None
+    scores = [r.score for r in result.results]
+    assert scores == sorted(scores, reverse=True)  # the blended score decides the order
+    alone = await pipeline.search(query("capital of Germany Berlin", rerank_weight=1.0))
+    assert alone.results[0].score == pytest.approx(alone.results[0].rerank_score)
     assert top.hit.metadata == {"lang": "en", "topic": "city"}
     # the query was embedded as a query, the passages reranked with their titles
     assert fake_embedder.calls[-1][1].value == "query"
@@ -103,7 +107,7 @@ async def test_reranker_decides_the_order_not_ann(
     small_collection: Path, fake_embedder: FakeEmbedder
 ) -> None:
     pipeline = await make_pipeline(small_collection, fake_embedder, PrefersCats())
-    result = await pipeline.search(query("capital of Germany Berlin"))
+    result = await pipeline.search(query("capital of Germany Berlin", rerank_weight=1.0))
     assert result.results[0].hit.id == "cats"
     assert result.results[0].hit.score < result.results[1].hit.score  # ANN disagreed
 
