@@ -7,7 +7,8 @@ abstracts: those positives, the abstracts all-MiniLM-L6-v2 finds closest to each
 negatives, so the demo is not trivially easy), and a seeded random sample of the rest. It
 keeps the queries whose judged abstract ranks first among the subset the way `semsearch index`
 indexes it (chunked to the model window, a document scoring as its best chunk) and, when a
-cross-encoder folder is given, also after reranking the dense top 30 chunks.
+cross-encoder folder is given, also after reranking the dense top 30 chunks with the search
+path's default blend of reranker and ANN scores.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 from sentence_transformers import CrossEncoder, SentenceTransformer
 
 from app.indexing import Chunker
 from app.models.paths import resolve_model_path
 from app.models.tokens import TextTokenizer
+from app.pipeline import PipelineConfig, fuse
 from app.types import Document
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -80,10 +83,17 @@ def main(source: Path, target: Path, reranker_dir: str | None) -> None:
         order = np.argsort(-(chunk_vecs @ vec))
         if chunks[order[0]].parent_id != expected:
             continue
-        if reranker is not None:
+        if reranker is not None:  # the search path's default: reranker and ANN blended
             top = [chunks[i] for i in order[:30]]
-            scores = reranker.predict([(queries[q], c.passage) for c in top])
-            if top[int(np.argmax(scores))].parent_id != expected:
+            logits = reranker.predict(
+                [(queries[q], c.passage) for c in top], activation_fn=torch.nn.Identity()
+            )
+            fused = fuse(
+                [float(chunk_vecs[i] @ vec) for i in order[:30]],
+                [float(x) for x in logits],
+                PipelineConfig().rerank_weight,
+            )
+            if top[int(np.argmax(fused))].parent_id != expected:
                 continue
         kept.append({"id": q, "text": queries[q], "expected_id": expected})
         if len(kept) == QUERIES_WANTED:
