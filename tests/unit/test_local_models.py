@@ -125,7 +125,9 @@ async def test_trained_cross_encoder_prefers_the_relevant_passage() -> None:
 async def test_batched_path_matches_sentence_transformers_encode(tiny_bi_encoder: Path) -> None:
     from sentence_transformers import SentenceTransformer
 
-    embedder = build_embedder(EmbedderSettings(model=str(tiny_bi_encoder)))
+    # float32 on purpose: the default "auto" picks bf16 on CPUs with bf16 units, and this test
+    # is about the batching path, not about precision (bf16 quality is measured in bench/)
+    embedder = build_embedder(EmbedderSettings(model=str(tiny_bi_encoder), dtype="float32"))
     await embedder.start()
     assert embedder.info.dimension == 32 and embedder.info.max_tokens == 128
     texts = [f"passage number {i} " + "word " * (i * 7 % 60) for i in range(40)]
@@ -205,11 +207,14 @@ async def test_onnx_backends_agree_with_torch(
     backend: str, tiny_bi_encoder: Path, tiny_cross_encoder: Path, tmp_path: Path
 ) -> None:
     texts = ["Berlin is the capital of Germany.", "Cats purr.", "word " * 40]
-    torch_e = build_embedder(EmbedderSettings(model=str(tiny_bi_encoder)))
+    # torch in float32: "auto" would pick bf16 on CPUs with bf16 units; ONNX runs fp32
+    torch_e = build_embedder(EmbedderSettings(model=str(tiny_bi_encoder), dtype="float32"))
     onnx_e = build_embedder(
         EmbedderSettings(model=str(tiny_bi_encoder), backend=backend, onnx_cache_dir=tmp_path)
     )
-    torch_r = build_reranker(RerankerSettings(model=str(tiny_cross_encoder), max_length=64))
+    torch_r = build_reranker(
+        RerankerSettings(model=str(tiny_cross_encoder), max_length=64, dtype="float32")
+    )
     onnx_r = build_reranker(
         RerankerSettings(
             model=str(tiny_cross_encoder), max_length=64, backend=backend, onnx_cache_dir=tmp_path
