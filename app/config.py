@@ -217,6 +217,9 @@ class GatewaySettings(ServiceSettings):
     ivf_nlist: int = Field(0, ge=0, description="IVF lists; 0 picks 4 x sqrt(vectors).")
     ivf_nprobe: int = Field(32, ge=1, description="IVF lists visited per search.")
     pq_m: int = Field(0, ge=0, description="PQ bytes per vector; 0 picks dimension / 8.")
+    ivf_refine: int = Field(
+        30, ge=1, description="IVF-PQ: candidates per result re-scored exactly from raw vectors."
+    )
     faiss_gpu: Literal["auto", "on", "off"] = Field(
         "auto",
         description="Move flat/IVF indexes to the GPU when faiss-gpu sees one (`gpu` extra).",
