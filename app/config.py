@@ -177,7 +177,7 @@ class GatewaySettings(ServiceSettings):
         30.0, gt=0, description="Timeout of one call to a remote embedder/reranker service."
     )
     index_batch_size: int = Field(
-        64, ge=1, description="Documents embedded per batch when indexing."
+        256, ge=1, description="Documents read, embedded and committed per batch when indexing."
     )
     index_reload_interval_s: float = Field(
         2.0, gt=0, description="How often the gateway looks for a newly published index generation."

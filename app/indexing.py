@@ -9,6 +9,7 @@ a re-run skips everything already committed.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import json
 import time
@@ -20,7 +21,7 @@ from typing import Any, Literal
 
 from app.errors import InvalidInput
 from app.index import VectorIndex, content_hash
-from app.models import Embedder
+from app.models import Embedder, Embeddings
 from app.models.tokens import TextTokenizer
 from app.types import Document, InputType, Truncate
 
@@ -248,13 +249,24 @@ def _word_start(spans: list[tuple[int, int]], i: int, floor: int) -> int:
 # -- the run ----------------------------------------------------------------------------------
 
 
+@dataclass
+class _Planned:
+    """One batch of source documents, diffed against what is staged."""
+
+    ids: set[str]
+    to_embed: list[Document]
+    stale: list[str]
+    size: int
+    vectors: asyncio.Task[Embeddings] | None = None
+
+
 async def index_documents(
     documents: Iterable[Document],
     index: VectorIndex,
     embedder: Embedder,
     *,
     chunker: Chunker | None = None,
-    batch_size: int = 64,
+    batch_size: int = 256,
     delete: Sequence[str] = (),
     dry_run: bool = False,
     on_batch: Callable[[int], None] | None = None,
@@ -262,41 +274,35 @@ async def index_documents(
     """Embed and stage every new or changed document, delete `delete` (source document ids),
     then publish one generation. With `dry_run`, count what would change and write nothing.
 
-    Passages are embedded with truncation at the end as a safety net: with a chunker they fit
-    the window already.
+    Batch N+1 is read, chunked and embedded (the model runs on its worker thread) while batch
+    N is written, so the model is not idle during staging. Batches are still committed in
+    input order, and a batch that repeats an id of the one in flight waits for it, so the
+    diff of each batch sees everything before it. Passages are embedded with truncation at
+    the end as a safety net: with a chunker they fit the window already.
     """
     report = IndexReport(dry_run=dry_run)
     started = time.perf_counter()
-    for batch in _batches(documents, batch_size):
-        known = await index.children([doc.id for doc in batch])
-        to_embed: list[Document] = []
-        stale: list[str] = []
-        for doc in batch:
-            records = chunker.split(doc) if chunker else [doc]
-            before = known.get(doc.id, {})
-            changed = [r for r in records if before.get(r.id) != content_hash(r)]
-            gone = [record for record in before if record not in {r.id for r in records}]
-            to_embed += changed
-            stale += gone
-            if not before:
-                report.added += 1
-            elif changed or gone:
-                report.updated += 1
-            else:
-                report.unchanged += 1
-        report.read += len(batch)
-        report.records_written += len(to_embed)
-        report.records_removed += len(stale)
-        if not dry_run:
-            if to_embed:
-                embedded = await embedder.embed(
-                    [r.passage for r in to_embed], InputType.PASSAGE, Truncate.END
+    pending: _Planned | None = None
+    try:
+        for batch in _batches(documents, batch_size):
+            if pending is not None and pending.ids & {doc.id for doc in batch}:
+                await _commit(pending, index, on_batch, dry_run)
+                pending = None
+            planned = await _plan(batch, index, chunker, report)
+            if planned.to_embed and not dry_run:
+                passages = [r.passage for r in planned.to_embed]
+                planned.vectors = asyncio.create_task(
+                    embedder.embed(passages, InputType.PASSAGE, Truncate.END)
                 )
-                await index.upsert(to_embed, embedded.vectors)
-            if stale:
-                await index.delete(stale)
-        if on_batch is not None:
-            on_batch(len(batch))
+            if pending is not None:
+                await _commit(pending, index, on_batch, dry_run)
+            pending = planned
+        if pending is not None:
+            await _commit(pending, index, on_batch, dry_run)
+            pending = None
+    finally:
+        if pending is not None and pending.vectors is not None:
+            pending.vectors.cancel()
     if delete:
         found = await index.children(list(delete))
         report.deleted = len(found)
@@ -308,6 +314,47 @@ async def index_documents(
         report.generation = await index.publish()
     report.seconds = time.perf_counter() - started
     return report
+
+
+async def _plan(
+    batch: list[Document], index: VectorIndex, chunker: Chunker | None, report: IndexReport
+) -> _Planned:
+    """What of `batch` must be (re-)embedded and which chunks are gone; counts into `report`."""
+    known = await index.children([doc.id for doc in batch])
+    planned = _Planned({doc.id for doc in batch}, [], [], len(batch))
+    for doc in batch:
+        records = chunker.split(doc) if chunker else [doc]
+        before = known.get(doc.id, {})
+        changed = [r for r in records if before.get(r.id) != content_hash(r)]
+        gone = [record for record in before if record not in {r.id for r in records}]
+        planned.to_embed += changed
+        planned.stale += gone
+        if not before:
+            report.added += 1
+        elif changed or gone:
+            report.updated += 1
+        else:
+            report.unchanged += 1
+    report.read += len(batch)
+    report.records_written += len(planned.to_embed)
+    report.records_removed += len(planned.stale)
+    return planned
+
+
+async def _commit(
+    planned: _Planned,
+    index: VectorIndex,
+    on_batch: Callable[[int], None] | None,
+    dry_run: bool,
+) -> None:
+    """Stage one planned batch: its new vectors, then the removal of its stale chunks."""
+    if not dry_run:
+        if planned.vectors is not None:
+            await index.upsert(planned.to_embed, (await planned.vectors).vectors)
+        if planned.stale:
+            await index.delete(planned.stale)
+    if on_batch is not None:
+        on_batch(planned.size)
 
 
 def _batches(documents: Iterable[Document], size: int) -> Iterator[list[Document]]:

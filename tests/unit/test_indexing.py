@@ -73,15 +73,18 @@ async def test_changed_text_is_re_embedded_and_replaced(
 async def test_interrupted_run_resumes_without_redoing_committed_batches(
     tmp_path: Path, fake_embedder: FakeEmbedder
 ) -> None:
+    class Killed(Exception):
+        """Stands in for the process dying (the real SIGKILL is in tests/integration)."""
+
     class DiesAfterTwoBatches(FakeEmbedder):
         async def embed(self, texts, input_type, truncate=Truncate.NONE):  # type: ignore[no-untyped-def]
             if len(self.calls) == 2:
-                raise KeyboardInterrupt
+                raise Killed
             return await super().embed(texts, input_type, truncate)
 
     dying = DiesAfterTwoBatches(model_id="fake-embedder")
     index = await open_index(tmp_path, dying)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Killed):
         await index_documents(SMALL_DOCS, index, dying, batch_size=2)
     assert index.generation == 0  # nothing published yet
     await index.close()

@@ -117,6 +117,25 @@ async def test_shorter_new_version_deletes_its_stale_chunks(
     assert await index.count() == 1
 
 
+async def test_id_repeated_in_the_next_batch_sees_the_batch_before(
+    tmp_path: Path, tokenizer: TextTokenizer
+) -> None:
+    # batch N+1 is embedded while batch N is written; a repeated id must still be diffed
+    # against batch N's chunks, or the long version's extra chunks would survive
+    embedder = FakeEmbedder(model_id="fake", max_tokens=64)
+    index = await open_index(tmp_path, embedder)
+    chunker = Chunker(tokenizer, overlap=0)
+    docs = [
+        Document("paper", " ".join(f"w{i}" for i in range(200))),
+        Document("paper", "now a short paper"),
+        Document("other", "another document"),
+    ]
+    report = await index_documents(docs, index, embedder, chunker=chunker, batch_size=1)
+    assert (report.read, report.added, report.updated) == (3, 2, 1)
+    assert list((await index.children(["paper"]))["paper"]) == ["paper"]
+    assert await index.count() == 2
+
+
 async def test_delete_removes_documents_with_all_their_chunks(
     tmp_path: Path, tokenizer: TextTokenizer
 ) -> None:
