@@ -3,8 +3,8 @@
 Idempotent by id + content hash: a re-run over the same input embeds nothing and publishes
 nothing; a changed document is re-embedded and replaced, and chunks a shorter new version no
 longer has are deleted. Streaming and resumable: documents are read, embedded and committed
-in batches, so memory does not grow with the corpus and a killed run loses at most one batch;
-a re-run skips everything already committed.
+in batches, so memory does not grow with the corpus and a killed run loses at most the two
+batches in flight (one embedding, one being written); a re-run skips everything committed.
 """
 
 from __future__ import annotations
@@ -294,13 +294,13 @@ async def index_documents(
                 planned.vectors = asyncio.create_task(
                     embedder.embed(passages, InputType.PASSAGE, Truncate.END)
                 )
-            if pending is not None:
-                await _commit(pending, index, on_batch, dry_run)
-            pending = planned
+            previous, pending = pending, planned
+            if previous is not None:
+                await _commit(previous, index, on_batch, dry_run)
         if pending is not None:
             await _commit(pending, index, on_batch, dry_run)
             pending = None
-    finally:
+    finally:  # on an error, do not leave the next batch computing in the background
         if pending is not None and pending.vectors is not None:
             pending.vectors.cancel()
     if delete:
