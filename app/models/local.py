@@ -22,7 +22,7 @@ import numpy as np
 import transformers
 
 from app import metrics
-from app.batching import BatchLimits, BatchQueue
+from app.batching import BatchLimits, BatchQueue, resolve_batch_tokens
 from app.config import EmbedderSettings, ModelSettings, RerankerSettings
 from app.errors import ModelFailure, Unavailable
 from app.logs import get_logger
@@ -123,7 +123,7 @@ class _LocalModel:
             executor=self._executor,
             limits=BatchLimits(
                 max_batch_size=settings.max_batch_size,
-                max_batch_tokens=settings.max_batch_tokens,
+                max_batch_tokens=resolve_batch_tokens(settings.max_batch_tokens, self._info.device),
                 max_wait_s=settings.max_wait_ms / 1000,
                 max_queued_items=settings.max_queue_items,
             ),

@@ -9,7 +9,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from app.batching import BatchLimits, BatchQueue, RequestTiming, request_timing
+from app.batching import (
+    BatchLimits,
+    BatchQueue,
+    RequestTiming,
+    request_timing,
+    resolve_batch_tokens,
+)
 from app.errors import Overloaded, Unavailable
 
 
@@ -187,3 +193,9 @@ async def test_stopped_queue_fails_waiting_and_new_requests(make_queue) -> None:
     with pytest.raises(Unavailable):
         await queue.submit([2])
     running.cancel()
+
+
+def test_token_budget_defaults_by_device_and_an_explicit_one_wins() -> None:
+    assert resolve_batch_tokens(0, "cpu") == 4_096
+    assert resolve_batch_tokens(0, "cuda:0") == 16_384
+    assert resolve_batch_tokens(8_192, "cpu") == 8_192
