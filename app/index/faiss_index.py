@@ -123,7 +123,7 @@ def refine(
     """Exact scores for the candidates PQ found, from the raw vectors (`raw[i]` is the vector
     of FAISS id `seqs[i]`, `seqs` sorted); keep the best k. PQ codes alone rank neighbours
     inside a dense cluster poorly (recall@10 0.23 on 1M clustered vectors in bench/ann.py);
-    re-scoring 30x candidates from the memory-mapped raw vectors gives 0.98 for ~0.4 ms more
+    re-scoring 30x candidates from the memory-mapped raw vectors gives 0.98 for under 1 ms more
     (10x: 0.78; see bench/README.md)."""
     out_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
     out_ids = np.full((len(queries), k), -1, dtype=np.int64)
