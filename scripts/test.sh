@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
-# The README's second command: set up with dev tools, make sure redis-server exists, run pytest.
+# The README's second command: set up with dev tools, make sure the system tools the tests use
+# exist, run pytest.
+#   redis-server:   the tests start a real one
+#   docker-compose: its `config` validates deploy/compose (no Docker engine is needed)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh --dev
-if ! command -v redis-server >/dev/null 2>&1; then
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+if (( ${#missing[@]} )); then
     if [[ "$(id -u)" == "0" ]] && command -v apt-get >/dev/null 2>&1; then
-        echo "redis-server is missing: installing it with apt-get ..."
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+        echo "missing ${missing[*]}: installing with apt-get ..."
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     else
-        echo "The tests start a real redis-server, which is not installed. Install it with" >&2
-        echo "  sudo apt-get install redis-server    (Debian/Ubuntu)" >&2
-        echo "  brew install redis                   (macOS)" >&2
+        echo "The tests need ${missing[*]}, which is not installed. Install it with" >&2
+        echo "  sudo apt-get install ${missing[*]}    (Debian/Ubuntu)" >&2
+        echo "  brew install redis docker-compose    (macOS)" >&2
         exit 1
     fi
 fi

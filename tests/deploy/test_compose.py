@@ -29,11 +29,11 @@ def test_both_files_pass_the_compose_specification() -> None:
         assert spec.services, name
 
 
-@pytest.mark.skipif(
-    shutil.which("docker-compose") is None,
-    reason="docker-compose (Debian package) is not installed; .ci/run installs it",
-)
 def test_docker_compose_config_accepts_the_stack() -> None:
+    assert shutil.which("docker-compose"), (
+        "docker-compose is not installed: `make test` installs it (apt-get), "
+        "or install the Debian package docker-compose yourself"
+    )
     result = subprocess.run(
         [
             "docker-compose",
