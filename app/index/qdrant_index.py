@@ -1,14 +1,21 @@
-"""Qdrant backend: one Qdrant collection per semsearch collection.
+"""Qdrant backend: one Qdrant collection per semsearch collection, with generations.
 
-Points carry the text, title, metadata, parent and content hash as payload; their ids are
-UUIDv5 of the record id, so an upsert replaces. The collection's metadata holds the model id,
-the dimension and the generation. Unlike FAISS generations, Qdrant writes are visible as they
-land (Qdrant has no staged copy to swap); `publish()` bumps the generation, which changes
-every cache key. A `pending` flag written before the first change of a run makes a crashed
-run publish on its re-run, so stale cached answers cannot outlive it.
+Qdrant has no staged copy of a collection to swap in, so generations live in the points:
+each point is one version of a record, with `added` (the generation that wrote it) and, once
+replaced or deleted, `retired` (the generation that dropped it) in its payload. Generation G
+sees the points with `added <= G` and not `retired <= G`. A run writes generation G + 1: new
+versions get `added = G + 1`, the versions they replace get `retired = G + 1`, and searches
+on G see none of it. `publish()` is one write, the generation number in the collection's
+metadata, so searches switch all at once, as with a FAISS pointer swap. A crashed run leaves
+G serving; its re-run finds its staged writes (they are durable) and continues. Versions
+retired by an earlier generation are deleted at the next publish, once no gateway can be
+serving a generation that sees them.
 
-Server mode by URL (`SEMSEARCH_QDRANT_URL`); embedded local mode (`path=`, one process at a
-time) is what tests use. Requires Qdrant >= 1.15 (collection metadata).
+Payload: record id, parent, content hash, title, text and metadata. Point ids are UUIDv5 of
+(record id, generation), so re-writing a record within a run replaces its staged version.
+One writer per collection at a time, as with FAISS. Server mode by URL
+(`SEMSEARCH_QDRANT_URL`); embedded local mode (`path=`, one process at a time) is what tests
+use. Requires Qdrant and qdrant-client >= 1.16 (collection metadata).
 """
 
 from __future__ import annotations
@@ -29,11 +36,13 @@ log = get_logger(__name__)
 
 _NAMESPACE = uuid.UUID("7c4d2b1e-5a34-4f0e-9a57-1f3d1f6c2b90")
 _META_KEY = "semsearch"
+_FORMAT = 2  # versioned points; format 1 wrote in place
 _UPSERT_BATCH = 256
+_LOOKUP_BATCH = 256
 
 
-def point_id(record_id: str) -> str:
-    return str(uuid.uuid5(_NAMESPACE, record_id))
+def point_id(record_id: str, generation: int) -> str:
+    return str(uuid.uuid5(_NAMESPACE, f"{record_id}\x00{generation}"))
 
 
 @dataclass(frozen=True)
@@ -132,8 +141,8 @@ class QdrantIndex:
         self._name = name
         self._model_id = str(meta["model"])
         self._dimension = int(meta["dimension"])
-        self._generation = int(meta.get("generation", 0))
-        self._pending_marked = False
+        self._generation = int(meta["generation"])
+        self._closed = False
 
     @classmethod
     async def open(cls, options: QdrantOptions, name: str) -> QdrantIndex:
@@ -141,12 +150,11 @@ class QdrantIndex:
         client = _clients.acquire(options)
         try:
             meta = await _meta(client, name)
+            if meta is None:
+                raise NotFound(f"collection {name!r} does not exist", field="collection")
         except BaseException:
             await _clients.release(options)
             raise
-        if meta is None:
-            await _clients.release(options)
-            raise NotFound(f"collection {name!r} does not exist", field="collection")
         return cls(client, options, name, meta)
 
     @classmethod
@@ -164,12 +172,7 @@ class QdrantIndex:
         try:
             meta = await _meta(client, name)
             if meta is None:
-                meta = {
-                    "model": model_id,
-                    "dimension": dimension,
-                    "generation": 0,
-                    "pending": False,
-                }
+                meta = {"model": model_id, "dimension": dimension, "generation": 0}
                 await client.create_collection(
                     name,
                     vectors_config=models.VectorParams(
@@ -181,12 +184,18 @@ class QdrantIndex:
                     ),
                     shard_number=options.shards,
                     replication_factor=options.replication_factor,
-                    metadata={_META_KEY: meta},
+                    metadata={_META_KEY: {**meta, "format": _FORMAT}},
                 )
-                for field in ("parent", "id"):
-                    await client.create_payload_index(
-                        name, field_name=field, field_schema=models.PayloadSchemaType.KEYWORD
-                    )
+                for field, schema in (
+                    ("id", models.PayloadSchemaType.KEYWORD),
+                    ("parent", models.PayloadSchemaType.KEYWORD),
+                    ("added", models.PayloadSchemaType.INTEGER),
+                    ("retired", models.PayloadSchemaType.INTEGER),
+                ):
+                    if options.url:  # local mode scans payloads; it has no payload indexes
+                        await client.create_payload_index(
+                            name, field_name=field, field_schema=schema
+                        )
             elif (meta["model"], int(meta["dimension"])) != (model_id, dimension):
                 raise InvalidInput(
                     f"collection {name!r} holds vectors of {meta['model']!r} "
@@ -214,21 +223,34 @@ class QdrantIndex:
     def dimension(self) -> int:
         return self._dimension
 
+    @property
+    def _staged(self) -> int:
+        """The generation this writer's changes will become."""
+        return self._generation + 1
+
     async def count(self) -> int:
-        return int((await self._client.count(self._name, exact=True)).count)
+        found = await self._client.count(
+            self._name, count_filter=_view(self._generation), exact=True
+        )
+        return int(found.count)
 
     async def search(self, vectors: FloatArray, k: int, filter: Filter | None = None) -> AnnResult:
         from qdrant_client import models
 
         check_dimension(vectors, self._dimension, self._name)
-        params = models.SearchParams(
-            hnsw_ef=max(self._options.hnsw_ef_search, k), exact=self._options.exact
+        generation = self._generation  # one generation for the whole batch
+        params = (
+            models.SearchParams(
+                hnsw_ef=max(self._options.hnsw_ef_search, k), exact=self._options.exact
+            )
+            if self._options.url
+            else None  # local mode always searches exactly
         )
         requests = [
             models.QueryRequest(
                 query=vector.tolist(),
                 limit=k,
-                filter=_qdrant_filter(filter),
+                filter=_view(generation, filter),
                 params=params,
                 with_payload=True,
             )
@@ -241,35 +263,12 @@ class QdrantIndex:
         except Exception as exc:
             raise IndexUnavailable(f"qdrant at {self._options.where}: {exc!r}") from exc
         hits = [[_hit(point) for point in response.points] for response in responses]
-        return AnnResult(hits, self.backend, self._generation)
+        return AnnResult(hits, self.backend, generation)
 
     async def children(self, parents: Sequence[str]) -> dict[str, dict[str, str]]:
-        from qdrant_client import models
-
         found: dict[str, dict[str, str]] = {}
-        for start in range(0, len(parents), 256):
-            condition = models.Filter(
-                must=[
-                    models.FieldCondition(
-                        key="parent", match=models.MatchAny(any=list(parents[start : start + 256]))
-                    )
-                ]
-            )
-            offset = None
-            while True:
-                points, offset = await self._client.scroll(
-                    self._name,
-                    scroll_filter=condition,
-                    limit=1024,
-                    offset=offset,
-                    with_payload=["id", "parent", "hash"],
-                    with_vectors=False,
-                )
-                for point in points:
-                    payload = point.payload or {}
-                    found.setdefault(payload["parent"], {})[payload["id"]] = payload["hash"]
-                if offset is None:
-                    break
+        for payload in await self._staged_versions("parent", parents, ["id", "parent", "hash"]):
+            found.setdefault(payload["parent"], {})[payload["id"]] = payload["hash"]
         return found
 
     async def upsert(self, documents: Sequence[Document], vectors: FloatArray) -> None:
@@ -277,11 +276,13 @@ class QdrantIndex:
 
         if len(documents) != len(vectors):
             raise ValueError("one vector per document")
-        await self._mark_pending()
+        # Retire the versions these replace before writing the new ones: a crash in between
+        # leaves the records missing from the staged view, so the re-run writes them again.
+        await self._retire(list(dict.fromkeys(doc.id for doc in documents)))
         for start in range(0, len(documents), _UPSERT_BATCH):
             points = [
                 models.PointStruct(
-                    id=point_id(doc.id),
+                    id=point_id(doc.id, self._staged),
                     vector=vector.tolist(),
                     payload={
                         "id": doc.id,
@@ -290,6 +291,7 @@ class QdrantIndex:
                         "title": doc.title,
                         "text": doc.text,
                         "metadata": doc.metadata,
+                        "added": self._staged,
                     },
                 )
                 for doc, vector in zip(
@@ -301,74 +303,161 @@ class QdrantIndex:
             await self._client.upsert(self._name, points=points, wait=True)
 
     async def delete(self, ids: Sequence[str]) -> int:
-        from qdrant_client import models
-
-        if not ids:
-            return 0
-        present = await self._client.retrieve(
-            self._name, ids=[point_id(i) for i in ids], with_payload=False, with_vectors=False
-        )
-        if not present:
-            return 0
-        await self._mark_pending()
-        await self._client.delete(
-            self._name,
-            points_selector=models.PointIdsList(points=[p.id for p in present]),
-            wait=True,
-        )
-        return len(present)
+        return await self._retire(list(dict.fromkeys(ids)))
 
     async def publish(self) -> int | None:
-        meta = await _meta(self._client, self._name)
-        if meta is None or not meta.get("pending"):
-            return None
-        meta["generation"] = int(meta.get("generation", 0)) + 1
-        meta["pending"] = False
-        await self._client.update_collection(self._name, metadata={_META_KEY: meta})
-        self._generation = meta["generation"]
-        self._pending_marked = False
-        log.info(
-            "generation_published",
-            collection=self._name,
-            generation=self._generation,
-            backend=self.backend,
+        """Make generation G + 1 current if this or a crashed earlier run staged anything."""
+        from qdrant_client import models
+
+        staged = self._staged
+        changes = models.Filter(
+            should=[
+                models.FieldCondition(key="added", match=models.MatchValue(value=staged)),
+                models.FieldCondition(key="retired", match=models.MatchValue(value=staged)),
+            ]
         )
-        return self._generation
+        if not (await self._client.count(self._name, count_filter=changes, exact=True)).count:
+            return None
+        meta = await _meta(self._client, self._name)
+        if meta is None:
+            raise NotFound(f"collection {self._name!r} does not exist", field="collection")
+        if int(meta["generation"]) != self._generation:
+            raise InvalidInput(
+                f"collection {self._name!r} was published by another writer meanwhile",
+                field="collection",
+            )
+        meta["generation"] = staged
+        await self._client.update_collection(
+            self._name, metadata={_META_KEY: {**meta, "format": _FORMAT}}
+        )
+        self._generation = staged
+        log.info(
+            "generation_published", collection=self._name, generation=staged, backend=self.backend
+        )
+        # Versions retired by the previous generation or earlier are seen by no generation
+        # that can still be serving (gateways move on to `staged` within a reload interval).
+        await self._client.delete(
+            self._name,
+            points_selector=models.FilterSelector(
+                filter=models.Filter(
+                    must=[models.FieldCondition(key="retired", range=models.Range(lt=staged))]
+                )
+            ),
+            wait=False,
+        )
+        return staged
 
     async def reload(self) -> bool:
         meta = await _meta(self._client, self._name)
-        generation = int(meta.get("generation", 0)) if meta else self._generation
+        generation = int(meta["generation"]) if meta else self._generation
         if generation == self._generation:
             return False
         self._generation = generation
         return True
 
     async def close(self) -> None:
-        await _clients.release(self._options)
+        if not self._closed:
+            self._closed = True
+            await _clients.release(self._options)
 
-    async def _mark_pending(self) -> None:
-        """Before the first change of a run: a crash after it still leads to a publish."""
-        if self._pending_marked:
-            return
-        meta = await _meta(self._client, self._name) or {}
-        meta["pending"] = True
-        await self._client.update_collection(self._name, metadata={_META_KEY: meta})
-        self._pending_marked = True
+    async def _staged_versions(
+        self, key: str, values: Sequence[str], fields: list[str]
+    ) -> list[dict[str, Any]]:
+        """Payloads of the staged view's points whose `key` is one of `values`."""
+        from qdrant_client import models
+
+        payloads: list[dict[str, Any]] = []
+        for start in range(0, len(values), _LOOKUP_BATCH):
+            condition = models.FieldCondition(
+                key=key, match=models.MatchAny(any=list(values[start : start + _LOOKUP_BATCH]))
+            )
+            offset = None
+            while True:
+                points, offset = await self._client.scroll(
+                    self._name,
+                    scroll_filter=_view(self._staged, extra=[condition]),
+                    limit=1024,
+                    offset=offset,
+                    with_payload=fields,
+                    with_vectors=False,
+                )
+                payloads.extend(point.payload or {} for point in points)
+                if offset is None:
+                    break
+        return payloads
+
+    async def _retire(self, ids: list[str]) -> int:
+        """Drop `ids` from the staged view; returns how many were in it. Versions written by
+        this generation were never published and are deleted; older ones are marked."""
+        from qdrant_client import models
+
+        if not ids:
+            return 0
+        versions = await self._staged_versions("id", ids, ["id", "added"])
+        unpublished = [
+            point_id(v["id"], self._staged) for v in versions if v["added"] == self._staged
+        ]
+        published = [point_id(v["id"], v["added"]) for v in versions if v["added"] != self._staged]
+        if published:
+            await self._client.set_payload(
+                self._name,
+                payload={"retired": self._staged},
+                points=published,
+                wait=True,
+            )
+        if unpublished:
+            await self._client.delete(
+                self._name, points_selector=models.PointIdsList(points=unpublished), wait=True
+            )
+        return len({v["id"] for v in versions})
 
 
 async def _meta(client: Any, name: str) -> dict[str, Any] | None:
-    if not await client.collection_exists(name):
-        return None
-    meta = (await client.get_collection(name)).config.metadata or {}
+    """Our metadata of collection `name`; None when it does not exist or is not ours.
+
+    Raises:
+        InvalidInput: it was written by a semsearch with another point layout.
+        IndexUnavailable: Qdrant did not answer.
+    """
+    try:
+        if not await client.collection_exists(name):
+            return None
+        meta = (await client.get_collection(name)).config.metadata or {}
+    except Exception as exc:  # unreachable or failing: the caller's fallback may still answer
+        raise IndexUnavailable(f"qdrant: {exc!r}") from exc
     value = meta.get(_META_KEY)
-    return dict(value) if isinstance(value, dict) else None
+    if not isinstance(value, dict):
+        return None
+    if value.get("format") != _FORMAT:
+        raise InvalidInput(
+            f"collection {name!r} was written by an older semsearch; delete it in Qdrant and "
+            "index again",
+            field="collection",
+        )
+    value = dict(value)
+    value.pop("format")
+    return value
 
 
-def _qdrant_filter(filter: Filter | None) -> Any:
+def _view(generation: int, filter: Filter | None = None, extra: list[Any] | None = None) -> Any:
+    """The points generation `generation` sees, narrowed by a metadata filter."""
+    from qdrant_client import models
+
+    return models.Filter(
+        must=[
+            models.FieldCondition(key="added", range=models.Range(lte=generation)),
+            *_metadata_conditions(filter),
+            *(extra or []),
+        ],
+        must_not=[models.FieldCondition(key="retired", range=models.Range(lte=generation))],
+    )
+
+
+def _metadata_conditions(filter: Filter | None) -> list[Any]:
     """Our filter as Qdrant conditions, with the same meaning as on FAISS: equality or "any
     of", matching a scalar field or any element of an array field."""
     if not filter:
-        return None
+        return []
     from qdrant_client import models
 
     must: list[Any] = []
@@ -382,7 +471,7 @@ def _qdrant_filter(filter: Filter | None) -> Any:
             else:
                 options.append(models.FieldCondition(key=key, match=models.MatchValue(value=v)))
         must.append(options[0] if len(options) == 1 else models.Filter(should=options))
-    return models.Filter(must=must)
+    return must
 
 
 def _hit(point: Any) -> Hit:

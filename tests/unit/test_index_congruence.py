@@ -182,3 +182,65 @@ async def test_faiss_and_qdrant_agree(tmp_path: Path) -> None:
             np.testing.assert_allclose([h.score for h in left], [h.score for h in right], atol=1e-5)
     await faiss_index.close()
     await qdrant_index.close()
+
+
+async def test_writes_are_invisible_until_publish_and_survive_a_crashed_run(
+    make_index: Factory,
+) -> None:
+    index, _docs, vectors = await filled(make_index, n=20)
+    reader = index  # even the writer's own searches see only the published generation
+    changed = Document("d3", "changed", "t", {"lang": "xx"})
+    await index.upsert([changed], vectors[3:4])
+    await index.upsert([Document("new", "new", "t", {})], vectors[7:8] * -1)
+    assert await index.delete(["d9"]) == 1
+    hits = (await reader.search(vectors[3:4], 1)).hits[0]
+    assert (hits[0].id, hits[0].text) == ("d3", "text 3")
+    assert (await reader.search(vectors[9:10], 1)).hits[0][0].id == "d9"
+    assert (await reader.search(vectors[7:8] * -1, 1)).hits[0][0].id != "new"
+    assert await reader.count() == 20 and reader.generation == 1
+    assert (await reader.search(vectors[3:4], 5, {"lang": "xx"})).hits[0] == []
+
+    # The run dies here, before publishing; a new run finds its staged writes.
+    await index.close()
+    rerun = await make_index("docs")
+    assert rerun.generation == 1
+    assert await rerun.children(["d3", "d9", "new"]) == {
+        "d3": {"d3": content_hash(changed)},
+        "new": {"new": content_hash(Document("new", "new", "t", {}))},
+    }
+    assert await rerun.publish() == 2
+    assert await rerun.count() == 20  # one added, one deleted, one replaced in place
+    hits = (await rerun.search(vectors[3:4], 1, {"lang": "xx"})).hits[0]
+    assert (hits[0].id, hits[0].text) == ("d3", "changed")
+    assert "d9" not in {h.id for h in (await rerun.search(vectors, 20)).hits[9]}
+    assert (await rerun.search(vectors[7:8] * -1, 1)).hits[0][0].id == "new"
+
+
+async def test_a_record_written_twice_in_one_run_is_indexed_once(make_index: Factory) -> None:
+    index, _docs, vectors = await filled(make_index, n=10)
+    for text in ("first", "second"):
+        await index.upsert([Document("d1", text, "", {})], vectors[1:2])
+    await index.upsert([Document("fresh", "x", "", {})], vectors[2:3])
+    assert await index.delete(["fresh"]) == 1  # staged, never published: gone
+    assert await index.publish() == 2
+    assert await index.count() == 10
+    hits = (await index.search(vectors[1:2], 10)).hits[0]
+    assert [h.text for h in hits if h.id == "d1"] == ["second"]
+    assert "fresh" not in {h.id for h in hits}
+    await index.upsert([Document("d1", "third", "", {})], vectors[1:2])  # the next run
+    assert await index.publish() == 3 and await index.count() == 10
+
+
+async def test_qdrant_deletes_versions_no_servable_generation_sees(tmp_path: Path) -> None:
+    index = await QdrantIndex.create(QdrantOptions(path=tmp_path / "q"), "docs", "m", DIM)
+    docs, vectors = corpus(10)
+    await index.upsert(docs, vectors)
+    assert await index.publish() == 1
+    for generation, text in ((2, "second"), (3, "third")):
+        await index.upsert([Document("d1", text, "", {})], vectors[1:2])
+        assert await index.publish() == generation
+    points = (await index._client.count("docs", exact=True)).count
+    # the live 10, plus the version generation 2 still sees (a gateway may be serving it
+    # until its next reload); the one retired by generation 2 is gone
+    assert points == 11
+    await index.close()
