@@ -179,8 +179,7 @@ class IndexJob:
 
 async def _index(job: IndexJob, settings: GatewaySettings) -> None:
     from app.clients import embedder_for
-    from app.index.generations import CollectionLayout
-    from app.index.registry import open_collection
+    from app.index.registry import collection_names, open_collection, where
     from app.indexing import Chunker, count_documents, index_documents, read_documents
     from app.models.paths import model_folder
     from app.models.tokens import TextTokenizer
@@ -196,8 +195,7 @@ async def _index(job: IndexJob, settings: GatewaySettings) -> None:
         folder = model_folder(model.model_id, tokenizer_only=True)
         tokenizer = TextTokenizer.from_folder(folder, model.max_tokens)
         chunker = Chunker(tokenizer, job.chunk_tokens, job.chunk_overlap)
-    exists = CollectionLayout(settings.index_dir, job.collection).exists()
-    if job.dry_run and not exists:
+    if job.dry_run and job.collection not in await collection_names(settings):
         from app.indexing import NothingStaged
 
         store: Any = NothingStaged(job.collection)
@@ -240,7 +238,7 @@ async def _index(job: IndexJob, settings: GatewaySettings) -> None:
     finally:
         await store.close()
         await embedder.stop()
-    title = f"collection {job.collection!r} in {settings.index_dir}"
+    title = f"collection {job.collection!r} in {where(settings)}"
     table = Table(
         title=title + (" (dry run: nothing written)" if job.dry_run else ""), show_header=False
     )

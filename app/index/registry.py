@@ -13,6 +13,7 @@ from app.index import VectorIndex
 from app.index.faiss_index import FaissIndex, FaissOptions
 from app.index.fallback import FallbackIndex
 from app.index.generations import CollectionLayout, validate_collection_name
+from app.index.qdrant_index import QdrantIndex, QdrantOptions, list_collections
 from app.logs import get_logger
 from app.resilience import BreakerPolicy, CircuitBreaker
 
@@ -32,23 +33,56 @@ def breaker_policy(settings: GatewaySettings) -> BreakerPolicy:
 async def open_collection(
     settings: GatewaySettings, name: str, create: tuple[str, int] | None = None
 ) -> VectorIndex:
-    """Collection `name` as configured: the primary index, wrapped with the FAISS fallback
-    copy when `fallback_index_dir` is set. `create=(model_id, dimension)` creates what is
-    missing (for writing); without it a missing collection is NotFound."""
+    """Collection `name` as configured: the primary index (FAISS or Qdrant), wrapped with the
+    FAISS fallback copy when `fallback_index_dir` is set. `create=(model_id, dimension)`
+    creates what is missing (for writing); without it a missing collection is NotFound."""
 
     options = FaissOptions.from_settings(settings)
 
-    async def one(index_dir: Path) -> VectorIndex:
+    async def faiss_at(index_dir: Path) -> VectorIndex:
         if create is not None:
             return await FaissIndex.create(index_dir, name, *create, options=options)
         return await FaissIndex.open(index_dir, name, options)
 
-    primary = await one(settings.index_dir)
+    primary: VectorIndex
+    if settings.index_backend == "qdrant":
+        qdrant = QdrantOptions.from_settings(settings)
+        if create is not None:
+            primary = await QdrantIndex.create(qdrant, name, *create)
+        else:
+            primary = await QdrantIndex.open(qdrant, name)
+    else:
+        primary = await faiss_at(settings.index_dir)
     if settings.fallback_index_dir is None:
         return primary
-    fallback = await one(settings.fallback_index_dir)
+    try:
+        fallback = await faiss_at(settings.fallback_index_dir)
+    except BaseException:
+        await primary.close()
+        raise
     breaker = CircuitBreaker(f"index:{name}", breaker_policy(settings))
     return FallbackIndex(primary, fallback, breaker)
+
+
+async def collection_names(settings: GatewaySettings) -> list[str]:
+    """The collections the configured primary index holds."""
+    if settings.index_backend == "qdrant":
+        return await list_collections(QdrantOptions.from_settings(settings))
+    root = settings.index_dir
+    if not root.is_dir():
+        return []
+    return sorted(
+        child.name
+        for child in root.iterdir()
+        if child.is_dir() and CollectionLayout(root, child.name).exists()
+    )
+
+
+def where(settings: GatewaySettings) -> str:
+    """Where the configured primary index lives, for messages."""
+    if settings.index_backend == "qdrant":
+        return f"qdrant at {QdrantOptions.from_settings(settings).where}"
+    return str(settings.index_dir)
 
 
 class Collections:
@@ -57,7 +91,7 @@ class Collections:
     def __init__(
         self,
         opener: Callable[[str], Awaitable[VectorIndex]],
-        discover: Callable[[], list[str]],
+        discover: Callable[[], Awaitable[list[str]]],
     ) -> None:
         self._opener = opener
         self._discover = discover
@@ -66,20 +100,14 @@ class Collections:
 
     @classmethod
     def from_settings(cls, settings: GatewaySettings) -> Collections:
-        def discover() -> list[str]:
-            root = settings.index_dir
-            if not root.is_dir():
-                return []
-            return sorted(
-                child.name
-                for child in root.iterdir()
-                if child.is_dir() and CollectionLayout(root, child.name).exists()
-            )
-
-        return cls(lambda name: open_collection(settings, name), discover)
+        return cls(lambda name: open_collection(settings, name), lambda: collection_names(settings))
 
     async def start(self) -> None:
-        names = self._discover()
+        try:
+            names = await self._discover()
+        except Exception as exc:  # the index is down: collections open on first use
+            log.error("collection_discovery_failed", error=repr(exc))
+            names = []
         if not names:
             log.warning("no_collections", hint="run `semsearch index PATH --collection NAME`")
         for name in names:
