@@ -116,3 +116,30 @@ def test_the_gateway_image_carries_no_torch() -> None:
     for heavy in ("torch", "sentence-transformers", "transformers=="):
         assert heavy not in lock
     assert "torch" in (DEPLOY / "docker" / "model-service.Dockerfile").read_text()
+
+
+def test_qdrant_server_has_collection_metadata_and_matches_the_locked_client() -> None:
+    """semsearch keeps its generation in collection metadata (Qdrant >= 1.16), and
+    qdrant-client refuses servers more than one minor version away from its own."""
+    import re
+
+    locked = (DEPLOY / "docker" / "gateway.lock.txt").read_text()
+    client = re.search(r"^qdrant-client==(\d+)\.(\d+)\.", locked, re.M)
+    assert client is not None
+    client_minor = (int(client[1]), int(client[2]))
+    images = [
+        container["image"]
+        for _, doc in k8s_documents()
+        if doc["kind"] == "StatefulSet"
+        for container in doc["spec"]["template"]["spec"]["containers"]
+        if container["image"].startswith("qdrant/")
+    ]
+    assert images, "the k8s manifests run Qdrant"
+    compose = yaml.safe_load((DEPLOY / "compose" / "compose.yml").read_text())
+    images.append(compose["services"]["qdrant"]["image"])
+    for image in images:
+        version = re.fullmatch(r"qdrant/qdrant:v(\d+)\.(\d+)\.\d+", image)
+        assert version is not None, image
+        server = (int(version[1]), int(version[2]))
+        assert server >= (1, 16), image
+        assert server[0] == client_minor[0] and abs(server[1] - client_minor[1]) <= 1, image
