@@ -57,6 +57,13 @@ async def open_collection(
         return primary
     try:
         fallback = await faiss_at(settings.fallback_index_dir)
+    except NotFound:  # indexed before the fallback was configured: serve what there is
+        log.warning(
+            "fallback_copy_missing",
+            collection=name,
+            hint="re-run `semsearch index` on this collection to write the fallback copy",
+        )
+        return primary
     except BaseException:
         await primary.close()
         raise

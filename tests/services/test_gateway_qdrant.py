@@ -100,3 +100,14 @@ async def test_gateway_serves_qdrant_generations_and_falls_back_to_faiss(
         body = (await client.post("/v1/search", json={"query": "Norway Oslo"})).json()
         assert body["degraded"] == ["index"] and body["index"]["backend"] == "faiss"
         assert body["results"][0]["id"] == "oslo"  # the fallback copy has generation 2 too
+
+
+async def test_a_missing_fallback_copy_leaves_the_primary_serving(
+    qdrant_env: GatewaySettings, tmp_path: Path
+) -> None:
+    settings = qdrant_env.model_copy(update={"fallback_index_dir": tmp_path / "elsewhere"})
+    index = await open_collection(settings, "default")
+    try:
+        assert isinstance(index, QdrantIndex) and index.generation == 1
+    finally:
+        await index.close()
