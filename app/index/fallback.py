@@ -101,7 +101,12 @@ class FallbackIndex:
         return generation if generation is not None else fallback
 
     async def reload(self) -> bool:
-        primary = await self.primary.reload()
+        """Each copy separately: a primary that is down must not keep the fallback stale."""
+        try:
+            primary = await self.primary.reload()
+        except IndexUnavailable as exc:
+            log.warning("primary_reload_failed", collection=self.collection, reason=exc.message)
+            primary = False
         fallback = await self.fallback.reload()
         return primary or fallback
 

@@ -114,7 +114,11 @@ _clients = _Clients()
 
 
 async def list_collections(options: QdrantOptions) -> list[str]:
-    """The semsearch collections in this Qdrant (those carrying our metadata)."""
+    """The semsearch collections in this Qdrant (those carrying our metadata).
+
+    Raises:
+        IndexUnavailable: Qdrant did not answer.
+    """
     client = _clients.acquire(options)
     try:
         names = [c.name for c in (await client.get_collections()).collections]
@@ -124,6 +128,8 @@ async def list_collections(options: QdrantOptions) -> list[str]:
             if _META_KEY in meta:
                 found.append(name)
         return sorted(found)
+    except Exception as exc:
+        raise IndexUnavailable(f"qdrant at {options.where}: {exc!r}") from exc
     finally:
         await _clients.release(options)
 
@@ -142,6 +148,7 @@ class QdrantIndex:
         self._model_id = str(meta["model"])
         self._dimension = int(meta["dimension"])
         self._generation = int(meta["generation"])
+        self._reached = True  # False: Qdrant has not answered since this process started
         self._closed = False
 
     @classmethod
@@ -156,6 +163,21 @@ class QdrantIndex:
             await _clients.release(options)
             raise
         return cls(client, options, name, meta)
+
+    @classmethod
+    def unreached(
+        cls, options: QdrantOptions, name: str, model_id: str, dimension: int
+    ) -> QdrantIndex:
+        """Collection `name` in a Qdrant that did not answer when the gateway opened it: its
+        searches fail (so a fallback copy answers) until a `reload()` reaches Qdrant."""
+        index = cls(
+            _clients.acquire(options),
+            options,
+            name,
+            {"model": model_id, "dimension": dimension, "generation": 0},
+        )
+        index._reached = False
+        return index
 
     @classmethod
     async def create(
@@ -238,6 +260,8 @@ class QdrantIndex:
         from qdrant_client import models
 
         check_dimension(vectors, self._dimension, self._name)
+        if not self._reached:
+            raise IndexUnavailable(f"qdrant at {self._options.where} has not answered yet")
         generation = self._generation  # one generation for the whole batch
         params = (
             models.SearchParams(
@@ -349,7 +373,20 @@ class QdrantIndex:
 
     async def reload(self) -> bool:
         meta = await _meta(self._client, self._name)
-        generation = int(meta["generation"]) if meta else self._generation
+        if meta is None:
+            return False
+        if not self._reached:
+            if (meta["model"], int(meta["dimension"])) != (self._model_id, self._dimension):
+                raise InvalidInput(
+                    f"collection {self._name!r} in qdrant holds vectors of {meta['model']!r}, "
+                    f"its fallback copy of {self._model_id!r}",
+                    field="collection",
+                )
+            self._reached = True
+            self._generation = int(meta["generation"])
+            log.info("qdrant_reached", collection=self._name, generation=self._generation)
+            return True
+        generation = int(meta["generation"])
         if generation == self._generation:
             return False
         self._generation = generation

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from app import metrics
 from app.config import GatewaySettings
-from app.errors import NotFound
+from app.errors import IndexUnavailable, NotFound
 from app.index import VectorIndex
 from app.index.faiss_index import FaissIndex, FaissOptions
 from app.index.fallback import FallbackIndex
@@ -38,26 +38,35 @@ async def open_collection(
     creates what is missing (for writing); without it a missing collection is NotFound."""
 
     options = FaissOptions.from_settings(settings)
+    qdrant = QdrantOptions.from_settings(settings)
 
     async def faiss_at(index_dir: Path) -> VectorIndex:
         if create is not None:
             return await FaissIndex.create(index_dir, name, *create, options=options)
         return await FaissIndex.open(index_dir, name, options)
 
-    primary: VectorIndex
+    primary: VectorIndex | None = None
     if settings.index_backend == "qdrant":
-        qdrant = QdrantOptions.from_settings(settings)
-        if create is not None:
-            primary = await QdrantIndex.create(qdrant, name, *create)
-        else:
-            primary = await QdrantIndex.open(qdrant, name)
+        try:
+            if create is not None:
+                primary = await QdrantIndex.create(qdrant, name, *create)
+            else:
+                primary = await QdrantIndex.open(qdrant, name)
+        except IndexUnavailable:
+            if create is not None or settings.fallback_index_dir is None:
+                raise
+            # Qdrant is down as the gateway starts: the fallback copy serves until it answers
     else:
         primary = await faiss_at(settings.index_dir)
     if settings.fallback_index_dir is None:
+        assert primary is not None
         return primary
     try:
         fallback = await faiss_at(settings.fallback_index_dir)
-    except NotFound:  # indexed before the fallback was configured: serve what there is
+    except NotFound:
+        if primary is None:
+            raise
+        # indexed before the fallback was configured: serve what there is
         log.warning(
             "fallback_copy_missing",
             collection=name,
@@ -65,17 +74,31 @@ async def open_collection(
         )
         return primary
     except BaseException:
-        await primary.close()
+        if primary is not None:
+            await primary.close()
         raise
+    if primary is None:
+        log.warning("primary_index_unreachable", collection=name, serving="fallback copy")
+        primary = QdrantIndex.unreached(qdrant, name, fallback.model_id, fallback.dimension)
     breaker = CircuitBreaker(f"index:{name}", breaker_policy(settings))
     return FallbackIndex(primary, fallback, breaker)
 
 
 async def collection_names(settings: GatewaySettings) -> list[str]:
-    """The collections the configured primary index holds."""
+    """The collections the configured primary index holds (those of the fallback copy while
+    Qdrant does not answer)."""
     if settings.index_backend == "qdrant":
-        return await list_collections(QdrantOptions.from_settings(settings))
-    root = settings.index_dir
+        try:
+            return await list_collections(QdrantOptions.from_settings(settings))
+        except IndexUnavailable:
+            if settings.fallback_index_dir is None:
+                raise
+            log.warning("collections_listed_from_fallback", reason="qdrant did not answer")
+            return _faiss_collections(settings.fallback_index_dir)
+    return _faiss_collections(settings.index_dir)
+
+
+def _faiss_collections(root: Path) -> list[str]:
     if not root.is_dir():
         return []
     return sorted(

@@ -111,3 +111,42 @@ async def test_a_missing_fallback_copy_leaves_the_primary_serving(
         assert isinstance(index, QdrantIndex) and index.generation == 1
     finally:
         await index.close()
+
+
+async def test_qdrant_unreachable_at_start_the_fallback_copy_serves(
+    qdrant_env: GatewaySettings,
+) -> None:
+    from bench.processes import free_port
+
+    nobody = f"http://127.0.0.1:{free_port()}"  # connection refused: a real network failure
+    settings = qdrant_env.model_copy(update={"qdrant_url": nobody})
+    async with asgi_client(create_app(settings)) as client:
+        body = (await client.post("/v1/search", json={"query": "capital of France"})).json()
+        assert body["degraded"] == ["index"] and body["index"]["backend"] == "faiss"
+        assert body["results"][0]["id"] == "paris"
+        assert (await client.post("/admin/reload")).json() == {"reloaded": []}
+
+
+async def test_qdrant_answering_again_takes_over_from_the_fallback(
+    qdrant_env: GatewaySettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import app.index.qdrant_index as qdrant_module
+
+    async def down(*args: object) -> None:
+        raise IndexUnavailable("qdrant: connection refused")
+
+    real_meta = qdrant_module._meta
+    monkeypatch.setattr(qdrant_module, "_meta", down)
+    monkeypatch.setattr("app.index.registry.list_collections", down)
+    async with asgi_client(create_app(qdrant_env)) as client:
+        body = (await client.post("/v1/search", json={"query": "capital of France"})).json()
+        assert body["degraded"] == ["index"] and body["index"]["backend"] == "faiss"
+
+        monkeypatch.setattr(qdrant_module, "_meta", real_meta)  # Qdrant is back
+        assert (await client.post("/admin/reload")).json() == {"reloaded": ["default"]}
+        body = (await client.post("/v1/search", json={"query": "France capital"})).json()
+        assert body["degraded"] == [] and body["index"] == {
+            "backend": "qdrant",
+            "collection": "default",
+            "generation": 1,
+        }
