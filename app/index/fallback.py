@@ -53,7 +53,10 @@ class FallbackIndex:
         return self.primary.dimension
 
     async def count(self) -> int:
-        return await self.primary.count()
+        try:
+            return await self.primary.count()
+        except IndexUnavailable:
+            return await self.fallback.count()
 
     async def search(self, vectors: FloatArray, k: int, filter: Filter | None = None) -> AnnResult:
         try:

@@ -251,17 +251,20 @@ class QdrantIndex:
         return self._generation + 1
 
     async def count(self) -> int:
-        found = await self._client.count(
-            self._name, count_filter=_view(self._generation), exact=True
-        )
+        self._check_reached()
+        try:
+            found = await self._client.count(
+                self._name, count_filter=_view(self._generation), exact=True
+            )
+        except Exception as exc:
+            raise IndexUnavailable(f"qdrant at {self._options.where}: {exc!r}") from exc
         return int(found.count)
 
     async def search(self, vectors: FloatArray, k: int, filter: Filter | None = None) -> AnnResult:
         from qdrant_client import models
 
         check_dimension(vectors, self._dimension, self._name)
-        if not self._reached:
-            raise IndexUnavailable(f"qdrant at {self._options.where} has not answered yet")
+        self._check_reached()
         generation = self._generation  # one generation for the whole batch
         params = (
             models.SearchParams(
@@ -346,9 +349,9 @@ class QdrantIndex:
         if meta is None:
             raise NotFound(f"collection {self._name!r} does not exist", field="collection")
         if int(meta["generation"]) != self._generation:
-            raise InvalidInput(
-                f"collection {self._name!r} was published by another writer meanwhile",
-                field="collection",
+            raise SemsearchError(
+                f"collection {self._name!r} was published by another writer meanwhile; "
+                "run the indexer again"
             )
         meta["generation"] = staged
         await self._client.update_collection(
@@ -358,8 +361,8 @@ class QdrantIndex:
         log.info(
             "generation_published", collection=self._name, generation=staged, backend=self.backend
         )
-        # Versions retired by the previous generation or earlier are seen by no generation
-        # that can still be serving (gateways move on to `staged` within a reload interval).
+        # Versions retired by the previous generation or earlier are seen only by generations
+        # before it, which gateways left within a reload interval of its publish.
         await self._client.delete(
             self._name,
             points_selector=models.FilterSelector(
@@ -396,6 +399,10 @@ class QdrantIndex:
         if not self._closed:
             self._closed = True
             await _clients.release(self._options)
+
+    def _check_reached(self) -> None:
+        if not self._reached:
+            raise IndexUnavailable(f"qdrant at {self._options.where} has not answered yet")
 
     async def _staged_versions(
         self, key: str, values: Sequence[str], fields: list[str]

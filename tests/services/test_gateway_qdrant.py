@@ -125,6 +125,8 @@ async def test_qdrant_unreachable_at_start_the_fallback_copy_serves(
         assert body["degraded"] == ["index"] and body["index"]["backend"] == "faiss"
         assert body["results"][0]["id"] == "paris"
         assert (await client.post("/admin/reload")).json() == {"reloaded": []}
+        metrics = (await client.get("/metrics")).text
+        assert f'semsearch_index_documents{{collection="default"}} {len(SMALL_DOCS)}.0' in metrics
 
 
 async def test_qdrant_answering_again_takes_over_from_the_fallback(
