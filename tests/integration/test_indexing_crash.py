@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,17 @@ def staged(index_dir: Path) -> int:
             return 0
 
 
+def kill_when(run: subprocess.Popen[bytes], reached: Callable[[], bool]) -> None:
+    """SIGKILL `run` as soon as `reached()` (it must still be running then)."""
+    deadline = time.monotonic() + 120
+    while not reached():
+        assert run.poll() is None, "the run finished before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    run.send_signal(signal.SIGKILL)
+    run.wait(10)
+
+
 @pytest.mark.parametrize("seed", [1, 2])
 def test_killed_run_resumes_and_holds_every_document_once(tmp_path: Path, seed: int) -> None:
     count = 6000
@@ -50,13 +62,7 @@ def test_killed_run_resumes_and_holds_every_document_once(tmp_path: Path, seed: 
         command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     target = random.Random(seed).randint(200, count - 1000)
-    deadline = time.monotonic() + 120
-    while staged(index_dir) < target:
-        assert run.poll() is None, "the run finished before it could be killed"
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    run.send_signal(signal.SIGKILL)
-    run.wait(10)
+    kill_when(run, lambda: staged(index_dir) >= target)
     partial = staged(index_dir)
     assert 0 < partial < count
     assert CollectionLayout(index_dir, "crash").current_generation() == 0  # nothing published
@@ -136,13 +142,7 @@ def test_killed_qdrant_reindex_leaves_the_previous_generation_serving(tmp_path: 
         command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     target = count + random.Random(3).randint(100, count - 300)
-    deadline = time.monotonic() + 120
-    while qdrant_points(qdrant) < target:
-        assert run.poll() is None, "the run finished before it could be killed"
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    run.send_signal(signal.SIGKILL)
-    run.wait(10)
+    kill_when(run, lambda: qdrant_points(qdrant) >= target)
     # searches still see all of generation 1 and none of the killed run's writes
     assert asyncio.run(qdrant_state(qdrant)) == (1, count, {"v1"})
 
