@@ -181,8 +181,6 @@ async def _index(job: IndexJob, settings: GatewaySettings) -> None:
     from app.clients import embedder_for
     from app.index.registry import collection_names, open_collection, where
     from app.indexing import Chunker, count_documents, index_documents, read_documents
-    from app.models.paths import model_folder
-    from app.models.tokens import TextTokenizer
 
     embedder = embedder_for(settings)
     with console.status(f"loading the embedder ({embedder.info.model_id})"):
@@ -192,9 +190,7 @@ async def _index(job: IndexJob, settings: GatewaySettings) -> None:
     model = embedder.info
     chunker = None
     if job.chunk_tokens != 0:
-        folder = model_folder(model.model_id, tokenizer_only=True)
-        tokenizer = TextTokenizer.from_folder(folder, model.max_tokens)
-        chunker = Chunker(tokenizer, job.chunk_tokens, job.chunk_overlap)
+        chunker = Chunker.for_model(model, job.chunk_tokens, job.chunk_overlap)
     if job.dry_run and job.collection not in await collection_names(settings):
         from app.indexing import NothingStaged
 

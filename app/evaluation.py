@@ -132,12 +132,8 @@ async def evaluate_search(
     chunker = None
     if config.chunk_tokens:
         from app.indexing import Chunker
-        from app.models.paths import model_folder
-        from app.models.tokens import TextTokenizer
 
-        folder = model_folder(embedder.info.model_id, tokenizer_only=True)
-        tokenizer = TextTokenizer.from_folder(folder, embedder.info.max_tokens)
-        chunker = Chunker(tokenizer, config.chunk_tokens)
+        chunker = Chunker.for_model(embedder.info, config.chunk_tokens)
     try:
         indexed = await index_documents(
             dataset.corpus,

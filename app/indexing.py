@@ -23,7 +23,7 @@ from app.errors import InvalidInput
 from app.index import VectorIndex, content_hash
 from app.models import Embedder, Embeddings
 from app.models.tokens import TextTokenizer
-from app.types import Document, InputType, Truncate
+from app.types import Document, InputType, ModelInfo, Truncate
 
 InputFormat = Literal["auto", "jsonl", "csv", "dir"]
 TEXT_SUFFIXES = (".txt", ".md", ".markdown")
@@ -206,6 +206,17 @@ class Chunker:
         self._tok = tokenizer
         self.max_tokens = min(max_tokens or tokenizer.window, tokenizer.window)
         self.overlap = overlap
+
+    @classmethod
+    def for_model(
+        cls, model: ModelInfo, max_tokens: int | None = None, overlap: int = 32
+    ) -> Chunker:
+        """Chunks that fit `model`'s window, cut with its own tokenizer (fetched alone when
+        the model is remote: chunking needs no weights)."""
+        from app.models.paths import model_folder
+
+        folder = model_folder(model.model_id, tokenizer_only=True)
+        return cls(TextTokenizer.from_folder(folder, model.max_tokens), max_tokens, overlap)
 
     def split(self, doc: Document) -> list[Document]:
         title_tokens = len(self._tok.spans(doc.title)) + 1 if doc.title else 0

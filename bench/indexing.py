@@ -34,8 +34,6 @@ async def _index_run(path: Path, index_dir: Path, fake_dim: int | None) -> dict[
     from app.indexing import Chunker, index_documents, read_documents
     from app.models import build_embedder
     from app.models.fake import FakeEmbedder
-    from app.models.paths import model_folder
-    from app.models.tokens import TextTokenizer
 
     embedder: Any = (
         FakeEmbedder(dimension=fake_dim) if fake_dim else build_embedder(EmbedderSettings())
@@ -44,8 +42,7 @@ async def _index_run(path: Path, index_dir: Path, fake_dim: int | None) -> dict[
     info = embedder.info
     chunker = None
     if not fake_dim:
-        tokenizer = TextTokenizer.from_folder(model_folder(info.model_id), info.max_tokens)
-        chunker = Chunker(tokenizer)
+        chunker = Chunker.for_model(info)
     index = await FaissIndex.create(index_dir, "bench", info.model_id, info.dimension or 0)
     # throughput keeps the passages (the raw baseline encodes the same ones); the memory run
     # only counts them, or the bench's own lists would be the memory growth it measures
