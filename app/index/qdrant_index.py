@@ -194,7 +194,12 @@ class QdrantIndex:
         try:
             meta = await _meta(client, name)
             if meta is None:
-                meta = {"model": model_id, "dimension": dimension, "generation": 0}
+                meta = {
+                    "model": model_id,
+                    "dimension": dimension,
+                    "generation": 0,
+                    "format": _FORMAT,
+                }
                 await client.create_collection(
                     name,
                     vectors_config=models.VectorParams(
@@ -206,7 +211,7 @@ class QdrantIndex:
                     ),
                     shard_number=options.shards,
                     replication_factor=options.replication_factor,
-                    metadata={_META_KEY: {**meta, "format": _FORMAT}},
+                    metadata={_META_KEY: meta},
                 )
                 for field, schema in (
                     ("id", models.PayloadSchemaType.KEYWORD),
@@ -354,9 +359,7 @@ class QdrantIndex:
                 "run the indexer again"
             )
         meta["generation"] = staged
-        await self._client.update_collection(
-            self._name, metadata={_META_KEY: {**meta, "format": _FORMAT}}
-        )
+        await self._client.update_collection(self._name, metadata={_META_KEY: meta})
         self._generation = staged
         log.info(
             "generation_published", collection=self._name, generation=staged, backend=self.backend
@@ -478,9 +481,7 @@ async def _meta(client: Any, name: str) -> dict[str, Any] | None:
             "index again",
             field="collection",
         )
-    value = dict(value)
-    value.pop("format")
-    return value
+    return dict(value)
 
 
 def _view(generation: int, filter: Filter | None = None, extra: list[Any] | None = None) -> Any:
