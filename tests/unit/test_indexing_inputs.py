@@ -99,18 +99,26 @@ def test_chunks_fit_the_window_overlap_and_keep_provenance(tokenizer: TextTokeni
     assert Chunker(tokenizer).split(short) == [short]
 
 
+LONG_PAPER = Document("paper", " ".join(f"w{i}" for i in range(200)))
+SHORT_PAPER = Document("paper", "now a short paper")
+
+
+async def chunking(
+    tmp_path: Path, tokenizer: TextTokenizer
+) -> tuple[FakeEmbedder, FaissIndex, Chunker]:
+    """A fake embedder with a 64-token window, its index, and a chunker without overlap."""
+    embedder = FakeEmbedder(model_id="fake", max_tokens=64)
+    return embedder, await open_index(tmp_path, embedder), Chunker(tokenizer, overlap=0)
+
+
 async def test_shorter_new_version_deletes_its_stale_chunks(
     tmp_path: Path, tokenizer: TextTokenizer
 ) -> None:
-    embedder = FakeEmbedder(model_id="fake", max_tokens=64)
-    index = await open_index(tmp_path, embedder)
-    chunker = Chunker(tokenizer, overlap=0)
-    long = Document("paper", " ".join(f"w{i}" for i in range(200)))
-    first = await index_documents([long], index, embedder, chunker=chunker)
+    embedder, index, chunker = await chunking(tmp_path, tokenizer)
+    first = await index_documents([LONG_PAPER], index, embedder, chunker=chunker)
     chunk_count = first.records_written
     assert chunk_count > 2 and first.added == 1
-    shorter = Document("paper", "now a short paper")
-    second = await index_documents([shorter], index, embedder, chunker=chunker)
+    second = await index_documents([SHORT_PAPER], index, embedder, chunker=chunker)
     assert (second.updated, second.records_written, second.records_removed) == (1, 1, chunk_count)
     assert await index.children(["paper"]) != {}
     assert list((await index.children(["paper"]))["paper"]) == ["paper"]
@@ -122,14 +130,8 @@ async def test_id_repeated_in_the_next_batch_sees_the_batch_before(
 ) -> None:
     # batch N+1 is embedded while batch N is written; a repeated id must still be diffed
     # against batch N's chunks, or the long version's extra chunks would survive
-    embedder = FakeEmbedder(model_id="fake", max_tokens=64)
-    index = await open_index(tmp_path, embedder)
-    chunker = Chunker(tokenizer, overlap=0)
-    docs = [
-        Document("paper", " ".join(f"w{i}" for i in range(200))),
-        Document("paper", "now a short paper"),
-        Document("other", "another document"),
-    ]
+    embedder, index, chunker = await chunking(tmp_path, tokenizer)
+    docs = [LONG_PAPER, SHORT_PAPER, Document("other", "another document")]
     report = await index_documents(docs, index, embedder, chunker=chunker, batch_size=1)
     assert (report.read, report.added, report.updated) == (3, 2, 1)
     assert list((await index.children(["paper"]))["paper"]) == ["paper"]
