@@ -64,6 +64,16 @@ class BreakerPolicy:
     half_open_probes: int = 1  # concurrent trial calls while half-open
 
 
+@dataclass(frozen=True)
+class Permit:
+    """What `CircuitBreaker.allow` handed out: under which state (its epoch) and whether as a
+    half-open probe. A verdict only counts for the state that admitted the call: a call let
+    through while closed that ends after the breaker tripped says nothing about the probe."""
+
+    epoch: int
+    probe: bool
+
+
 class CircuitBreaker:
     """Closed -> (failures) -> open -> (recovery_s) -> half-open -> (probe ok) -> closed."""
 
@@ -72,6 +82,7 @@ class CircuitBreaker:
         self.policy = policy
         self._clock = clock
         self._state = BreakerState.CLOSED
+        self._epoch = 0  # bumped on every state change
         self._opened_at = 0.0
         self._consecutive = 0
         self._events: deque[tuple[float, bool]] = deque()
@@ -87,25 +98,27 @@ class CircuitBreaker:
             self._move(BreakerState.HALF_OPEN)
         return self._state
 
-    def allow(self) -> None:
-        """Claim permission for one call.
+    def allow(self) -> Permit:
+        """Claim permission for one call; hand the permit back with `record` or `release`.
 
         Raises:
             CircuitOpen: open, or half-open with its probes already out.
         """
         state = self.state
         if state is BreakerState.CLOSED:
-            return
+            return Permit(self._epoch, probe=False)
         if state is BreakerState.HALF_OPEN and self._probes < self.policy.half_open_probes:
             self._probes += 1
-            return
+            return Permit(self._epoch, probe=True)
         wait = max(0.0, self.policy.recovery_s - (self._clock() - self._opened_at))
         raise CircuitOpen(f"{self.name} circuit is open", retry_after_s=max(1.0, wait))
 
-    def record(self, ok: bool) -> None:
+    def record(self, permit: Permit, ok: bool) -> None:
         """The outcome of a call that `allow` let through."""
+        if permit.epoch != self._epoch:
+            return  # admitted under an earlier state: stale news
         now = self._clock()
-        if self._state is BreakerState.HALF_OPEN:
+        if permit.probe:
             self._probes = max(0, self._probes - 1)
             if ok:
                 self._reset()
@@ -122,30 +135,28 @@ class CircuitBreaker:
             len(self._events) >= self.policy.min_calls
             and failures / len(self._events) >= self.policy.error_rate
         )
-        if self._state is BreakerState.CLOSED and (
-            self._consecutive >= self.policy.failure_threshold or rate_tripped
-        ):
+        if self._consecutive >= self.policy.failure_threshold or rate_tripped:
             self._trip(now)
 
     async def call(self, work: Callable[[], Awaitable[T]]) -> T:
-        self.allow()
+        permit = self.allow()
         try:
             result = await work()
         except NOT_A_FAULT:
-            self.record(True)  # the component answered; the request was the problem
+            self.record(permit, True)  # the component answered; the request was the problem
             raise
         except (BudgetExhausted, asyncio.CancelledError):
-            self.release()  # cut short by the caller: says nothing about the dependency
+            self.release(permit)  # cut short by the caller: says nothing about the dependency
             raise
         except BaseException:
-            self.record(False)
+            self.record(permit, False)
             raise
-        self.record(True)
+        self.record(permit, True)
         return result
 
-    def release(self) -> None:
+    def release(self, permit: Permit) -> None:
         """A call `allow` let through ended without a verdict; free its probe slot."""
-        if self._state is BreakerState.HALF_OPEN:
+        if permit.probe and permit.epoch == self._epoch:
             self._probes = max(0, self._probes - 1)
 
     def _trip(self, now: float) -> None:
@@ -160,6 +171,7 @@ class CircuitBreaker:
 
     def _move(self, state: BreakerState) -> None:
         if state is not self._state:
+            self._epoch += 1
             log.warning("circuit_state", circuit=self.name, state=state.name.lower())
             metrics.CIRCUIT_TRANSITIONS.labels(self.name, state.name.lower()).inc()
         self._state = state

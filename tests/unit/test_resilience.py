@@ -101,6 +101,59 @@ async def test_half_open_lets_only_the_allowed_probes_through() -> None:
     assert breaker.state is BreakerState.CLOSED
 
 
+async def test_a_call_admitted_before_the_trip_neither_frees_nor_decides_a_probe() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker("t-stale", BreakerPolicy(failure_threshold=1, recovery_s=1), clock)
+    gates = [asyncio.Event(), asyncio.Event()]
+
+    async def waits(gate: asyncio.Event, outcome: str) -> str:
+        await gate.wait()
+        if outcome == "fail":
+            raise Unavailable("down")
+        return outcome
+
+    # admitted while closed, still running when the breaker trips and goes half-open
+    early = asyncio.ensure_future(breaker.call(lambda: waits(gates[0], "ok")))
+    await asyncio.sleep(0)
+    with pytest.raises(Unavailable):
+        await breaker.call(fail)
+    clock.now += 1
+    probe = asyncio.ensure_future(breaker.call(lambda: waits(gates[1], "fail")))
+    await asyncio.sleep(0)
+
+    early.cancel()  # ends without a verdict: must not free the probe's slot
+    with pytest.raises(asyncio.CancelledError):
+        await early
+    with pytest.raises(CircuitOpen):
+        await breaker.call(ok)
+    assert breaker.state is BreakerState.HALF_OPEN
+
+    gates[1].set()  # the real probe fails: open again
+    with pytest.raises(Unavailable):
+        await probe
+    assert breaker.state is BreakerState.OPEN
+
+
+async def test_a_late_success_from_before_the_trip_does_not_close_the_breaker() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker("t-late", BreakerPolicy(failure_threshold=1, recovery_s=1), clock)
+    gate = asyncio.Event()
+
+    async def slow_ok() -> str:
+        await gate.wait()
+        return "ok"
+
+    early = asyncio.ensure_future(breaker.call(slow_ok))
+    await asyncio.sleep(0)
+    with pytest.raises(Unavailable):
+        await breaker.call(fail)
+    clock.now += 1
+    assert breaker.state is BreakerState.HALF_OPEN
+    gate.set()
+    assert await early == "ok"
+    assert breaker.state is BreakerState.HALF_OPEN  # only a probe decides
+
+
 async def test_error_rate_over_the_window_opens() -> None:
     clock = Clock()
     policy = BreakerPolicy(failure_threshold=100, error_rate=0.5, min_calls=10, window_s=30)
