@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -124,11 +125,30 @@ def validate_filter(raw: object) -> Filter | None:
             raise InvalidInput(
                 f"filter.{key} needs 1 to {MAX_FILTER_VALUES} values", field=f"filter.{key}"
             )
-        if not all(isinstance(v, str | int | float | bool) for v in values):
+        if not all(_filter_value(v) for v in values):
             raise InvalidInput(
-                f"filter.{key} values must be strings, numbers or booleans", field=f"filter.{key}"
+                f"filter.{key} values must be strings, booleans, 64-bit integers or finite numbers",
+                field=f"filter.{key}",
             )
     return raw
+
+
+def _filter_value(value: object) -> bool:
+    """A value both backends can store and compare: SQLite and Qdrant hold 64-bit integers,
+    JSON parsers let NaN and lone surrogates through."""
+    if isinstance(value, bool):
+        return True
+    if isinstance(value, int):
+        return -(2**63) <= value < 2**63
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return False
+        return True
+    return False
 
 
 def check_dimension(vectors: FloatArray, dimension: int, collection: str) -> None:

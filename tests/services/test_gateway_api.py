@@ -327,6 +327,16 @@ async def test_filter_over_http(gateway_env: GatewaySettings) -> None:
                 422,
                 "invalid_request",
             )
+        # values JSON parsers let through but no index can hold: a client error every time,
+        # never a 5xx, and never counted against the index (its breaker stays closed)
+        for raw in ("100000000000000000000000", "NaN", '"\\udc80"', '["x", 1e999]'):
+            body = '{"query": "q", "filter": {"topic": ' + raw + "}}"
+            reply = await client.post(
+                "/v1/search", content=body, headers={"content-type": "application/json"}
+            )
+            assert_error(reply, 422, "invalid_request", "filter.topic")
+        ready = (await client.get("/ready")).json()["components"]
+        assert ready["circuits"]["index"] == "closed"
 
 
 async def test_admin_reload_picks_up_a_new_generation_at_once(gateway_env: GatewaySettings) -> None:
