@@ -100,7 +100,9 @@ def content_hash(document: Document) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-FILTER_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+# Top-level metadata fields only: no dots, which Qdrant reads as a path into nested objects
+# and SQLite's JSON functions would read as a literal key -- the backends would disagree.
+FILTER_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$")
 MAX_FILTER_CONDITIONS = 16
 MAX_FILTER_VALUES = 1024
 
@@ -119,7 +121,11 @@ def validate_filter(raw: object) -> Filter | None:
         raise InvalidInput(f"at most {MAX_FILTER_CONDITIONS} filter conditions", field="filter")
     for key, value in raw.items():
         if not isinstance(key, str) or not FILTER_KEY.fullmatch(key):
-            raise InvalidInput(f"filter field {key!r} is not a valid metadata name", field="filter")
+            raise InvalidInput(
+                f"filter field {key!r} is not a top-level metadata name (letters, digits, _ "
+                "and -; nested fields cannot be filtered on)",
+                field="filter",
+            )
         values = value if isinstance(value, list) else [value]
         if not values or len(values) > MAX_FILTER_VALUES:
             raise InvalidInput(

@@ -321,7 +321,7 @@ async def test_filter_over_http(gateway_env: GatewaySettings) -> None:
         )
         assert reply.status_code == 200
         assert {r["id"] for r in reply.json()["results"]} == {"rust", "python"}
-        for bad in ({"topic": {"$gt": 1}}, {"": "x"}, [1], {"topic": []}):
+        for bad in ({"topic": {"$gt": 1}}, {"": "x"}, [1], {"topic": []}, {"a.b": "x"}):
             assert_error(
                 await client.post("/v1/search", json={"query": "q", "filter": bad}),
                 422,
