@@ -242,6 +242,12 @@ class GatewaySettings(ServiceSettings):
     )
     embed_timeout_ms: int = Field(2000, ge=1, description="Cap of one query-embedding try.")
     index_timeout_ms: int = Field(2000, ge=1, description="Cap of one ANN search try.")
+    primary_index_timeout_ms: int = Field(
+        500,
+        ge=1,
+        description="With a fallback copy: the primary gets this long before the fallback "
+        "answers (keep it under index_timeout_ms, so the fallback has time).",
+    )
     rerank_timeout_ms: int = Field(4000, ge=1, description="Cap of one rerank try.")
     # -- failure handling ----------------------------------------------------------------------
     retry_attempts: int = Field(

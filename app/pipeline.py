@@ -32,6 +32,7 @@ from app.errors import (
     InputTooLong,
     InvalidInput,
     Overloaded,
+    PayloadTooLarge,
     SemsearchError,
 )
 from app.index import AnnResult, VectorIndex, validate_filter
@@ -262,7 +263,7 @@ class SearchPipeline:
     async def _search(self, query: SearchQuery, deadline: Deadline) -> SearchResult:
         started = time.perf_counter()
         timings: dict[str, float] = {}
-        index = await self.collections.get(query.collection)
+        index = await self.collections.get(query.collection, deadline.remaining())
         text = normalize_query(query.query)
         reranker_model = self.reranker.info.model_id if query.rerank else None
         depth = min(query.rerank_depth or self.config.rerank_depth, query.candidates)
@@ -328,11 +329,15 @@ class SearchPipeline:
 
     def _validate(self, query: SearchQuery) -> None:
         config = self.config
-        if len(query.query) > config.max_query_chars:
-            raise InvalidInput(
-                f"query is {len(query.query)} characters; the limit is {config.max_query_chars}",
-                field="query",
-            )
+        # The limit holds for what gets embedded: NFKC can make one character many ("\ufdfa"
+        # is 18), and the raw length is checked first so a huge query is not normalized.
+        for length in (len(query.query), len(normalize_query(query.query))):
+            if length > config.max_query_chars:
+                raise InvalidInput(
+                    f"query is {length} characters (after Unicode normalization); the limit "
+                    f"is {config.max_query_chars}",
+                    field="query",
+                )
         if not 1 <= query.top_k <= config.max_top_k:
             raise InvalidInput(f"top_k must be between 1 and {config.max_top_k}", field="top_k")
         if not 1 <= query.candidates <= config.max_candidates:
@@ -369,6 +374,10 @@ class SearchPipeline:
             )
         except InputTooLong as exc:
             raise InvalidInput(exc.message.replace("input 0", "the query"), field="query") from exc
+        except PayloadTooLarge as exc:  # over the embedder service's own limits
+            raise InvalidInput(
+                f"the embedder refused the query: {exc.message}", field="query"
+            ) from exc
         except (InvalidInput, Overloaded, DeadlineExceeded):
             raise
         except CircuitOpen as exc:
@@ -395,6 +404,11 @@ class SearchPipeline:
             return await self.guards.index.run(lambda: index.search(vector, k, filter), deadline)
         except (InvalidInput, Overloaded, DeadlineExceeded):
             raise
+        except CircuitOpen as exc:
+            raise IndexUnavailable(
+                f"the index is failing (circuit open): {exc.message}",
+                retry_after_s=exc.retry_after_s,
+            ) from exc
         except Exception as exc:
             reason = exc.message if isinstance(exc, SemsearchError) else repr(exc)
             raise IndexUnavailable(f"the index cannot be searched: {reason}") from exc

@@ -1,4 +1,4 @@
-"""FallbackIndex: search the primary; when it fails (or its breaker is open), the fallback.
+"""FallbackIndex: search the primary; when it fails, hangs, or its breaker is open, the fallback.
 
 Compose: Qdrant primary, FAISS fallback. GPU machine: FAISS on the GPU, FAISS on the CPU.
 Writes go to both, so either can serve; a document counts as indexed only when both agree.
@@ -6,7 +6,8 @@ Writes go to both, so either can serve; a document counts as indexed only when b
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
 
 from app.errors import IndexUnavailable, InvalidInput, SemsearchError
 from app.index import AnnResult, VectorIndex
@@ -17,11 +18,64 @@ from app.types import Document, Filter, FloatArray
 log = get_logger(__name__)
 
 
+class UnopenedIndex:
+    """The primary of a collection that could not be opened when the gateway did (Qdrant not
+    answering, a generation that fails to load). Its searches fail, so the fallback copy
+    answers, flagged degraded; `FallbackIndex.reload` keeps trying `open` and swaps in the
+    real index once it works."""
+
+    def __init__(
+        self,
+        backend: str,
+        like: VectorIndex,
+        reason: str,
+        opener: Callable[[], Awaitable[VectorIndex]],
+    ) -> None:
+        self.backend = backend
+        self.collection = like.collection
+        self.model_id = like.model_id
+        self.dimension = like.dimension
+        self.generation = 0
+        self.reason = reason
+        self.open = opener
+
+    def _unavailable(self) -> IndexUnavailable:
+        return IndexUnavailable(f"the {self.backend} index could not be opened: {self.reason}")
+
+    async def count(self) -> int:
+        raise self._unavailable()
+
+    async def search(self, vectors: FloatArray, k: int, filter: Filter | None = None) -> AnnResult:
+        raise self._unavailable()
+
+    async def children(self, parents: Sequence[str]) -> dict[str, dict[str, str]]:
+        raise self._unavailable()
+
+    async def upsert(self, documents: Sequence[Document], vectors: FloatArray) -> None:
+        raise self._unavailable()
+
+    async def delete(self, ids: Sequence[str]) -> int:
+        raise self._unavailable()
+
+    async def publish(self) -> int | None:
+        raise self._unavailable()
+
+    async def reload(self) -> bool:
+        return False  # FallbackIndex.reload opens it
+
+    async def close(self) -> None:
+        return None
+
+
 class FallbackIndex:
     """A `VectorIndex` made of a primary and a fallback holding the same collection."""
 
     def __init__(
-        self, primary: VectorIndex, fallback: VectorIndex, breaker: CircuitBreaker
+        self,
+        primary: VectorIndex,
+        fallback: VectorIndex,
+        breaker: CircuitBreaker,
+        primary_timeout_s: float | None = None,
     ) -> None:
         if primary.model_id != fallback.model_id or primary.dimension != fallback.dimension:
             raise SemsearchError(
@@ -31,6 +85,9 @@ class FallbackIndex:
         self.primary = primary
         self.fallback = fallback
         self.breaker = breaker
+        # A primary that hangs (Qdrant stopped, a network partition) must fail over while the
+        # request still has time for the fallback, not after the stage's whole timeout.
+        self.primary_timeout_s = primary_timeout_s
 
     @property
     def backend(self) -> str:
@@ -60,7 +117,7 @@ class FallbackIndex:
 
     async def search(self, vectors: FloatArray, k: int, filter: Filter | None = None) -> AnnResult:
         try:
-            return await self.breaker.call(lambda: self.primary.search(vectors, k, filter))
+            return await self.breaker.call(lambda: self._search_primary(vectors, k, filter))
         except InvalidInput:
             raise
         except Exception as exc:
@@ -74,6 +131,20 @@ class FallbackIndex:
                 f"{exc!r}"
             ) from exc
         return AnnResult(result.hits, result.backend, result.generation, degraded=True)
+
+    async def _search_primary(
+        self, vectors: FloatArray, k: int, filter: Filter | None
+    ) -> AnnResult:
+        if self.primary_timeout_s is None:
+            return await self.primary.search(vectors, k, filter)
+        try:
+            return await asyncio.wait_for(
+                self.primary.search(vectors, k, filter), self.primary_timeout_s
+            )
+        except TimeoutError:
+            raise IndexUnavailable(
+                f"the primary index did not answer within {self.primary_timeout_s:.2f}s"
+            ) from None
 
     async def children(self, parents: Sequence[str]) -> dict[str, dict[str, str]]:
         """Records count as present only where both copies agree (so a record one copy missed
@@ -106,12 +177,33 @@ class FallbackIndex:
     async def reload(self) -> bool:
         """Each copy separately: a primary that is down must not keep the fallback stale."""
         try:
-            primary = await self.primary.reload()
+            if isinstance(self.primary, UnopenedIndex):
+                primary = await self._open_primary(self.primary)
+            else:
+                primary = await self.primary.reload()
         except IndexUnavailable as exc:
             log.warning("primary_reload_failed", collection=self.collection, reason=exc.message)
             primary = False
         fallback = await self.fallback.reload()
         return primary or fallback
+
+    async def _open_primary(self, unopened: UnopenedIndex) -> bool:
+        try:
+            opened = await unopened.open()
+        except Exception as exc:
+            reason = exc.message if isinstance(exc, SemsearchError) else repr(exc)
+            log.debug("primary_still_unopened", collection=self.collection, reason=reason)
+            return False
+        if (opened.model_id, opened.dimension) != (self.model_id, self.dimension):
+            await opened.close()
+            raise InvalidInput(
+                f"the primary index of {self.collection!r} holds vectors of "
+                f"{opened.model_id!r}, its fallback copy of {self.model_id!r}",
+                field="collection",
+            )
+        self.primary = opened
+        log.info("primary_index_opened", collection=self.collection, generation=opened.generation)
+        return True
 
     async def close(self) -> None:
         await self.primary.close()

@@ -8,10 +8,10 @@ from pathlib import Path
 
 from app import metrics
 from app.config import GatewaySettings
-from app.errors import IndexUnavailable, NotFound
+from app.errors import DeadlineExceeded, IndexUnavailable, NotFound, SemsearchError
 from app.index import VectorIndex
 from app.index.faiss_index import FaissIndex, FaissOptions
-from app.index.fallback import FallbackIndex
+from app.index.fallback import FallbackIndex, UnopenedIndex
 from app.index.generations import CollectionLayout, validate_collection_name
 from app.index.qdrant_index import QdrantIndex, QdrantOptions, list_collections
 from app.logs import get_logger
@@ -45,27 +45,38 @@ async def open_collection(
             return await FaissIndex.create(index_dir, name, *create, options=options)
         return await FaissIndex.open(index_dir, name, options)
 
-    primary: VectorIndex | None = None
-    if settings.index_backend == "qdrant":
-        try:
+    async def open_primary() -> VectorIndex:
+        if settings.index_backend == "qdrant":
             if create is not None:
-                primary = await QdrantIndex.create(qdrant, name, *create)
-            else:
-                primary = await QdrantIndex.open(qdrant, name)
-        except IndexUnavailable:
-            if create is not None or settings.fallback_index_dir is None:
-                raise
-            # Qdrant is down as the gateway starts: the fallback copy serves until it answers
-    else:
-        primary = await faiss_at(settings.index_dir)
-    if settings.fallback_index_dir is None:
-        assert primary is not None
-        return primary
+                return await QdrantIndex.create(qdrant, name, *create)
+            return await QdrantIndex.open(qdrant, name)
+        return await faiss_at(settings.index_dir)
+
+    if settings.fallback_index_dir is None or create is not None:
+        primary = await open_primary()
+        if settings.fallback_index_dir is None:
+            return primary
+        try:
+            fallback = await faiss_at(settings.fallback_index_dir)
+        except BaseException:
+            await primary.close()
+            raise
+        return _with_fallback(settings, primary, fallback)
+
+    # Serving with a fallback copy: a primary that cannot be opened now (Qdrant down as the
+    # gateway starts, a generation that fails to load) must not keep the copy from serving.
+    failure: Exception | None = None
+    try:
+        primary = await open_primary()
+    except NotFound:
+        raise
+    except Exception as exc:
+        failure = exc
     try:
         fallback = await faiss_at(settings.fallback_index_dir)
     except NotFound:
-        if primary is None:
-            raise
+        if failure is not None:
+            raise failure from None
         # indexed before the fallback was configured: serve what there is
         log.warning(
             "fallback_copy_missing",
@@ -74,14 +85,25 @@ async def open_collection(
         )
         return primary
     except BaseException:
-        if primary is not None:
+        if failure is None:
             await primary.close()
         raise
-    if primary is None:
-        log.warning("primary_index_unreachable", collection=name, serving="fallback copy")
-        primary = QdrantIndex.unreached(qdrant, name, fallback.model_id, fallback.dimension)
-    breaker = CircuitBreaker(f"index:{name}", breaker_policy(settings))
-    return FallbackIndex(primary, fallback, breaker)
+    if failure is not None:
+        reason = failure.message if isinstance(failure, SemsearchError) else repr(failure)
+        log.warning("primary_index_unopened", collection=name, reason=reason, serving="fallback")
+        primary = UnopenedIndex(settings.index_backend, fallback, reason, open_primary)
+    return _with_fallback(settings, primary, fallback)
+
+
+def _with_fallback(
+    settings: GatewaySettings, primary: VectorIndex, fallback: VectorIndex
+) -> FallbackIndex:
+    return FallbackIndex(
+        primary,
+        fallback,
+        CircuitBreaker(f"index:{fallback.collection}", breaker_policy(settings)),
+        primary_timeout_s=settings.primary_index_timeout_ms / 1000,
+    )
 
 
 async def collection_names(settings: GatewaySettings) -> list[str]:
@@ -126,7 +148,7 @@ class Collections:
         self._opener = opener
         self._discover = discover
         self._open: dict[str, VectorIndex] = {}
-        self._lock = asyncio.Lock()
+        self._opening: dict[str, asyncio.Task[VectorIndex]] = {}
 
     @classmethod
     def from_settings(cls, settings: GatewaySettings) -> Collections:
@@ -146,28 +168,53 @@ class Collections:
             except Exception as exc:  # one broken collection must not keep the rest down
                 log.error("collection_open_failed", collection=name, error=repr(exc))
 
-    async def get(self, name: str) -> VectorIndex:
-        """The open collection `name`.
+    async def get(self, name: str, wait_s: float | None = None) -> VectorIndex:
+        """The open collection `name`, opening it on first use.
+
+        One opening per name at a time, shared by the requests that wait for it; other names
+        do not wait behind it. A request stops waiting after `wait_s` (its deadline), while
+        the opening goes on for the next one.
 
         Raises:
             InvalidInput: `name` is not a valid collection name.
             NotFound: no such collection.
+            IndexUnavailable: it exists but could not be opened.
+            DeadlineExceeded: not opened within `wait_s`.
         """
         index = self._open.get(name)
         if index is not None:
             return index
         validate_collection_name(name)
-        async with self._lock:
-            if name not in self._open:
-                try:
-                    self._open[name] = await self._opener(name)
-                except NotFound:
-                    known = ", ".join(sorted(self._open)) or "none yet"
-                    raise NotFound(
-                        f"collection {name!r} does not exist (known: {known})", field="collection"
-                    ) from None
-                await self._observe(self._open[name])
-            return self._open[name]
+        opening = self._opening.get(name)
+        if opening is None:
+            opening = asyncio.create_task(self._open_one(name))
+            self._opening[name] = opening
+            opening.add_done_callback(lambda task: self._opened(name, task))
+        try:
+            return await asyncio.wait_for(asyncio.shield(opening), wait_s)
+        except TimeoutError:
+            raise DeadlineExceeded(f"collection {name!r} did not open in time") from None
+
+    async def _open_one(self, name: str) -> VectorIndex:
+        try:
+            index = await self._opener(name)
+        except NotFound:
+            known = ", ".join(sorted(self._open)) or "none yet"
+            raise NotFound(
+                f"collection {name!r} does not exist (known: {known})", field="collection"
+            ) from None
+        except SemsearchError:
+            raise
+        except Exception as exc:  # a corrupt file, a driver error: unavailable, not a crash
+            raise IndexUnavailable(f"collection {name!r} could not be opened: {exc!r}") from exc
+        self._open[name] = index
+        await self._observe(index)
+        return index
+
+    def _opened(self, name: str, task: asyncio.Task[VectorIndex]) -> None:
+        self._opening.pop(name, None)
+        if not task.cancelled():
+            task.exception()  # retrieved: every waiter may have given up already
 
     async def reload(self) -> list[str]:
         """Pick up newly published generations; returns the collections that changed."""
@@ -199,6 +246,8 @@ class Collections:
         return out
 
     async def close(self) -> None:
+        for task in list(self._opening.values()):
+            task.cancel()
         for index in self._open.values():
             await index.close()
         self._open.clear()

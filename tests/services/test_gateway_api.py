@@ -90,6 +90,7 @@ async def test_second_query_is_cached_and_request_ids_differ(gateway_env: Gatewa
         ({"query": ""}, 422, "invalid_request", "query"),
         ({"query": "   "}, 422, "invalid_request", "query"),
         ({"query": "x" * 2049}, 422, "invalid_request", "query"),
+        ({"query": "\ufdfa" * 2000}, 422, "invalid_request", "query"),  # 36,000 after NFKC
         ({"query": 5}, 422, "invalid_request", "query"),
         ({}, 422, "invalid_request", "query"),
         ({"query": "q", "top_k": 0}, 422, "invalid_request", "top_k"),

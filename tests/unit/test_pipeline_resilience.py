@@ -16,9 +16,10 @@ from app.errors import (
     IndexUnavailable,
     InvalidInput,
     Overloaded,
+    PayloadTooLarge,
     Unavailable,
 )
-from app.index import AnnResult
+from app.index import AnnResult, VectorIndex
 from app.index.registry import Collections
 from app.models.fake import FakeEmbedder, FakeReranker
 from app.pipeline import Guards, PipelineConfig, SearchPipeline
@@ -257,3 +258,111 @@ async def test_no_fallback_and_a_failing_index_is_503(small_collection: Path) ->
     index.search = failing  # type: ignore[method-assign]
     with pytest.raises(IndexUnavailable, match="disk gone"):
         await pipeline.search(q())
+
+
+async def test_a_hanging_primary_index_fails_over_to_the_fallback_in_time(
+    tmp_path: Path, fake_embedder: FakeEmbedder
+) -> None:
+    for where in ("primary", "fallback"):
+        index = await build_collection(tmp_path / where, "default", SMALL_DOCS, fake_embedder)
+        await index.close()
+    settings = GatewaySettings(
+        index_dir=tmp_path / "primary",
+        fallback_index_dir=tmp_path / "fallback",
+        primary_index_timeout_ms=200,
+        breaker_failure_threshold=2,
+    )
+    pipeline = await pipeline_for(settings, fake_embedder, FakeReranker(model_id="fake-reranker"))
+    index = await pipeline.collections.get("default")
+
+    async def hangs(vectors, k, filter=None):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(3600)  # Qdrant stopped, or a network partition: no answer at all
+
+    index.primary.search = hangs  # type: ignore[attr-defined]
+    loop = asyncio.get_running_loop()
+    for i in range(4):
+        started = loop.time()
+        result = await pipeline.search(q(f"Berlin Germany {i}", timeout_ms=1000))
+        assert loop.time() - started < 0.6
+        assert result.degraded == ["index"] and result.results[0].hit.id == "berlin"
+    circuits = pipeline.status()[1]["circuits"]
+    assert circuits["index"] == "closed"  # the stage answered every time, from the fallback
+    assert pipeline.collections.status()["default"]["primary_circuit"] == "open"
+
+
+async def test_a_primary_that_fails_to_open_leaves_the_fallback_serving_until_it_opens(
+    tmp_path: Path, fake_embedder: FakeEmbedder
+) -> None:
+    for where in ("primary", "fallback"):
+        index = await build_collection(tmp_path / where, "default", SMALL_DOCS, fake_embedder)
+        await index.close()
+    [stored] = (tmp_path / "primary" / "default").glob("generations/gen-*/index.faiss")
+    good = stored.read_bytes()
+    stored.write_bytes(b"not a faiss index")
+    settings = GatewaySettings(
+        index_dir=tmp_path / "primary", fallback_index_dir=tmp_path / "fallback"
+    )
+    pipeline = await pipeline_for(settings, fake_embedder, FakeReranker(model_id="fake-reranker"))
+    assert pipeline.status()[0] is True
+    result = await pipeline.search(q())
+    assert result.degraded == ["index"] and result.results[0].hit.id == "berlin"
+
+    stored.write_bytes(good)  # repaired (in real life: a new generation published)
+    await pipeline.refresh()
+    result = await pipeline.search(q("Berlin Germany again"))
+    assert result.degraded == [] and result.index_backend == "faiss"
+
+
+async def test_opening_a_collection_is_bounded_by_the_deadline_and_blocks_no_other(
+    small_collection: Path,
+) -> None:
+    from app.index.faiss_index import FaissIndex
+
+    released = asyncio.Event()
+    openings: list[str] = []
+
+    async def opener(name: str) -> VectorIndex:
+        openings.append(name)
+        if name == "slow":
+            await released.wait()  # a Qdrant that accepts connections and never answers
+        if name == "broken":
+            raise RuntimeError("Error in faiss::read_index: bad magic")
+        return await FaissIndex.open(small_collection, "default")
+
+    async def discover() -> list[str]:
+        return []
+
+    collections = Collections(opener, discover)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    slow = [asyncio.ensure_future(collections.get("slow", wait_s=0.3)) for _ in range(2)]
+    fast = await collections.get("fast", wait_s=0.3)
+    assert fast.collection == "default" and loop.time() - started < 0.2
+    for waiter in slow:
+        with pytest.raises(DeadlineExceeded):
+            await waiter
+    assert loop.time() - started < 0.6
+    assert openings.count("slow") == 1  # the waiters shared one opening
+
+    released.set()  # the opening went on without them: the next request finds it open
+    assert (await collections.get("slow", wait_s=1)).collection == "default"
+    with pytest.raises(IndexUnavailable, match="bad magic"):
+        await collections.get("broken")
+    await collections.close()
+
+
+async def test_a_query_the_embedder_service_refuses_as_too_large_is_a_client_error(
+    small_collection: Path,
+) -> None:
+    class Refuses(FakeEmbedder):
+        async def embed(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            raise PayloadTooLarge("input[0] is 36000 characters; the limit is 32000")
+
+    settings = GatewaySettings(index_dir=small_collection)
+    pipeline = await pipeline_for(
+        settings, Refuses(model_id="fake-embedder"), FakeReranker(model_id="fake-reranker")
+    )
+    with pytest.raises(InvalidInput, match="the limit is 32000") as raised:
+        await pipeline.search(q())
+    assert raised.value.field == "query"
+    assert pipeline.status()[1]["circuits"]["embedder"] == "closed"
