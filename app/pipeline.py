@@ -419,7 +419,7 @@ class SearchPipeline:
             log.info("rerank_skipped", reason="deadline", remaining_ms=deadline.remaining() * 1000)
             return None
         try:
-            return await self.guards.rerank.run(
+            scores = await self.guards.rerank.run(
                 lambda: self.reranker.score(text, [h.passage for h in hits], Truncate.END),
                 deadline,
             )
@@ -430,6 +430,11 @@ class SearchPipeline:
             down = not self.reranker.ready or isinstance(exc, CircuitOpen)
             (log.debug if down else log.warning)("rerank_skipped", reason=reason)
             return None
+        if not all(math.isfinite(score) for score in scores):
+            # an overflowing half-precision model, a broken export: no order can be made of it
+            log.warning("rerank_skipped", reason="the reranker returned non-finite scores")
+            return None
+        return scores
 
 
 def fuse(ann: Sequence[float], rerank: Sequence[float], weight: float) -> list[float]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -366,3 +367,21 @@ async def test_a_query_the_embedder_service_refuses_as_too_large_is_a_client_err
         await pipeline.search(q())
     assert raised.value.field == "query"
     assert pipeline.status()[1]["circuits"]["embedder"] == "closed"
+
+
+async def test_non_finite_rerank_scores_degrade_instead_of_breaking_the_answer(
+    small_collection: Path,
+) -> None:
+    class Overflows(FakeReranker):
+        async def score(
+            self, query: str, passages: Sequence[str], truncate: Truncate = Truncate.END
+        ) -> list[float]:
+            return [float("nan")] + [1.0] * (len(passages) - 1)
+
+    settings = GatewaySettings(index_dir=small_collection)
+    pipeline = await pipeline_for(
+        settings, FakeEmbedder(model_id="fake-embedder"), Overflows(model_id="fake-reranker")
+    )
+    result = await pipeline.search(q())
+    assert result.degraded == ["reranker"] and result.results[0].hit.id == "berlin"
+    assert all(math.isfinite(r.score) for r in result.results)
