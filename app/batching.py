@@ -5,7 +5,9 @@ by a padded-token budget (longest item x items, which is what a forward pass rea
 by a short maximum wait, grouping items of similar length so little compute is spent on padding.
 The model runs on a worker thread while the next batch accumulates; the queue is bounded and a
 request that does not fit is refused at once (429) instead of waiting. Items whose caller went
-away (its task was cancelled, e.g. on client disconnect) are dropped before compute.
+away (its task was cancelled, e.g. on client disconnect) are dropped before compute, and stop
+counting toward the bound at once. A request larger than the whole queue is admitted only when
+nothing else waits, and is fed in pieces that fit.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Generic, TypeVar
 
 from app import metrics
@@ -47,6 +50,8 @@ class _Entry(Generic[T, R]):
     size: int
     future: asyncio.Future[R]
     enqueued: float = field(default_factory=time.perf_counter)
+    queued: bool = True  # waiting in `_pending` (not yet taken into a batch)
+    request: list[_Entry[T, R]] = field(default_factory=list, repr=False)  # all its items
     batch: int = -1  # which batch computed it, and how long that batch took
     compute_s: float = 0.0
 
@@ -90,6 +95,11 @@ class BatchQueue(Generic[T, R]):
         self.limits = limits
         self.kind = kind
         self._pending: list[_Entry[T, R]] = []
+        # Live queued items: `_pending` may still hold items whose caller went away.
+        self._queued = 0
+        # Items of an oversized request not queued yet: they hold their place in the bound.
+        self._reserved = 0
+        self._inflight: list[_Entry[T, R]] = []
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._items_per_s = 0.0  # smoothed throughput, for Retry-After
@@ -97,47 +107,80 @@ class BatchQueue(Generic[T, R]):
 
     @property
     def depth(self) -> int:
-        return len(self._pending)
+        """Items waiting for the model (not cancelled, not yet in a batch)."""
+        return self._queued
 
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"batcher-{self.kind}")
 
     async def stop(self) -> None:
+        """Stop batching; every request still waiting (queued or computing) gets `Unavailable`."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        for entry in self._pending:
+        for entry in [*self._inflight, *self._pending]:
             if not entry.future.done():
                 entry.future.set_exception(Unavailable(f"{self.kind} model is shutting down"))
+        self._inflight = []
         self._pending.clear()
 
     async def submit(self, items: Sequence[T]) -> list[R]:
         """Results for `items`, in order.
 
+        A request larger than the whole queue (`max_queued_items`) is admitted when nothing else
+        waits, and queued a piece at a time while its remaining items hold their place, so
+        in-process callers can submit any number of items and the queue stays bounded.
+
         Raises:
             Overloaded: the queue cannot take `len(items)` more items right now (nothing queued).
-            Unavailable: the batcher is not running.
+            Unavailable: the batcher is not running, or stopped before the answer.
         """
         if self._task is None or self._task.done():
             raise Unavailable(f"{self.kind} batcher is not running")
-        if len(self._pending) + len(items) > self.limits.max_queued_items:
+        room = self.limits.max_queued_items
+        waiting = self._queued + self._reserved
+        oversized = len(items) > room
+        if waiting > 0 if oversized else waiting + len(items) > room:
             raise Overloaded(
-                f"{self.kind} queue is full ({len(self._pending)} items waiting)",
+                f"{self.kind} queue is full ({waiting} items waiting)",
                 retry_after_s=self._retry_after(len(items)),
             )
+        if not oversized:
+            return await self._submit(items)
+        results: list[R] = []
+        unqueued = len(items)
+        self._reserved += unqueued
+        try:
+            for start in range(0, len(items), room):
+                piece = items[start : start + room]
+                self._reserved -= len(piece)
+                unqueued -= len(piece)
+                results.extend(await self._submit(piece))
+        finally:
+            self._reserved -= unqueued
+        return results
+
+    async def _submit(self, items: Sequence[T]) -> list[R]:
         loop = asyncio.get_running_loop()
         entries = [_Entry(item, self._size_of(item), loop.create_future()) for item in items]
+        for entry in entries:
+            entry.request = entries
+            entry.future.add_done_callback(partial(self._left, entry))
         self._pending.extend(entries)
-        metrics.BATCH_QUEUE_DEPTH.labels(self.kind).set(len(self._pending))
+        self._queued += len(entries)
+        self._report_depth()
         self._wakeup.set()
         started = time.perf_counter()
         try:
             results = await asyncio.gather(*(entry.future for entry in entries))
+        except BaseException:
+            for entry in entries:  # the answer is gone: nobody needs the rest computed
+                entry.future.cancel()
+            raise
         finally:
-            # On cancellation gather cancels the futures; the batcher skips them.
             timing = request_timing.get()
             if timing is not None:
                 compute = sum({e.batch: e.compute_s for e in entries if e.batch >= 0}.values())
@@ -145,9 +188,22 @@ class BatchQueue(Generic[T, R]):
                 timing.queue_s += max(0.0, time.perf_counter() - started - compute)
         return list(results)
 
+    def _left(self, entry: _Entry[T, R], _future: asyncio.Future[R]) -> None:
+        self._dequeue(entry)
+
+    def _dequeue(self, entry: _Entry[T, R]) -> None:
+        """`entry` left the queue: taken into a batch, or done (cancelled) while waiting."""
+        if entry.queued:
+            entry.queued = False
+            self._queued -= 1
+            self._report_depth()
+
+    def _report_depth(self) -> None:
+        metrics.BATCH_QUEUE_DEPTH.labels(self.kind).set(self._queued)
+
     def _retry_after(self, wanted: int) -> float:
         rate = self._items_per_s or 100.0
-        return max(1.0, (len(self._pending) + wanted) / rate)
+        return max(1.0, (self._queued + self._reserved + wanted) / rate)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -157,7 +213,6 @@ class BatchQueue(Generic[T, R]):
             batch = self._cut()
             if not self._pending:
                 self._wakeup.clear()
-            metrics.BATCH_QUEUE_DEPTH.labels(self.kind).set(len(self._pending))
             if not batch:
                 continue
             await self._execute(loop, batch)
@@ -168,6 +223,8 @@ class BatchQueue(Generic[T, R]):
             metrics.BATCH_QUEUE_SECONDS.labels(self.kind).observe(started - entry.enqueued)
         metrics.BATCH_SIZE.labels(self.kind).observe(len(batch))
         metrics.BATCH_TOKENS.labels(self.kind).observe(max(e.size for e in batch) * len(batch))
+        # stop() fails these too if it cancels us mid-compute (so no `finally` clears them).
+        self._inflight = batch
         try:
             results = await loop.run_in_executor(
                 self._executor, self._compute, [e.item for e in batch]
@@ -175,11 +232,18 @@ class BatchQueue(Generic[T, R]):
             if len(results) != len(batch):
                 raise RuntimeError(f"compute returned {len(results)} results for {len(batch)}")
         except Exception as exc:
+            self._inflight = []
             log.error("batch_failed", kind=self.kind, items=len(batch), error=repr(exc))
             for entry in batch:
                 if not entry.future.done():
                     entry.future.set_exception(exc)
+            # A failed batch fails its requests; their items still queued are not worth a
+            # forward pass (cancelled now, before the next batch is cut, and skipped).
+            for entry in batch:
+                for sibling in entry.request:
+                    sibling.future.cancel()
             return
+        self._inflight = []
         elapsed = time.perf_counter() - started
         metrics.BATCH_COMPUTE_SECONDS.labels(self.kind).observe(elapsed)
         rate = len(batch) / elapsed if elapsed > 0 else 0.0
@@ -232,4 +296,6 @@ class BatchQueue(Generic[T, R]):
                 hi += 1
         chosen = set(map(id, batch))
         self._pending = [e for e in live if id(e) not in chosen]
+        for entry in batch:
+            self._dequeue(entry)
         return batch

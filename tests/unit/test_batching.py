@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from app import metrics
 from app.batching import (
     BatchLimits,
     BatchQueue,
@@ -149,6 +150,25 @@ async def test_cancelled_items_are_dropped_before_compute(make_queue) -> None:  
     assert computed == [0, 3]
 
 
+async def test_cancelled_items_stop_counting_toward_the_bound(make_queue) -> None:  # type: ignore[no-untyped-def]
+    queue, recorder = make_queue(max_queued_items=10, max_batch_size=1)
+    recorder.gate.clear()
+    running = asyncio.ensure_future(queue.submit([0]))
+    await asyncio.to_thread(recorder.entered.wait, 5)
+    abandoned = asyncio.ensure_future(queue.submit(list(range(100, 110))))  # fills the queue
+    await asyncio.sleep(0.01)
+    assert queue.depth == 10
+    abandoned.cancel()  # the client went away; its items wait in the list until the next cut
+    await asyncio.sleep(0.01)
+    assert queue.depth == 0
+    assert metrics.BATCH_QUEUE_DEPTH.labels("test")._value.get() == 0
+    kept = asyncio.ensure_future(queue.submit([1]))  # not refused: nothing live is waiting
+    await asyncio.sleep(0.01)
+    recorder.gate.set()
+    assert await kept == [2]
+    await running
+
+
 async def test_a_failing_batch_fails_its_requests_only(make_queue) -> None:  # type: ignore[no-untyped-def]
     queue, recorder = make_queue()
     original = recorder.__call__
@@ -165,6 +185,23 @@ async def test_a_failing_batch_fails_its_requests_only(make_queue) -> None:  # t
     with pytest.raises(RuntimeError, match="boom"):
         await queue.submit([1])
     assert await queue.submit([2]) == [4]
+
+
+async def test_a_failed_batch_cancels_the_rest_of_its_request(make_queue) -> None:  # type: ignore[no-untyped-def]
+    queue, recorder = make_queue(max_batch_size=2)
+    original = recorder.__call__
+
+    def failing_on_zero(items: list[int]) -> list[int]:
+        if 0 in items:
+            raise RuntimeError("boom")
+        return original(items)
+
+    queue._compute = failing_on_zero  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="boom"):
+        await queue.submit([0, 1, 2, 3, 4, 5])
+    assert await queue.submit([7]) == [14]
+    assert recorder.batches == [[7]]  # 2..5 were dropped, never computed
+    assert queue.depth == 0
 
 
 async def test_request_timing_splits_queue_and_compute(make_queue) -> None:  # type: ignore[no-untyped-def]
@@ -193,6 +230,51 @@ async def test_stopped_queue_fails_waiting_and_new_requests(make_queue) -> None:
     with pytest.raises(Unavailable):
         await queue.submit([2])
     running.cancel()
+
+
+async def test_stop_fails_the_batch_being_computed(make_queue) -> None:  # type: ignore[no-untyped-def]
+    queue, recorder = make_queue(max_batch_size=1)
+    recorder.gate.clear()
+    running = asyncio.ensure_future(queue.submit([0]))
+    await asyncio.to_thread(recorder.entered.wait, 5)
+    await queue.stop()
+    with pytest.raises(Unavailable):
+        await asyncio.wait_for(running, 2)
+    recorder.gate.set()
+
+
+async def test_a_request_larger_than_the_queue_runs_when_nothing_waits(make_queue) -> None:  # type: ignore[no-untyped-def]
+    queue, recorder = make_queue(max_queued_items=4, max_batch_size=3)
+    depths: list[int] = []
+    original = recorder.__call__
+
+    def watching(items: list[int]) -> list[int]:
+        depths.append(queue.depth)
+        return original(items)
+
+    queue._compute = watching  # type: ignore[method-assign]
+    assert await queue.submit(list(range(11))) == [2 * i for i in range(11)]
+    assert max(depths) <= 4  # fed in pieces that fit: the queue stays bounded
+
+    recorder.gate.clear()
+    recorder.entered.clear()
+    big = asyncio.ensure_future(queue.submit(list(range(100, 109))))
+    await asyncio.to_thread(recorder.entered.wait, 5)
+    with pytest.raises(Overloaded):  # its remaining items hold their place
+        await queue.submit([1])
+    recorder.gate.set()
+    assert await big == [2 * i for i in range(100, 109)]
+
+    recorder.gate.clear()
+    recorder.entered.clear()
+    running = asyncio.ensure_future(queue.submit([0]))
+    await asyncio.to_thread(recorder.entered.wait, 5)
+    waiting = asyncio.ensure_future(queue.submit([1]))
+    await asyncio.sleep(0.01)
+    with pytest.raises(Overloaded):  # admitted only when nothing else waits
+        await queue.submit(list(range(5)))
+    recorder.gate.set()
+    await asyncio.gather(running, waiting)
 
 
 def test_token_budget_defaults_by_device_and_an_explicit_one_wins() -> None:
