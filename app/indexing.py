@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from app.errors import InvalidInput
 from app.index import VectorIndex, content_hash
@@ -197,12 +198,40 @@ def _text_files(root: Path) -> Iterator[Path]:
 # -- chunking ---------------------------------------------------------------------------------
 
 
+class SpanTokenizer(Protocol):
+    """What chunking needs of a tokenizer: its window and where each token sits in a text."""
+
+    @property
+    def window(self) -> int: ...
+
+    @property
+    def special_tokens(self) -> int: ...
+
+    def spans(self, text: str) -> list[tuple[int, int]]: ...
+
+
+_WORD = re.compile(r"\w+")
+
+
+class WordTokenizer:
+    """Words (runs of word characters) as tokens: how the fake embedder counts its window.
+    A fake has no tokenizer files; its chunks must fit its window in its own words."""
+
+    special_tokens = 0
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        return [match.span() for match in _WORD.finditer(text)]
+
+
 class Chunker:
     """Cuts a document whose passage (title + text) would not fit the model window into
     overlapping chunks `doc#0`, `doc#1`, ... that do, on token boundaries. Each chunk keeps
     the title and the metadata, plus `parent_id` and `chunk` (its position)."""
 
-    def __init__(self, tokenizer: TextTokenizer, max_tokens: int | None = None, overlap: int = 32):
+    def __init__(self, tokenizer: SpanTokenizer, max_tokens: int | None = None, overlap: int = 32):
         self._tok = tokenizer
         self.max_tokens = min(max_tokens or tokenizer.window, tokenizer.window)
         self.overlap = overlap
@@ -212,7 +241,9 @@ class Chunker:
         cls, model: ModelInfo, max_tokens: int | None = None, overlap: int = 32
     ) -> Chunker:
         """Chunks that fit `model`'s window, cut with its own tokenizer (fetched alone when
-        the model is remote: chunking needs no weights)."""
+        the model is remote: chunking needs no weights). A fake model counts words."""
+        if model.backend == "fake":
+            return cls(WordTokenizer(model.max_tokens), max_tokens, overlap)
         from app.models.paths import model_folder
 
         folder = model_folder(model.model_id, tokenizer_only=True)

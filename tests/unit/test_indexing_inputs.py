@@ -19,7 +19,7 @@ from app.indexing import (
 from app.models.fake import FakeEmbedder
 from app.models.paths import resolve_model_path
 from app.models.tokens import TextTokenizer
-from app.types import Document
+from app.types import Document, InputType, Truncate
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +97,19 @@ def test_chunks_fit_the_window_overlap_and_keep_provenance(tokenizer: TextTokeni
     assert chunks[-1].text.endswith("word299")
     short = Document("note", "a short note", "t")
     assert Chunker(tokenizer).split(short) == [short]
+
+
+async def test_a_fake_model_chunks_in_the_words_it_counts() -> None:
+    embedder = FakeEmbedder(model_id="fake:some/model", max_tokens=32)
+    chunker = Chunker.for_model(embedder.info, overlap=4)  # no tokenizer files to look up
+    doc = Document("long", " ".join(f"w{i}" for i in range(100)), "A Title")
+    chunks = chunker.split(doc)
+    assert len(chunks) > 3 and chunks[-1].text.endswith("w99")
+    # each passage fits the fake's window: embedding refuses nothing
+    await embedder.embed([c.passage for c in chunks], InputType.PASSAGE, Truncate.NONE)
+    assert chunker.split(Document("short", "three short words")) == [
+        Document("short", "three short words")
+    ]
 
 
 LONG_PAPER = Document("paper", " ".join(f"w{i}" for i in range(200)))
