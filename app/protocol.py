@@ -8,10 +8,18 @@ these classes.
 from __future__ import annotations
 
 import base64
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    field_validator,
+)
 
 from app.types import FloatArray, InputType, ModelInfo, SearchQuery, SearchResult, Truncate
 
@@ -19,6 +27,37 @@ from app.types import FloatArray, InputType, ModelInfo, SearchQuery, SearchResul
 class _Request(BaseModel):
     # Unknown fields are refused, so a typo (`topk`) is a clear 422, not a silent default.
     model_config = ConfigDict(extra="forbid")
+
+
+def _valid_text(value: str) -> str:
+    # JSON may carry a lone UTF-16 surrogate ("\ud800"); no tokenizer or UTF-8 writer takes it.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"is not valid Unicode text: a lone surrogate at character {exc.start}"
+        ) from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_valid_text)]
+"""A request text: any string that can be encoded as UTF-8 (422 naming the field if not)."""
+
+
+def _one_or_many(value: Any, handler: ValidatorFunctionWrapHandler) -> list[str]:
+    # A lone text is checked here so its error names the field itself (`input`, not `input[0]`).
+    if isinstance(value, str):
+        return [_valid_text(value)]
+    texts: list[str] = handler(value)
+    return texts
+
+
+Texts = Annotated[
+    list[Text],
+    WrapValidator(_one_or_many, json_schema_input_type=str | list[str]),
+    Field(min_length=1),
+]
+"""One text or a non-empty list of texts, always read as a list."""
 
 
 # -- errors and health ----------------------------------------------------------------------
@@ -73,20 +112,11 @@ class InfoResponse(BaseModel):
 # -- embeddings: OpenAI POST /v1/embeddings, with NVIDIA's input_type and truncate -----------
 
 
-def _non_empty_texts(value: str | list[str]) -> str | list[str]:
-    texts = [value] if isinstance(value, str) else value
-    if not texts:
-        raise ValueError("must hold at least one text")
-    if any(not text.strip() for text in texts):
-        raise ValueError("texts must not be empty")
-    return value
-
-
 class EmbeddingsRequest(BaseModel):
     # OpenAI SDKs send fields we do not use (`user`); accept and ignore those.
     model_config = ConfigDict(extra="ignore")
 
-    input: str | list[str] = Field(description="One text or a list of texts.")
+    input: Texts = Field(description="One text or a list of texts.")
     model: str | None = Field(None, description="Informational; the service serves one model.")
     encoding_format: Literal["float", "base64"] = "float"
     input_type: InputType = Field(
@@ -100,29 +130,35 @@ class EmbeddingsRequest(BaseModel):
     )
     normalize: bool = Field(True, description="semsearch/TEI extension: unit-length vectors.")
 
-    _texts_not_empty = field_validator("input")(lambda value: _non_empty_texts(value))
-
     def texts(self) -> list[str]:
-        return [self.input] if isinstance(self.input, str) else list(self.input)
+        return list(self.input)
 
 
 class TeiEmbedRequest(_Request):
     """TEI `POST /embed`."""
 
-    inputs: str | list[str]
+    inputs: Texts
     normalize: bool = True
     truncate: bool = Field(False, description="Cut long inputs instead of refusing them (422).")
-    truncation_direction: Literal["Right", "Left"] = "Right"
-
-    _texts_not_empty = field_validator("inputs")(lambda value: _non_empty_texts(value))
+    # huggingface_hub 1.x sends "Left"/"Right", 2.x "left"/"right"
+    truncation_direction: Literal["Right", "Left", "right", "left"] = "Right"
+    prompt_name: Literal["query", "passage"] | None = Field(
+        None, description="TEI: which prompt to prepend; the service's query or passage prefix."
+    )
+    dimensions: int | None = Field(
+        None, ge=1, description="Keep the first N dimensions (renormalized)."
+    )
 
     def texts(self) -> list[str]:
-        return [self.inputs] if isinstance(self.inputs, str) else list(self.inputs)
+        return list(self.inputs)
+
+    def input_type(self) -> InputType:
+        return InputType.QUERY if self.prompt_name == "query" else InputType.PASSAGE
 
     def truncate_mode(self) -> Truncate:
         if not self.truncate:
             return Truncate.NONE
-        return Truncate.START if self.truncation_direction == "Left" else Truncate.END
+        return Truncate.START if self.truncation_direction.lower() == "left" else Truncate.END
 
 
 class EmbeddingData(BaseModel):
@@ -178,7 +214,7 @@ def _decode_embedding(value: list[float] | str) -> FloatArray:
 
 
 class RankingText(_Request):
-    text: str
+    text: Text
 
 
 class RankingRequest(_Request):
@@ -201,20 +237,33 @@ class RankingResponse(BaseModel):
 
 
 class RerankDocument(_Request):
-    text: str
+    text: Text
+
+
+def _document(value: Any, handler: ValidatorFunctionWrapHandler) -> RerankDocument:
+    # A plain string is checked here so its error names `documents[i]`, not a union member.
+    if isinstance(value, str):
+        return RerankDocument(text=_valid_text(value))
+    document: RerankDocument = handler(value)
+    return document
+
+
+Document = Annotated[
+    RerankDocument, WrapValidator(_document, json_schema_input_type=str | RerankDocument)
+]
 
 
 class RerankRequest(_Request):
     model: str | None = None
-    query: str = Field(min_length=1)
-    documents: list[str | RerankDocument] = Field(min_length=1)
+    query: Text = Field(min_length=1)
+    documents: list[Document] = Field(min_length=1)
     top_n: int | None = Field(None, ge=1, description="Return only the best `top_n`.")
     return_documents: bool = False
     raw_scores: bool = Field(False, description="TEI: logits instead of sigmoid(logit).")
     truncate: bool = Field(False, description="TEI: cut long pairs at the end instead of 422.")
 
     def texts(self) -> list[str]:
-        return [d if isinstance(d, str) else d.text for d in self.documents]
+        return [d.text for d in self.documents]
 
 
 class RerankResult(BaseModel):
@@ -238,7 +287,9 @@ def rank_order(scores: list[float]) -> list[int]:
 
 
 class SearchRequest(_Request):
-    query: str = Field(description="What to search for.", examples=["What do microbes do in soil?"])
+    query: Text = Field(
+        description="What to search for.", examples=["What do microbes do in soil?"]
+    )
     top_k: int | None = Field(None, ge=1, description="Results to return (default 10).")
     candidates: int | None = Field(
         None, ge=1, description="ANN candidates to consider before reranking (default 100)."

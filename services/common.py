@@ -139,7 +139,7 @@ def _validation_error(error: RequestValidationError) -> JSONResponse:
     problems = []
     first_field: str | None = None
     for item in error.errors():
-        loc = [str(part) for part in item.get("loc", ()) if part != "body"]
+        loc = [part for part in item.get("loc", ()) if part != "body"]
         if item.get("type") == "json_invalid":
             return JSONResponse(
                 error_body(
@@ -147,13 +147,21 @@ def _validation_error(error: RequestValidationError) -> JSONResponse:
                 ),
                 status_code=422,
             )
-        name = ".".join(loc) or "body"
+        name = _field_name(loc)
         first_field = first_field or name
         problems.append(f"{name}: {item.get('msg')}")
     return JSONResponse(
         error_body("invalid_request", "; ".join(problems) or "invalid request", first_field),
         status_code=422,
     )
+
+
+def _field_name(loc: list[int | str]) -> str:
+    """`passages[0].text` from pydantic's ("passages", 0, "text"), as our own errors name it."""
+    name = ""
+    for part in loc:
+        name += f"[{part}]" if isinstance(part, int) else f".{part}" if name else str(part)
+    return name or "body"
 
 
 def _http_error(error: StarletteHTTPException) -> JSONResponse:

@@ -84,9 +84,12 @@ async def embeddings(body: EmbeddingsRequest, request: Request) -> EmbeddingsRes
 )
 async def embed(body: TeiEmbedRequest, request: Request) -> JSONResponse:
     result = await _embed(
-        request, body.texts(), "inputs", InputType.PASSAGE, body.truncate_mode(), body.normalize
+        request, body.texts(), "inputs", body.input_type(), body.truncate_mode(), body.normalize
     )
-    return JSONResponse(result.vectors.tolist())
+    vectors = result.vectors
+    if body.dimensions is not None:
+        vectors = shorten(vectors, body.dimensions, body.normalize)
+    return JSONResponse(vectors.tolist())
 
 
 def shorten(vectors: FloatArray, dimensions: int, normalize: bool) -> FloatArray:

@@ -60,6 +60,43 @@ async def test_tei_embed_shape_normalize_and_truncation(tiny_bi_encoder: Path) -
         assert right.json() != left.json()
 
 
+async def test_tei_embed_takes_the_fields_tei_clients_send(tiny_bi_encoder: Path) -> None:
+    app = tiny_embedder(
+        tiny_bi_encoder, query_prefix="query: ", passage_prefix="passage: ", dtype="float32"
+    )
+    async with asgi_client(app) as client:
+
+        async def openai(input_type: str) -> list[float]:
+            body = {"input": "cats purr", "input_type": input_type}
+            reply = await client.post("/v1/embeddings", json=body)
+            embedding: list[float] = reply.json()["data"][0]["embedding"]
+            return embedding
+
+        for prompt in ("query", "passage"):
+            reply = await client.post("/embed", json={"inputs": "cats purr", "prompt_name": prompt})
+            assert reply.status_code == 200, reply.text
+            np.testing.assert_allclose(reply.json()[0], await openai(prompt), atol=1e-6)
+        assert_error(
+            await client.post("/embed", json={"inputs": "x", "prompt_name": "document"}),
+            422,
+            "invalid_request",
+            "prompt_name",
+        )
+
+        short = await client.post("/embed", json={"inputs": "cats purr", "dimensions": 8})
+        assert short.status_code == 200, short.text
+        assert np.linalg.norm(short.json()[0]) == pytest.approx(1.0, abs=1e-5)
+        assert len(short.json()[0]) == 8
+
+        long = "zebra " * 20 + "word " * 150 + "rocket " * 20
+        for direction in ("left", "right"):  # huggingface_hub 2.x spells them in lower case
+            body = {"inputs": long, "truncate": True, "truncation_direction": direction}
+            reply = await client.post("/embed", json=body)
+            assert reply.status_code == 200, reply.text
+            title = {**body, "truncation_direction": direction.title()}
+            assert reply.json() == (await client.post("/embed", json=title)).json()
+
+
 async def test_info_reports_model_window_and_batching_limits(tiny_bi_encoder: Path) -> None:
     app = tiny_embedder(tiny_bi_encoder, max_batch_tokens=4096, max_wait_ms=5)
     async with asgi_client(app) as client:

@@ -96,6 +96,30 @@ async def test_invalid_bodies(path: str, body: dict[str, object], field: str) ->
     assert reply.json()["error"]["field"].startswith(field)
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        (
+            "/v1/ranking",
+            '{"query": {"text": "q\\ud800"}, "passages": [{"text": "p"}]}',
+            "query.text",
+        ),
+        (
+            "/v1/ranking",
+            '{"query": {"text": "q"}, "passages": [{"text": "\\udc00"}]}',
+            "passages[0].text",
+        ),
+        ("/rerank", '{"query": "q \\ud800", "documents": ["d"]}', "query"),
+        ("/rerank", '{"query": "q", "documents": ["d", "\\udc00"]}', "documents[1]"),
+        ("/rerank", '{"query": "q", "documents": [{"text": "\\udc00"}]}', "documents[0].text"),
+    ],
+)
+async def test_a_lone_surrogate_is_422_naming_the_field(path: str, body: str, field: str) -> None:
+    async with asgi_client(fake_app()) as client:
+        reply = await client.post(path, content=body, headers={"content-type": "application/json"})
+    assert_error(reply, 422, "invalid_request", field)
+
+
 async def test_limits_and_overflow() -> None:
     async with asgi_client(fake_app(max_items_per_request=2, max_chars_per_item=50)) as client:
         assert_error(

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from app.config import EmbedderSettings, GatewaySettings, RerankerSettings
 from app.errors import (
@@ -82,6 +85,13 @@ def test_search_request_defaults_and_candidates_never_below_top_k() -> None:
         default_collection="c", default_top_k=10, default_candidates=100
     )
     assert wide.candidates == 150
+
+
+def test_search_query_must_be_encodable_text() -> None:
+    with pytest.raises(ValidationError, match="surrogate") as raised:
+        SearchRequest.model_validate(json.loads('{"query": "soil \\ud800 microbes"}'))
+    assert raised.value.errors()[0]["loc"] == ("query",)
+    assert SearchRequest(query="soil microbes \u00e9\U0001f331").query.endswith("\U0001f331")
 
 
 def test_public_setting_names(monkeypatch: pytest.MonkeyPatch) -> None:
