@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from app.config import RerankerSettings
+from app.errors import InputTooLong
 from app.logs import current_request_id
 from app.models import Reranker
 from app.models.limits import check_input_limits, check_text_length
@@ -45,18 +46,29 @@ def _settings(request: Request) -> RerankerSettings:
 
 
 async def _score(
-    request: Request, model: str | None, query: str, passages: list[str], truncate: Truncate
+    request: Request,
+    model: str | None,
+    query: str,
+    passages: list[str],
+    truncate: Truncate,
+    field: str,
 ) -> list[float]:
+    """Scores of `passages`, which this API calls `field` (errors name `field[i]`)."""
     reranker, settings = _reranker(request), _settings(request)
     check_input_limits(
         passages,
         max_items=settings.max_items_per_request,
         max_chars=settings.max_chars_per_item,
-        field="passages",
+        field=field,
     )
     check_text_length(query, max_chars=settings.max_chars_per_item, field="query")
     check_model_name(model, reranker.info.model_id)
-    return await unless_disconnected(request, reranker.score(query, passages, truncate))
+    try:
+        return await unless_disconnected(request, reranker.score(query, passages, truncate))
+    except InputTooLong as exc:  # the models name passages `passages[i]`
+        if exc.field and exc.field.startswith("passages"):
+            exc.field = field + exc.field.removeprefix("passages")
+        raise
 
 
 @router.post(
@@ -66,9 +78,8 @@ async def _score(
     summary="NVIDIA-compatible reranking: logits, best first.",
 )
 async def ranking(body: RankingRequest, request: Request) -> RankingResponse:
-    scores = await _score(
-        request, body.model, body.query.text, [p.text for p in body.passages], body.truncate
-    )
+    passages = [p.text for p in body.passages]
+    scores = await _score(request, body.model, body.query.text, passages, body.truncate, "passages")
     return RankingResponse(rankings=[Ranking(index=i, logit=scores[i]) for i in rank_order(scores)])
 
 
@@ -82,7 +93,7 @@ async def ranking(body: RankingRequest, request: Request) -> RankingResponse:
 async def rerank(body: RerankRequest, request: Request) -> RerankResponse:
     documents = body.texts()
     truncate = Truncate.END if body.truncate else Truncate.NONE
-    scores = await _score(request, body.model, body.query, documents, truncate)
+    scores = await _score(request, body.model, body.query, documents, truncate, "documents")
     order = rank_order(scores)[: body.top_n]
     return RerankResponse(
         id=current_request_id(),

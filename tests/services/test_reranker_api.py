@@ -126,13 +126,13 @@ async def test_limits_and_overflow() -> None:
             await client.post("/rerank", json={"query": "q", "documents": ["a", "b", "c"]}),
             413,
             "payload_too_large",
-            "passages",
+            "documents",
         )
         assert_error(
             await client.post("/rerank", json={"query": "q", "documents": ["x" * 51]}),
             413,
             "payload_too_large",
-            "passages[0]",
+            "documents[0]",
         )
         assert_error(
             await client.post("/rerank", json={"query": "q" * 51, "documents": ["x"]}),
@@ -143,10 +143,19 @@ async def test_limits_and_overflow() -> None:
     async with asgi_client(fake_app()) as client:
         long = " ".join(["w"] * 600)
         assert_error(
-            await client.post("/rerank", json={"query": "q", "documents": [long]}),
+            await client.post("/rerank", json={"query": "q", "documents": ["a", long]}),
             422,
             "input_too_long",
-            "passages[0]",
+            "documents[1]",
+        )
+        assert_error(
+            await client.post(
+                "/v1/ranking",
+                json={"query": {"text": "q"}, "passages": [{"text": "a"}, {"text": long}]},
+            ),
+            422,
+            "input_too_long",
+            "passages[1]",
         )
         ok = await client.post(
             "/rerank", json={"query": "q", "documents": [long], "truncate": True}
