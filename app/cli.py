@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import httpx
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -161,8 +162,13 @@ def _run(work: Any) -> None:
     try:
         asyncio.run(work)
     except SemsearchError as exc:
-        err.print(f"[red]error:[/red] {exc.message}")
+        _print_error(exc)
         raise typer.Exit(1) from None
+
+
+def _print_error(exc: SemsearchError) -> None:
+    """One line (never wrapped, never read as markup): it names the file, line and field."""
+    err.print(f"[red]error:[/red] {escape(exc.message)}", soft_wrap=True)
 
 
 @dataclass(frozen=True)
@@ -182,6 +188,7 @@ async def _index(job: IndexJob, settings: GatewaySettings) -> None:
     from app.index.registry import collection_names, open_collection, where
     from app.indexing import Chunker, count_documents, index_documents, read_documents
 
+    total = count_documents(job.path, job.fmt)  # refuses a path that does not fit the format
     embedder = embedder_for(settings)
     with console.status(f"loading the embedder ({embedder.info.model_id})"):
         await embedder.start()
@@ -199,7 +206,6 @@ async def _index(job: IndexJob, settings: GatewaySettings) -> None:
         store = await open_collection(
             settings, job.collection, create=(model.model_id, model.dimension or 0)
         )
-    total = count_documents(job.path, job.fmt)
     progress = Progress(
         TextColumn("[bold]indexing" if not job.dry_run else "[bold]checking"),
         BarColumn(),
@@ -384,7 +390,7 @@ def eval_command(
         try:
             report = asyncio.run(evaluate_search(config, settings, advance))
         except SemsearchError as exc:
-            err.print(f"[red]error:[/red] {exc.message}")
+            _print_error(exc)
             raise typer.Exit(1) from None
     measures = ["nDCG@10", "R@10", "R@100", "RR@10"]
     table = Table(title=f"{report['dataset']} ({report['split']}, {report['queries']} queries)")

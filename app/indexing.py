@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import IO, Any, Literal, Protocol
 
 from app.errors import InvalidInput
 from app.index import VectorIndex, content_hash
@@ -63,20 +63,42 @@ class CsvColumns:
     metadata: tuple[str, ...] | None = None  # None: every other column
 
 
+# A field may hold a whole book; an unclosed quote still fails here rather than reading the
+# rest of a large file into memory (Python's default limit is 128 KiB).
+CSV_FIELD_LIMIT = 256 * 2**20
+
+
 def detect_format(path: Path, fmt: InputFormat) -> InputFormat:
+    """The format to read `path` as (by extension for "auto").
+
+    Raises:
+        InvalidInput: a directory read as a file, or a file read as a directory.
+    """
+    kind: InputFormat
     if fmt != "auto":
-        return fmt
-    if path.is_dir():
-        return "dir"
-    if path.suffix.lower() in (".csv", ".tsv"):
-        return "csv"
-    return "jsonl"
+        kind = fmt
+    elif path.is_dir():
+        kind = "dir"
+    elif path.suffix.lower() in (".csv", ".tsv"):
+        kind = "csv"
+    else:
+        kind = "jsonl"
+    if kind == "dir" and not path.is_dir():
+        raise InvalidInput(f"{path} is not a directory (format 'dir' reads a folder of .txt/.md)")
+    if kind != "dir" and path.is_dir():
+        raise InvalidInput(f"{path} is a directory, not a {kind.upper()} file (use format 'dir')")
+    return kind
 
 
 def read_documents(
     path: Path, fmt: InputFormat = "auto", columns: CsvColumns | None = None
 ) -> Iterator[Document]:
-    """Documents from a JSONL file, a CSV/TSV file, or a directory of .txt/.md files."""
+    """Documents from a JSONL file, a CSV/TSV file, or a directory of .txt/.md files.
+
+    Raises:
+        InvalidInput: the path does not fit the format (at once), or a document is invalid
+            (when it is read; the message names the file, the line and the field).
+    """
     kind = detect_format(path, fmt)
     if kind == "dir":
         return read_directory(path)
@@ -97,14 +119,33 @@ def count_documents(path: Path, fmt: InputFormat = "auto") -> int:
 
 def read_jsonl(path: Path) -> Iterator[Document]:
     """`id` and `text` required (BEIR's `_id` accepted), `title` and `metadata` optional.
+    UTF-8, with or without a byte-order mark.
 
     Raises:
-        InvalidInput: a line is not a JSON object with those fields (names the line).
+        InvalidInput: a line is not a UTF-8 JSON object with those fields (names the line).
     """
-    with path.open(encoding="utf-8") as handle:
+    with _open_text(path, newline="\n") as handle:  # JSON may hold a bare \r as whitespace
         for number, line in enumerate(handle, start=1):
+            where = f"{path.name}:{number}"
+            _check_utf8(line, where)
             if line.strip():
-                yield _document(line, f"{path.name}:{number}")
+                yield _document(line, where)
+
+
+def _open_text(path: Path, newline: str) -> IO[str]:
+    """`path` for reading as UTF-8 (a byte-order mark is skipped). Bytes that are not UTF-8
+    become lone surrogates, so `_check_utf8` can name the line instead of failing mid-buffer."""
+    return path.open(encoding="utf-8-sig", errors="surrogateescape", newline=newline)
+
+
+def _check_utf8(line: str, where: str) -> None:
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        byte = ord(line[exc.start]) - 0xDC00  # surrogateescape maps byte b to U+DC00 + b
+        raise InvalidInput(
+            f"{where}: not UTF-8 text (byte 0x{byte:02x} at character {exc.start + 1})"
+        ) from None
 
 
 def _document(line: str, where: str) -> Document:
@@ -123,35 +164,75 @@ def _document(line: str, where: str) -> Document:
     )
 
 
-def _checked(doc_id: object, text: object, title: object, metadata: object, where: str) -> Document:
+def _checked(
+    doc_id: object,
+    text: object,
+    title: object,
+    metadata: object,
+    where: str,
+    names: tuple[str, str, str] = ("id", "text", "title"),
+) -> Document:
+    """A valid Document, or InvalidInput naming `where` and the field (`names`: what the
+    input calls id, text and title, e.g. mapped CSV columns)."""
+    id_name, text_name, title_name = names
     if not isinstance(doc_id, str | int) or isinstance(doc_id, bool) or str(doc_id) == "":
-        raise InvalidInput(f"{where}: `id` must be a non-empty string or integer")
+        raise InvalidInput(f"{where}: `{id_name}` must be a non-empty string or integer")
     if "#" in str(doc_id):
-        raise InvalidInput(f"{where}: `id` must not contain '#' (it marks chunks: doc#3)")
+        raise InvalidInput(f"{where}: `{id_name}` must not contain '#' (it marks chunks: doc#3)")
     if not isinstance(text, str) or not text.strip():
-        raise InvalidInput(f"{where}: `text` must be a non-empty string")
+        raise InvalidInput(f"{where}: `{text_name}` must be a non-empty string")
     if not isinstance(title, str):
-        raise InvalidInput(f"{where}: `title` must be a string")
+        raise InvalidInput(f"{where}: `{title_name}` must be a string")
     if not isinstance(metadata, dict):
         raise InvalidInput(f"{where}: `metadata` must be a JSON object")
+    try:
+        stored = json.dumps(metadata, ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        raise InvalidInput(
+            f"{where}: `metadata` holds NaN or Infinity (not JSON numbers; no index stores them)"
+        ) from None
+    for name, value in ((id_name, str(doc_id)), (text_name, text), (title_name, title)):
+        _check_unicode(value, where, name)
+    _check_unicode(stored, where, "metadata")
     return Document(id=str(doc_id), text=text, title=title, metadata=metadata)
 
 
+def _check_unicode(value: str, where: str, name: str) -> None:
+    """JSON escapes can spell a lone surrogate (\\ud800), which no UTF-8 store accepts."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInput(
+            f"{where}: `{name}` holds a lone surrogate (U+{ord(value[exc.start]):04X}): "
+            "not valid Unicode"
+        ) from None
+
+
 def read_csv(path: Path, columns: CsvColumns) -> Iterator[Document]:
-    """One document per row; columns mapped by name (header row required).
+    """One document per row; columns mapped by name (header row required). UTF-8, with or
+    without a byte-order mark.
 
     Raises:
-        InvalidInput: a mapped column is missing, or a row has no id or text.
+        InvalidInput: a mapped column is missing, a row has no id or text, or the file is not
+            UTF-8 CSV (names the line).
     """
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    with path.open(encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle, delimiter=delimiter)
-        header = reader.fieldnames or []
+    csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
+    with _open_text(path, newline="") as handle:  # the csv module splits lines itself
+        lines = _utf8_lines(handle, path.name)
+        reader = csv.DictReader(lines, delimiter=delimiter)
+        try:
+            header = reader.fieldnames or []
+        except csv.Error as exc:
+            raise InvalidInput(f"{path.name}:1: not valid CSV ({exc})") from None
         for needed in (columns.id, columns.text):
             if needed not in header:
                 raise InvalidInput(
                     f"{path.name}: no column {needed!r} (columns: {', '.join(header)})"
                 )
+        repeated = sorted({c for c in header if header.count(c) > 1})
+        if repeated:
+            raise InvalidInput(f"{path.name}:1: column {repeated[0]!r} appears twice")
         title = columns.title if columns.title in header else None
         used = {columns.id, columns.text, title}
         extra = (
@@ -161,21 +242,38 @@ def read_csv(path: Path, columns: CsvColumns) -> Iterator[Document]:
         )
         for missing in set(extra) - set(header):
             raise InvalidInput(f"{path.name}: no metadata column {missing!r}")
-        for number, row in enumerate(reader, start=2):
+        names = (columns.id, columns.text, title or "title")
+        while True:
+            first_line = reader.line_num + 1
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                raise InvalidInput(
+                    f"{path.name}:{reader.line_num}: not valid CSV ({exc})"
+                ) from None
             yield _checked(
                 row.get(columns.id) or "",
                 row.get(columns.text) or "",
                 (row.get(title) or "") if title else "",
                 {c: row[c] for c in extra if row.get(c) not in (None, "")},
-                f"{path.name}:{number}",
+                f"{path.name}:{first_line}",
+                names,
             )
+
+
+def _utf8_lines(handle: IO[str], name: str) -> Iterator[str]:
+    for number, line in enumerate(handle, start=1):
+        _check_utf8(line, f"{name}:{number}")
+        yield line
 
 
 def read_directory(root: Path) -> Iterator[Document]:
     """Every .txt/.md file below `root`: id = relative path, title = the first Markdown
     heading (or the file name). Empty files are skipped."""
     for path in _text_files(root):
-        text = path.read_text(encoding="utf-8", errors="replace").strip()
+        text = path.read_text(encoding="utf-8-sig", errors="replace").strip()
         if not text:
             continue
         title = path.stem.replace("_", " ").replace("-", " ")

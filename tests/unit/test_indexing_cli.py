@@ -39,3 +39,37 @@ def test_fake_embedder_indexes_with_chunking(index_dir: Path) -> None:
     assert result.exit_code == 0, result.output
     assert summary(result)["added"] == "300"
     assert summary(result)["model"] == "fake:sentence-transformers/all-MiniLM-L6-v2"
+
+
+def error_lines(result: Result) -> list[str]:
+    return [line for line in result.output.splitlines() if line.startswith("error:")]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("bad.jsonl", b'{"id": "1", "text": "caf\xe9"}\n', "bad.jsonl:1: not UTF-8 text"),
+        ("bad.jsonl", b'{"id":"1","text":"bad \\ud800 x"}\n', "bad.jsonl:1: `text` holds a lone"),
+        ("bad.jsonl", b'{"id":"1","text":"x","metadata":{"x":NaN}}\n', "bad.jsonl:1: `metadata`"),
+        ("bad.csv", b"id,body\n1,\n", "bad.csv:2: `body` must be a non-empty string"),
+    ],
+)
+def test_bad_input_is_one_error_line_naming_the_place(
+    index_dir: Path, tmp_path: Path, name: str, content: bytes, message: str
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    result = index(str(path), "--collection", "c1", "--text-column", "body")
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert len(error_lines(result)) == 1 and message in error_lines(result)[0], result.output
+
+
+def test_a_path_that_does_not_fit_the_format_is_refused_and_nothing_created(
+    index_dir: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "docs.jsonl").write_text('{"id": "1", "text": "x"}\n')
+    for path, fmt in ((tmp_path, "jsonl"), (tmp_path / "docs.jsonl", "dir")):
+        result = index(str(path), "--collection", "c1", "--format", fmt)
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+        assert len(error_lines(result)) == 1 and "directory" in error_lines(result)[0]
+    assert not index_dir.exists()

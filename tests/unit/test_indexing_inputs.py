@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from app.index.faiss_index import FaissIndex
 from app.indexing import (
     Chunker,
     CsvColumns,
+    InputFormat,
     NothingStaged,
     count_documents,
     index_documents,
@@ -177,3 +179,80 @@ async def test_dry_run_counts_and_writes_nothing(tmp_path: Path) -> None:
     assert len(embedder.calls) == calls and index.generation == 1
     new_collection = await index_documents(plan, NothingStaged("new"), embedder, dry_run=True)  # type: ignore[arg-type]
     assert new_collection.added == 3
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        (
+            "d.jsonl",
+            b'{"id": "1", "text": "ok"}\n{"id": "2", "text": "caf\xe9"}\n',
+            "d.jsonl:2: not UTF-8",
+        ),
+        (
+            "d.jsonl",
+            b'{"id": "1", "text": "bad \\ud800 x"}\n',
+            "d.jsonl:1: `text` holds a lone surrogate",
+        ),
+        ("d.jsonl", b'{"id": "1", "text": "t", "title": "\\udfff"}\n', "d.jsonl:1: `title` holds"),
+        (
+            "d.jsonl",
+            b'{"id": "1", "text": "t", "metadata": {"k": ["\\ud800"]}}\n',
+            "d.jsonl:1: `metadata` holds a lone",
+        ),
+        (
+            "d.jsonl",
+            b'{"id": "1", "text": "t", "metadata": {"x": NaN}}\n',
+            "d.jsonl:1: `metadata` holds NaN",
+        ),
+        ("d.jsonl", b'{"id": "1", "text": "t", "metadata": {"x": {"y": -Infinity}}}\n', "Infinity"),
+        ("d.jsonl", b'{"id": "1", "text": "t", "metadata": {"x": 1e999}}\n', "Infinity"),
+        ("d.csv", b"id,text\n1,fine\n2,caf\xe9\n", "d.csv:3: not UTF-8 text (byte 0xe9"),
+        ("d.csv", b"id,text,a,a\n1,x,y,z\n", "d.csv:1: column 'a' appears twice"),
+    ],
+)
+def test_bad_input_is_refused_naming_the_line_and_field(
+    tmp_path: Path, name: str, content: bytes, message: str
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(InvalidInput, match=re.escape(message)):
+        list(read_documents(path))
+
+
+def test_csv_fields_may_be_larger_than_128_kib(tmp_path: Path) -> None:
+    path = tmp_path / "big.csv"
+    path.write_text(f"id,text\n1,{'x' * 200_000}\n2,small\n")
+    assert [len(d.text) for d in read_documents(path)] == [200_000, 5]
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_column(tmp_path: Path) -> None:
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbfid,text\n1,hi\n")
+    (tmp_path / "bom.jsonl").write_bytes(b'\xef\xbb\xbf{"id": "1", "text": "hi"}\n')
+    for name in ("bom.csv", "bom.jsonl"):
+        assert list(read_documents(tmp_path / name)) == [Document("1", "hi")]
+
+
+def test_an_empty_mapped_column_is_named_as_mapped(tmp_path: Path) -> None:
+    path = tmp_path / "docs.csv"
+    path.write_text("key,body\n1,first\n2,\n")
+    with pytest.raises(InvalidInput, match=re.escape("docs.csv:3: `body` must be a non-empty")):
+        list(read_documents(path, columns=CsvColumns(id="key", text="body")))
+    path.write_text("key,body\n,first\n")
+    with pytest.raises(InvalidInput, match=re.escape("docs.csv:2: `key` must be a non-empty")):
+        list(read_documents(path, columns=CsvColumns(id="key", text="body")))
+
+
+def test_a_path_that_does_not_fit_the_format_is_refused_before_reading(tmp_path: Path) -> None:
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "docs.jsonl").write_text('{"id": "1", "text": "x"}\n')
+    cases: list[tuple[Path, InputFormat, str]] = [
+        (tmp_path / "folder", "jsonl", "is a directory"),
+        (tmp_path / "folder", "csv", "is a directory"),
+        (tmp_path / "docs.jsonl", "dir", "is not a directory"),
+    ]
+    for path, fmt, message in cases:
+        with pytest.raises(InvalidInput, match=message):
+            read_documents(path, fmt)
+        with pytest.raises(InvalidInput, match=message):
+            count_documents(path, fmt)
