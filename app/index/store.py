@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from app.errors import InvalidInput
 from app.types import Document, FloatArray
 
 _SCHEMA = """
@@ -95,7 +96,7 @@ class DocumentStore:
                 digest,
                 doc.title,
                 doc.text,
-                json.dumps(doc.metadata, ensure_ascii=False),
+                _metadata_json(doc),
                 np.ascontiguousarray(vector, dtype=np.float32).tobytes(),
             )
             for doc, digest, vector in zip(documents, hashes, vectors, strict=True)
@@ -169,6 +170,18 @@ class _Transaction:
                 "DO UPDATE SET value = CAST(value AS INTEGER) + 1"
             )
         self._db.execute("COMMIT")
+
+
+def _metadata_json(doc: Document) -> str:
+    """Strict JSON: SQLite's JSON functions (filters) reject NaN and Infinity in a row, which
+    would break every filtered search of the collection, not just this document's."""
+    try:
+        return json.dumps(doc.metadata, ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        raise InvalidInput(
+            f"document {doc.id!r}: metadata holds NaN or Infinity, which JSON cannot store",
+            field="metadata",
+        ) from None
 
 
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:

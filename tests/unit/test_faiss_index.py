@@ -95,6 +95,19 @@ async def test_delete_removes_from_the_next_generation(
     assert await index.count() == len(SMALL_DOCS) - 1
 
 
+async def test_non_finite_metadata_is_refused_so_filters_keep_working(
+    tmp_path: Path, fake_embedder: FakeEmbedder
+) -> None:
+    index = await build_collection(tmp_path, "docs", SMALL_DOCS, fake_embedder)
+    bad = [Document("nan", "not a number", "", {"topic": "city", "x": float("nan")})]
+    with pytest.raises(InvalidInput, match="NaN or Infinity"):
+        await index.upsert(bad, await vectors(fake_embedder, bad))
+    assert await index.publish() is None  # nothing was staged
+    query = (await fake_embedder.embed(["capital"], InputType.QUERY)).vectors
+    hits = (await index.search(query, 10, {"topic": "city"})).hits[0]
+    assert sorted(h.id for h in hits) == ["berlin", "paris"]
+
+
 async def test_update_keeps_one_copy_per_id(tmp_path: Path, fake_embedder: FakeEmbedder) -> None:
     index = await build_collection(tmp_path, "docs", SMALL_DOCS, fake_embedder)
     changed = [Document("cats", "Dogs bark at the mail carrier.", "Dogs")]
