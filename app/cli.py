@@ -250,6 +250,7 @@ async def _index(job: IndexJob, settings: GatewaySettings) -> None:
         ("updated", report.updated),
         ("unchanged", report.unchanged),
         ("deleted", report.deleted),
+        ("duplicates ignored", report.duplicates),
         ("chunks written / removed", f"{report.records_written} / {report.records_removed}"),
         ("time", f"{report.seconds:.1f} s"),
         ("rate", f"{report.docs_per_s:.1f} docs/s"),
@@ -261,6 +262,12 @@ async def _index(job: IndexJob, settings: GatewaySettings) -> None:
     ):
         table.add_row(name, str(value))
     console.print(table)
+    if report.duplicates:
+        err.print(
+            f"[yellow]warning:[/yellow] {report.duplicates} documents repeat an id that comes "
+            "again later in the input; only the last occurrence of each id was used",
+            soft_wrap=True,
+        )
 
 
 async def _delete(ids: list[str], collection: str, settings: GatewaySettings) -> None:

@@ -1,10 +1,12 @@
 """Batch indexing: read documents, chunk them, embed what changed, stage it, publish.
 
 Idempotent by id + content hash: a re-run over the same input embeds nothing and publishes
-nothing; a changed document is re-embedded and replaced, and chunks a shorter new version no
-longer has are deleted. Streaming and resumable: documents are read, embedded and committed
-in batches, so memory does not grow with the corpus and a killed run loses at most the two
-batches in flight (one embedding, one being written); a re-run skips everything committed.
+nothing (an id repeated in the input is indexed from its last occurrence only); a changed
+document is re-embedded and replaced, and chunks a shorter new version no longer has are
+deleted. Streaming and resumable: the input is read once for its ids, then documents are
+read, embedded and committed in batches, so memory grows only with the ids and a killed run
+loses at most the two batches in flight (one embedding, one being written); a re-run skips
+everything committed.
 """
 
 from __future__ import annotations
@@ -15,8 +17,7 @@ import json
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from itertools import islice
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal, Protocol
 
@@ -39,13 +40,12 @@ class IndexReport:
     updated: int = 0
     unchanged: int = 0
     deleted: int = 0
-    skipped: int = 0
+    duplicates: int = 0  # earlier occurrences of an id repeated later in the input: ignored
     records_written: int = 0
     records_removed: int = 0
     seconds: float = 0.0
     generation: int | None = None  # None: nothing changed, nothing published
     dry_run: bool = False
-    problems: list[str] = field(default_factory=list)
 
     @property
     def docs_per_s(self) -> float:
@@ -92,19 +92,31 @@ def detect_format(path: Path, fmt: InputFormat) -> InputFormat:
 
 def read_documents(
     path: Path, fmt: InputFormat = "auto", columns: CsvColumns | None = None
-) -> Iterator[Document]:
+) -> DocumentFile:
     """Documents from a JSONL file, a CSV/TSV file, or a directory of .txt/.md files.
 
     Raises:
         InvalidInput: the path does not fit the format (at once), or a document is invalid
             (when it is read; the message names the file, the line and the field).
     """
-    kind = detect_format(path, fmt)
-    if kind == "dir":
-        return read_directory(path)
-    if kind == "csv":
-        return read_csv(path, columns or CsvColumns())
-    return read_jsonl(path)
+    return DocumentFile(path, detect_format(path, fmt), columns or CsvColumns())
+
+
+@dataclass(frozen=True)
+class DocumentFile:
+    """The documents of a file or directory, read anew by each iteration: indexing reads its
+    input twice (ids first) rather than holding it in memory."""
+
+    path: Path
+    kind: InputFormat
+    columns: CsvColumns
+
+    def __iter__(self) -> Iterator[Document]:
+        if self.kind == "dir":
+            return read_directory(self.path)
+        if self.kind == "csv":
+            return read_csv(self.path, self.columns)
+        return read_jsonl(self.path)
 
 
 def count_documents(path: Path, fmt: InputFormat = "auto") -> int:
@@ -393,10 +405,9 @@ def _word_start(spans: list[tuple[int, int]], i: int, floor: int) -> int:
 class _Planned:
     """One batch of source documents, diffed against what is staged."""
 
-    ids: set[str]
     to_embed: list[Document]
     stale: list[str]
-    size: int
+    size: int  # source documents consumed, the ignored earlier copies of repeated ids included
     vectors: asyncio.Task[Embeddings] | None = None
 
 
@@ -414,21 +425,30 @@ async def index_documents(
     """Embed and stage every new or changed document, delete `delete` (source document ids),
     then publish one generation. With `dry_run`, count what would change and write nothing.
 
+    An id repeated anywhere in `documents` is indexed once, from its last occurrence (the
+    earlier ones are counted in `report.duplicates`), so a re-run changes nothing. To know
+    which occurrence is the last, `documents` is read twice: first for its ids alone (what
+    `read_documents` returns reads its file again; a one-shot iterator is kept in memory).
+    A bad document thus fails the run before anything is written.
+
     Batch N+1 is read, chunked and embedded (the model runs on its worker thread) while batch
-    N is written, so the model is not idle during staging. Batches are still committed in
-    input order, and a batch that repeats an id of the one in flight waits for it, so the
-    diff of each batch sees everything before it. Passages are embedded with truncation at
-    the end as a safety net: with a chunker they fit the window already.
+    N is written, so the model is not idle during staging. Batches are committed in input
+    order. Passages are embedded with truncation at the end as a safety net: with a chunker
+    they fit the window already.
     """
     report = IndexReport(dry_run=dry_run)
     started = time.perf_counter()
+    if isinstance(documents, Iterator):
+        documents = list(documents)
+    last: dict[str, int] = {}
+    for position, doc in enumerate(documents):
+        last[doc.id] = position
+        report.read += 1
+    report.duplicates = report.read - len(last)
     pending: _Planned | None = None
     try:
-        for batch in _batches(documents, batch_size):
-            if pending is not None and pending.ids & {doc.id for doc in batch}:
-                await _commit(pending, index, on_batch, dry_run)
-                pending = None
-            planned = await _plan(batch, index, chunker, report)
+        for batch, consumed in _batches(documents, last, batch_size):
+            planned = await _plan(batch, consumed, index, chunker, report)
             if planned.to_embed and not dry_run:
                 passages = [r.passage for r in planned.to_embed]
                 planned.vectors = asyncio.create_task(
@@ -457,11 +477,15 @@ async def index_documents(
 
 
 async def _plan(
-    batch: list[Document], index: VectorIndex, chunker: Chunker | None, report: IndexReport
+    batch: list[Document],
+    consumed: int,
+    index: VectorIndex,
+    chunker: Chunker | None,
+    report: IndexReport,
 ) -> _Planned:
     """What of `batch` must be (re-)embedded and which chunks are gone; counts into `report`."""
     known = await index.children([doc.id for doc in batch])
-    planned = _Planned({doc.id for doc in batch}, [], [], len(batch))
+    planned = _Planned([], [], consumed)
     for doc in batch:
         records = chunker.split(doc) if chunker else [doc]
         before = known.get(doc.id, {})
@@ -475,7 +499,6 @@ async def _plan(
             report.updated += 1
         else:
             report.unchanged += 1
-    report.read += len(batch)
     report.records_written += len(planned.to_embed)
     report.records_removed += len(planned.stale)
     return planned
@@ -497,11 +520,22 @@ async def _commit(
         on_batch(planned.size)
 
 
-def _batches(documents: Iterable[Document], size: int) -> Iterator[list[Document]]:
-    """Batches with unique ids (the last occurrence of a repeated id wins)."""
-    iterator = iter(documents)
-    while batch := list(islice(iterator, size)):
-        yield list({doc.id: doc for doc in batch}.values())
+def _batches(
+    documents: Iterable[Document], last: dict[str, int], size: int
+) -> Iterator[tuple[list[Document], int]]:
+    """Batches of up to `size` documents, each the last occurrence of its id (`last`: id ->
+    position), with how many source documents each consumed."""
+    batch: list[Document] = []
+    consumed = 0
+    for position, doc in enumerate(documents):
+        consumed += 1
+        if last.get(doc.id) == position:
+            batch.append(doc)
+            if len(batch) == size:
+                yield batch, consumed
+                batch, consumed = [], 0
+    if consumed:
+        yield batch, consumed
 
 
 def read_id_list(path: Path) -> list[str]:

@@ -108,6 +108,36 @@ async def test_duplicate_ids_in_one_batch_keep_the_last(
     assert (await index.search(query, 1)).hits[0][0].text == "second version"
 
 
+async def test_an_id_repeated_across_batches_keeps_the_last_and_re_runs_change_nothing(
+    tmp_path: Path, fake_embedder: FakeEmbedder
+) -> None:
+    index = await open_index(tmp_path, fake_embedder)
+    docs = [Document("a", "first version"), Document("b", "beta"), Document("a", "second")]
+    seen: list[int] = []
+    first = await index_documents(docs, index, fake_embedder, batch_size=2, on_batch=seen.append)
+    assert (first.read, first.duplicates, first.added, first.updated) == (3, 1, 2, 0)
+    assert sum(seen) == 3  # progress counts the ignored copy too
+    # every document read is accounted for (the report has no count nothing fills)
+    assert first.read == first.added + first.updated + first.unchanged + first.duplicates
+    assert first.generation == 1
+    embedded = passages_embedded(fake_embedder)
+    for _ in range(2):
+        again = await index_documents(docs, index, fake_embedder, batch_size=2)
+        assert (again.duplicates, again.unchanged, again.updated) == (1, 2, 0)
+        assert again.generation is None
+    assert passages_embedded(fake_embedder) == embedded
+    query = (await fake_embedder.embed(["second"], InputType.QUERY)).vectors
+    assert [h.text for h in (await index.search(query, 5)).hits[0] if h.id == "a"] == ["second"]
+
+
+async def test_a_one_shot_iterator_is_read_once(
+    tmp_path: Path, fake_embedder: FakeEmbedder
+) -> None:
+    index = await open_index(tmp_path, fake_embedder)
+    report = await index_documents(iter(SMALL_DOCS), index, fake_embedder, batch_size=2)
+    assert (report.read, report.added) == (5, 5)
+
+
 async def test_long_passages_are_truncated_on_request_not_refused(
     tmp_path: Path,
 ) -> None:

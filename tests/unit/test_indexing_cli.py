@@ -6,8 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from click.testing import Result
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from app.cli import cli
 from tests.conftest import DATA
@@ -73,3 +72,22 @@ def test_a_path_that_does_not_fit_the_format_is_refused_and_nothing_created(
         assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
         assert len(error_lines(result)) == 1 and "directory" in error_lines(result)[0]
     assert not index_dir.exists()
+
+
+def test_repeated_ids_are_reported_and_re_runs_change_nothing(
+    index_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SEMSEARCH_INDEX_BATCH_SIZE", "2")
+    path = tmp_path / "dup.jsonl"
+    path.write_text(
+        '{"id": "a", "text": "v1"}\n{"id": "b", "text": "bee"}\n{"id": "a", "text": "v2"}\n'
+    )
+    first = index(str(path), "--collection", "c1")
+    assert first.exit_code == 0, first.output
+    assert summary(first)["added"] == "2" and summary(first)["generation"] == "1"
+    assert summary(first)["duplicates ignored"] == "1"
+    assert "warning: 1 documents repeat an id" in first.output
+    for _ in range(2):
+        again = index(str(path), "--collection", "c1")
+        assert summary(again)["unchanged"] == "2" and summary(again)["updated"] == "0"
+        assert summary(again)["generation"].startswith("unchanged")
