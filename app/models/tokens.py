@@ -62,16 +62,20 @@ class TextTokenizer:
         return cls(Tokenizer.from_file(str(Path(folder) / "tokenizer.json")), window)
 
     def encode(
-        self, texts: Sequence[str], truncate: Truncate, field: str = "input"
+        self, texts: Sequence[str], truncate: Truncate, field: str = "input", prefix: str = ""
     ) -> list[Encoded]:
-        """Encode single texts.
+        """Encode single texts, each after `prefix` (an instruction such as `query: `).
+
+        Truncation cuts the text only: the prefix stays in front, whichever end is cut.
 
         Raises:
             InputTooLong: a text is over the window and `truncate` is NONE (names `field[i]`).
         """
         room = self.window - self._single_special
+        head = self._tok.encode(prefix, add_special_tokens=False) if prefix else None
         out = []
-        for i, enc in enumerate(self._tok.encode_batch(list(texts), add_special_tokens=False)):
+        whole = [prefix + text for text in texts]
+        for i, enc in enumerate(self._tok.encode_batch(whole, add_special_tokens=False)):
             total = len(enc.ids) + self._single_special
             if total > self.window:
                 if truncate is Truncate.NONE:
@@ -80,41 +84,58 @@ class TextTokenizer:
                         "Shorten it, or ask for truncate END or START",
                         field=f"{field}[{i}]",
                     )
-                _cut(enc, room, truncate)
+                if head is None:
+                    _cut(enc, room, truncate)
+                else:
+                    enc = self._tok.encode(texts[i], add_special_tokens=False)
+                    _cut(enc, room - len(head.ids), truncate)
+                    enc = Encoding.merge([head, enc], growing_offsets=True)
+                    _cut(enc, room, Truncate.END)  # only if the prefix alone is over the window
             out.append(self._finish(enc, None, total))
         return out
 
     def encode_pairs(
         self, query: str, passages: Sequence[str], truncate: Truncate, field: str = "passages"
     ) -> list[Encoded]:
-        """Encode (query, passage) pairs for a cross-encoder; overflow cuts the passage.
+        """Encode (query, passage) pairs for a cross-encoder.
+
+        A pair that fits the window is kept whole. One that overflows cuts the passage first;
+        the query gives up tokens only beyond half the window, so every passage keeps room.
 
         Raises:
-            InputTooLong: a pair is over the window and `truncate` is NONE.
+            InputTooLong: a pair is over the window and `truncate` is NONE (names `query`
+                when the query alone is over half the window, else `field[i]`).
         """
         q = self._tok.encode(query, add_special_tokens=False)
-        # A query may use at most half the window, so every passage keeps some room.
-        if len(q.ids) > (self.window - self._pair_special) // 2:
-            if truncate is Truncate.NONE:
-                raise InputTooLong(
-                    f"the query is {len(q.ids)} tokens; at most "
-                    f"{(self.window - self._pair_special) // 2} fit next to a passage",
-                    field="query",
-                )
-            _cut(q, (self.window - self._pair_special) // 2, Truncate.END)
-        room = self.window - self._pair_special - len(q.ids)
+        room = self.window - self._pair_special
+        half = room // 2
+        cut_queries: dict[int, Encoding] = {}
         out = []
         for i, enc in enumerate(self._tok.encode_batch(list(passages), add_special_tokens=False)):
             total = len(q.ids) + len(enc.ids) + self._pair_special
+            first = q
             if total > self.window:
+                if truncate is Truncate.NONE and len(q.ids) > half:
+                    raise InputTooLong(
+                        f"the query is {len(q.ids)} tokens; with passage {i} the pair is "
+                        f"{total} tokens, and at most {half} query tokens fit next to a passage",
+                        field="query",
+                    )
                 if truncate is Truncate.NONE:
                     raise InputTooLong(
                         f"passage {i} with the query is {total} tokens; the model reads at most "
                         f"{self.window}. Shorten it, or ask for truncation",
                         field=f"{field}[{i}]",
                     )
-                _cut(enc, room, truncate)
-            out.append(self._finish(q, enc, total))
+                # keep as much of the query as the passage leaves, and at least half the room
+                keep = max(half, room - len(enc.ids))
+                if keep < len(q.ids):
+                    if keep not in cut_queries:
+                        cut_queries[keep] = self._tok.encode(query, add_special_tokens=False)
+                        _cut(cut_queries[keep], keep, Truncate.END)
+                    first = cut_queries[keep]
+                _cut(enc, room - len(first.ids), truncate)
+            out.append(self._finish(first, enc, total))
         return out
 
     @property
