@@ -224,7 +224,7 @@ class LocalEmbedder(_LocalModel):
         from sentence_transformers import SentenceTransformer
 
         settings = self._embedder_settings
-        window = settings.max_seq_length or _configured_window(folder)
+        window = _within_positions(folder, settings.max_seq_length or _configured_window(folder))
 
         def load_torch(device: str) -> Any:
             model = SentenceTransformer(str(folder), device=device)
@@ -255,11 +255,11 @@ class LocalEmbedder(_LocalModel):
             if input_type is InputType.QUERY
             else self._embedder_settings.passage_prefix
         )
-        prefixed = [prefix + t for t in texts] if prefix else list(texts)
-        if not prefixed:
+        if not texts:
             return Embeddings(np.zeros((0, self._info.dimension or 0), np.float32), 0)
         encoded = await self._tokenize(
-            lambda: loaded.tokenizer.encode(prefixed, truncate), sum(map(len, prefixed))
+            lambda: loaded.tokenizer.encode(texts, truncate, prefix=prefix),
+            sum(map(len, texts)) + len(prefix) * len(texts),
         )
         vectors = np.stack(await queue.submit(encoded)).astype(np.float32)
         if normalize:
@@ -280,7 +280,7 @@ class LocalReranker(_LocalModel):
     def _load(self, folder: Path) -> _Loaded:
         from sentence_transformers import CrossEncoder
 
-        window = self._reranker_settings.max_length
+        window = _within_positions(folder, self._reranker_settings.max_length)
 
         def load_torch(device: str) -> Any:
             return CrossEncoder(str(folder), device=device, max_length=window)
@@ -326,6 +326,35 @@ def _configured_window(folder: Path) -> int:
         or read("config.json", "max_position_embeddings")
         or 512
     )
+
+
+# Architectures whose position ids start after the padding index (fairseq's convention), so
+# two of `max_position_embeddings` are never usable: RoBERTa's 514 read 512 tokens.
+_OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "mpnet", "longformer", "bart"}
+
+
+def _within_positions(folder: Path, window: int) -> int:
+    """`window`, capped at the tokens the model has positions for: a longer input would index
+    past the position table and fail the whole batch it is in."""
+    import json
+
+    path = folder / "config.json"
+    config = json.loads(path.read_text()) if path.is_file() else {}
+    positions = config.get("max_position_embeddings")
+    if not isinstance(positions, int) or positions <= 0:
+        return window
+    if config.get("model_type") in _OFFSET_POSITIONS:
+        positions -= 2
+    if window <= positions:
+        return window
+    log.warning(
+        "model_window_capped",
+        model=str(folder),
+        configured=window,
+        window=positions,
+        reason="the model has no position embeddings past this",
+    )
+    return positions
 
 
 def _tokenizer(folder: Path, window: int) -> TextTokenizer:

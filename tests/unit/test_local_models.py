@@ -161,6 +161,63 @@ async def test_query_and_passage_prefixes(tiny_bi_encoder: Path) -> None:
     await plain.stop()
 
 
+async def test_truncating_from_the_start_keeps_the_prefixes(tiny_bi_encoder: Path) -> None:
+    settings = EmbedderSettings(
+        model=str(tiny_bi_encoder),
+        query_prefix="query: ",
+        passage_prefix="passage: ",
+        dtype="float32",
+    )
+    embedder = build_embedder(settings)
+    await embedder.start()
+    long = "zebra " * 200
+    query = await embedder.embed([long], InputType.QUERY, Truncate.START)
+    passage = await embedder.embed([long], InputType.PASSAGE, Truncate.START)
+    assert not np.allclose(query.vectors, passage.vectors, atol=1e-4)
+    plain = build_embedder(EmbedderSettings(model=str(tiny_bi_encoder), dtype="float32"))
+    await plain.start()
+    expected = await plain.embed(["query: " + "zebra " * 124], InputType.QUERY)  # 128 tokens
+    np.testing.assert_allclose(query.vectors, expected.vectors, atol=1e-5)
+    await embedder.stop()
+    await plain.stop()
+
+
+async def test_more_texts_than_the_queue_holds_are_embedded(tiny_bi_encoder: Path) -> None:
+    # indexing embeds whatever it is given; the queue bound is for concurrent requests
+    settings = EmbedderSettings(
+        model=str(tiny_bi_encoder), max_queue_items=8, max_items_per_request=8, dtype="float32"
+    )
+    embedder = build_embedder(settings)
+    await embedder.start()
+    texts = [f"text number {i}" for i in range(21)]
+    together = await embedder.embed(texts, InputType.PASSAGE)
+    one = await embedder.embed(texts[20:], InputType.PASSAGE)
+    assert together.vectors.shape == (21, 32)
+    np.testing.assert_allclose(together.vectors[20:], one.vectors, atol=1e-5)
+    await embedder.stop()
+
+
+async def test_window_is_capped_at_the_models_positions(tiny_cross_encoder: Path) -> None:
+    from structlog.testing import capture_logs
+
+    # 600 tokens on a 512-position BERT would index past its position table and fail the
+    # whole batch (a 500 for every request in it); capped, a long pair is cut or refused.
+    reranker = build_reranker(
+        RerankerSettings(model=str(tiny_cross_encoder), max_length=600, dtype="float32")
+    )
+    with capture_logs() as logs:
+        await reranker.start()
+    assert reranker.info.max_tokens == 512
+    [capped] = [e for e in logs if e["event"] == "model_window_capped"]
+    assert (capped["configured"], capped["window"]) == (600, 512)
+    long = "word " * 550
+    with pytest.raises(InputTooLong):
+        await reranker.score("q", [long], Truncate.NONE)
+    scores = await reranker.score("q", ["short", long], Truncate.END)
+    assert len(scores) == 2 and reranker.healthy
+    await reranker.stop()
+
+
 async def test_model_that_keeps_failing_turns_unhealthy(tiny_bi_encoder: Path) -> None:
     embedder = build_embedder(EmbedderSettings(model=str(tiny_bi_encoder)))
     await embedder.start()
