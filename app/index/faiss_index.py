@@ -231,13 +231,15 @@ class _Generation:
             if key in self._filters:
                 self._filters.move_to_end(key)
                 return self._filters[key]
-        clauses, params = [], []
+        clauses: list[str] = []
+        params: list[Any] = []
         for field, value in filter.items():
-            values = value if isinstance(value, list) else [value]
-            marks = ",".join("?" * len(values))
-            # json_each matches a scalar field and any element of an array field alike
+            matches, values = _value_matches(value if isinstance(value, list) else [value])
+            # json_each matches a scalar field and any element of an array field alike; the
+            # members of an object field (text keys) are not its values
             clauses.append(
-                f"EXISTS (SELECT 1 FROM json_each(metadata, ?) WHERE value IN ({marks}))"
+                "EXISTS (SELECT 1 FROM json_each(metadata, ?) "
+                f"WHERE typeof(key) != 'text' AND ({matches}))"
             )
             params += [f'$."{field}"', *values]
         rows = self._docs().execute(
@@ -296,6 +298,23 @@ class _Generation:
                 hits.append(Hit(doc_id, float(score), text, title, json.loads(metadata)))
             results.append(hits)
         return results
+
+
+def _value_matches(values: list[Any]) -> tuple[str, list[Any]]:
+    """SQL matching a json_each row against `values` by JSON type, as Qdrant does: true and
+    false are not the numbers 1 and 0 (json_each's `value` alone would say they are), numbers
+    match numbers (2 and 2.0 alike), strings match strings."""
+    numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+    texts = [v for v in values if isinstance(v, str)]
+    booleans = sorted({"true" if v else "false" for v in values if isinstance(v, bool)})
+    options = [f"type = '{name}'" for name in booleans]  # JSON's true/false are types
+    if numbers:
+        options.append(
+            f"(type IN ('integer', 'real') AND value IN ({','.join('?' * len(numbers))}))"
+        )
+    if texts:
+        options.append(f"(type = 'text' AND value IN ({','.join('?' * len(texts))}))")
+    return " OR ".join(options) or "0", [*numbers, *texts]
 
 
 def set_search_params(index: faiss.Index, kind: str, options: FaissOptions) -> None:

@@ -45,6 +45,9 @@ def corpus(n: int = 200, seed: int = 0) -> tuple[list[Document], np.ndarray]:
                 "score": (i % 4) / 2,
                 "public": i % 2 == 0,
                 "tags": [f"t{i % 5}", f"t{(i + 1) % 5}"],
+                "half": i % 2,  # the numbers 0 and 1, not booleans
+                "code": str(i % 3),
+                "nested": {"lang": langs[i % 3]},
             },
         )
         for i in range(n)
@@ -105,7 +108,16 @@ async def test_search_is_exact_nearest_neighbours(make_index: Factory) -> None:
         np.testing.assert_allclose([h.score for h in hits], vectors[expected] @ query, atol=1e-5)
     top = result.hits[0][0]
     assert top.title.startswith("title ") and top.text.startswith("text ")
-    assert set(top.metadata) == {"lang", "year", "score", "public", "tags"}
+    assert set(top.metadata) == {
+        "lang",
+        "year",
+        "score",
+        "public",
+        "tags",
+        "half",
+        "code",
+        "nested",
+    }
     assert await index.count() == 200
 
 
@@ -123,6 +135,19 @@ async def test_search_is_exact_nearest_neighbours(make_index: Factory) -> None:
             lambda d: d.metadata["lang"] == "en" and d.metadata["year"] in (2000, 2003, 2006),
         ),
         ({"lang": "xx"}, lambda d: False),
+        # JSON types: true/false are not the numbers 1/0, numbers are not numeric strings
+        ({"public": 1}, lambda d: False),
+        ({"public": [0, "true"]}, lambda d: False),
+        ({"half": True}, lambda d: False),
+        ({"half": False}, lambda d: False),
+        ({"half": 1}, lambda d: d.metadata["half"] == 1),
+        ({"half": [1.0, "0"]}, lambda d: d.metadata["half"] == 1),
+        ({"half": [True, 0]}, lambda d: d.metadata["half"] == 0),
+        ({"code": 1}, lambda d: False),
+        ({"code": ["1", 2]}, lambda d: d.metadata["code"] == "1"),
+        ({"score": [0.5, "1.0"]}, lambda d: d.metadata["score"] == 0.5),
+        # an object's members are not its values
+        ({"nested": "de"}, lambda d: False),
     ],
 )
 async def test_filters_mean_the_same_everywhere(
