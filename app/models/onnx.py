@@ -28,10 +28,12 @@ RECIPE = "2"  # bump when the export changes, so cached exports are rebuilt
 
 
 def exported_path(folder: Path, kind: str, quantized: bool, cache_dir: Path) -> Path:
-    """Where the export of `folder` lives; keyed by the weights, so new weights re-export."""
+    """Where the export of `folder` lives; keyed by the weights and the export recipe, so new
+    weights or a changed export are exported again."""
     weights = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin"))
     fingerprint = "|".join(
         [
+            f"recipe={RECIPE}",
             str(folder.resolve()),
             kind,
             *(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in weights),
