@@ -59,9 +59,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 def install(app: FastAPI, service: str, max_request_bytes: int) -> None:
     """Add the shared middleware, error handlers and /health + /metrics to a service app."""
     app.add_middleware(RequestContext, service=service, max_body=max_request_bytes)
-    # Registered per class: Starlette routes the specific ones through its exception middleware
-    # (the response goes out normally) and only `Exception` through the outermost one.
-    for error_class in (SemsearchError, RequestValidationError, StarletteHTTPException, Exception):
+    # Starlette's exception middleware answers these inside RequestContext. Anything else
+    # (a bug) is answered by RequestContext itself, so the 500 carries the request id too.
+    for error_class in (SemsearchError, RequestValidationError, StarletteHTTPException):
         app.add_exception_handler(error_class, _handle_error)
     app.add_api_route(
         "/health",
@@ -122,6 +122,10 @@ async def _handle_error(_request: Request, error: Exception) -> JSONResponse:
         return _validation_error(error)
     if isinstance(error, StarletteHTTPException):
         return _http_error(error)
+    return _internal_error(error)
+
+
+def _internal_error(error: BaseException) -> JSONResponse:
     log.exception("unhandled_error", error=repr(error))
     return JSONResponse(
         error_body("internal_error", "internal error; the request id is in the logs"),
@@ -194,11 +198,12 @@ class RequestContext:
         request_arrival.set(time.monotonic())
         started = time.perf_counter()
         status = 500
+        responded = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, responded
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, responded = message["status"], True
                 headers = [
                     *message.get("headers", []),
                     (REQUEST_ID_HEADER.lower().encode(), request_id.encode()),
@@ -223,6 +228,12 @@ class RequestContext:
                     return
                 receive = _replay(buffered, receive)
             await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            # Answered here, inside the request context: the 500 carries x-request-id. The
+            # exception still goes up, so the server (and a test transport) sees it.
+            if not responded:
+                await _internal_error(exc)(scope, receive, send_with_id)
+            raise
         finally:
             elapsed = time.perf_counter() - started
             route = scope.get("route")

@@ -12,16 +12,17 @@ from fastapi import FastAPI
 
 
 @asynccontextmanager
-async def asgi_client(app: FastAPI, *, wait_ready: bool = True) -> AsyncIterator[httpx.AsyncClient]:
-    async with (
-        LifespanManager(app, startup_timeout=60) as manager,
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=manager.app), base_url="http://testserver"
-        ) as client,
-    ):
-        if wait_ready:
-            await until_ready(client)
-        yield client
+async def asgi_client(
+    app: FastAPI, *, wait_ready: bool = True, raise_app_exceptions: bool = True
+) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of `app`; `raise_app_exceptions=False` shows the response a server would send
+    for an unhandled error instead of raising it in the test."""
+    async with LifespanManager(app, startup_timeout=60) as manager:
+        transport = httpx.ASGITransport(app=manager.app, raise_app_exceptions=raise_app_exceptions)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            if wait_ready:
+                await until_ready(client)
+            yield client
 
 
 async def until_ready(client: httpx.AsyncClient, timeout_s: float = 60.0) -> None:

@@ -153,6 +153,24 @@ async def test_malformed_json_unknown_route_and_method() -> None:
         assert_error(await client.get("/v1/embeddings"), 405, "method_not_allowed")
 
 
+async def test_an_unexpected_error_is_a_500_carrying_the_request_id() -> None:
+    app = fake_app()
+
+    async def broken(*_args: object) -> None:
+        raise RuntimeError("a bug")
+
+    app.state.model.embed = broken
+    async with asgi_client(app, raise_app_exceptions=False) as client:
+        reply = await client.post(
+            "/v1/embeddings", json={"input": "x"}, headers={"x-request-id": "req-500"}
+        )
+        assert_error(reply, 500, "internal_error")
+        assert "request id" in reply.json()["error"]["message"]
+        assert reply.headers["x-request-id"] == "req-500"
+        text = (await client.get("/metrics")).text
+    assert 'route="/v1/embeddings",service="embedder",status="500"' in text
+
+
 async def test_ops_endpoints() -> None:
     async with asgi_client(fake_app()) as client:
         assert (await client.get("/health")).json() == {"status": "ok"}
