@@ -350,10 +350,13 @@ class FaissIndex:
 
     backend = "faiss"
 
-    def __init__(self, layout: CollectionLayout, options: FaissOptions) -> None:
+    def __init__(
+        self, layout: CollectionLayout, options: FaissOptions, read_only: bool = False
+    ) -> None:
         info = layout.read_info()
         self._layout = layout
         self._options = options
+        self._read_only = read_only
         self._model_id = info.model_id
         self._dimension = info.dimension
         self._generation: _Generation | None = None
@@ -362,9 +365,15 @@ class FaissIndex:
 
     @classmethod
     async def open(
-        cls, index_dir: Path, name: str, options: FaissOptions | None = None
+        cls,
+        index_dir: Path,
+        name: str,
+        options: FaissOptions | None = None,
+        read_only: bool = False,
     ) -> FaissIndex:
         """Open an existing collection and load its published generation (if any).
+        `read_only` (a dry run) writes no file at all: `children()` reads the staged store
+        while keeping writers out, and writes raise.
 
         Raises:
             NotFound: there is no collection of that name under `index_dir`.
@@ -372,7 +381,7 @@ class FaissIndex:
         layout = CollectionLayout(index_dir, name)
         if not layout.exists():
             raise NotFound(f"collection {name!r} does not exist", field="collection")
-        index = cls(layout, options or FaissOptions())
+        index = cls(layout, options or FaissOptions(), read_only)
         await index.reload()
         return index
 
@@ -468,14 +477,27 @@ class FaissIndex:
     # -- writes -----------------------------------------------------------------------------
 
     def _writable_store(self) -> DocumentStore:
+        if self._read_only:
+            raise SemsearchError(f"collection {self.collection!r} was opened read-only")
         if self._store is None:
             self._writing.enter_context(self._layout.writer_lock())
             self._store = DocumentStore(self._layout.store_path)
             self._writing.callback(self._store.close)
         return self._store
 
+    def _staged_children(self, parents: Sequence[str]) -> dict[str, dict[str, str]]:
+        if not self._read_only:
+            return self._writable_store().children(parents)
+        if self._store is None:
+            if not self._layout.store_path.exists():
+                return {}  # nothing was ever staged
+            self._writing.enter_context(self._layout.reader_lock())
+            self._store = DocumentStore(self._layout.store_path, read_only=True)
+            self._writing.callback(self._store.close)
+        return self._store.children(parents)
+
     async def children(self, parents: Sequence[str]) -> dict[str, dict[str, str]]:
-        return await asyncio.to_thread(self._writable_store().children, parents)
+        return await asyncio.to_thread(self._staged_children, parents)
 
     async def upsert(self, documents: Sequence[Document], vectors: FloatArray) -> None:
         if len(documents) != len(vectors):

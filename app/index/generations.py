@@ -160,6 +160,26 @@ class CollectionLayout:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    @contextmanager
+    def reader_lock(self) -> Iterator[None]:
+        """Keep writers out while the staged store is read, creating nothing (a collection
+        that was never written has no lock file, and nothing staged to protect)."""
+        path = self.root / ".lock"
+        if not path.exists():  # writers create it (and never remove it)
+            yield
+            return
+        with open(path) as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError as exc:
+                raise SemsearchError(
+                    f"collection {self.name!r} is being written by another process"
+                ) from exc
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write to a temporary name, fsync, then rename over `path`: readers see old or new."""

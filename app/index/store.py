@@ -46,10 +46,20 @@ CREATE TABLE {db}.docs (
 
 
 class DocumentStore:
-    """Staged documents of one collection. Used from one thread at a time."""
+    """Staged documents of one collection. Used from one thread at a time.
 
-    def __init__(self, path: Path) -> None:
+    `read_only` writes nothing, not even SQLite's -wal/-shm files: with no -wal file (no
+    writer is active, or the last one closed cleanly) the database is read as immutable, so
+    open it under the collection's reader lock.
+    """
+
+    def __init__(self, path: Path, read_only: bool = False) -> None:
         self.path = path
+        if read_only:
+            wal = path.with_name(path.name + "-wal").exists()
+            uri = f"file:{path}?mode=ro" + ("" if wal else "&immutable=1")
+            self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
+            return
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")

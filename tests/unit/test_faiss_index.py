@@ -185,6 +185,25 @@ async def test_second_writer_is_refused(tmp_path: Path, fake_embedder: FakeEmbed
     assert await second.children(["berlin"]) == {"berlin": {"berlin": content_hash(SMALL_DOCS[0])}}
 
 
+async def test_read_only_sees_what_is_staged_keeps_writers_out_and_writes_nothing(
+    tmp_path: Path, fake_embedder: FakeEmbedder
+) -> None:
+    writer = await build_collection(tmp_path, "docs", SMALL_DOCS[:2], fake_embedder)
+    await writer.children(["x"])  # holds the writer lock until closed
+    reader = await FaissIndex.open(tmp_path, "docs", read_only=True)
+    with pytest.raises(SemsearchError, match="another process"):
+        await reader.children(["berlin"])
+    await writer.close()
+    files = sorted(p.name for p in (tmp_path / "docs").iterdir())
+    assert await reader.children(["berlin"]) == {"berlin": {"berlin": content_hash(SMALL_DOCS[0])}}
+    assert sorted(p.name for p in (tmp_path / "docs").iterdir()) == files  # no -wal/-shm
+    with pytest.raises(SemsearchError, match="another process"):
+        await (await FaissIndex.open(tmp_path, "docs")).children(["x"])  # readers keep it
+    with pytest.raises(SemsearchError, match="read-only"):
+        await reader.delete(["berlin"])
+    await reader.close()
+
+
 async def test_other_model_or_bad_names_are_refused(
     tmp_path: Path, fake_embedder: FakeEmbedder
 ) -> None:

@@ -91,3 +91,39 @@ def test_repeated_ids_are_reported_and_re_runs_change_nothing(
         again = index(str(path), "--collection", "c1")
         assert summary(again)["unchanged"] == "2" and summary(again)["updated"] == "0"
         assert summary(again)["generation"].startswith("unchanged")
+
+
+def files_under(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file below `root` with its size and modification time."""
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def test_a_dry_run_writes_nothing_anywhere(
+    index_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text('{"id": "a", "text": "alpha"}\n{"id": "b", "text": "beta"}\n')
+    fallback = tmp_path / "fallback"
+    monkeypatch.setenv("SEMSEARCH_FALLBACK_INDEX_DIR", str(fallback))
+    new = index(str(docs), "--collection", "ex", "--dry-run")  # a collection not there yet
+    assert new.exit_code == 0, new.output
+    assert summary(new)["added"] == "2"
+    assert not index_dir.exists() and not fallback.exists()
+
+    monkeypatch.delenv("SEMSEARCH_FALLBACK_INDEX_DIR")
+    assert index(str(docs), "--collection", "ex").exit_code == 0  # primary only
+    monkeypatch.setenv("SEMSEARCH_FALLBACK_INDEX_DIR", str(fallback))
+    before = files_under(tmp_path)
+    dry = index(str(docs), "--collection", "ex", "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert files_under(tmp_path) == before  # no fallback copy, lock file or SQLite journal
+    assert summary(dry)["updated"] == "2"  # the real run would write the fallback copy
+
+    assert index(str(docs), "--collection", "ex").exit_code == 0  # both copies now
+    before = files_under(tmp_path)
+    dry = index(str(docs), "--collection", "ex", "--dry-run")
+    assert files_under(tmp_path) == before
+    assert summary(dry)["unchanged"] == "2"
