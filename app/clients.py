@@ -6,16 +6,21 @@ and turn a service that cannot be reached into `Unavailable` so the pipeline can
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import re
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import httpx
+import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from app.config import EmbedderSettings, GatewaySettings, RerankerSettings
 from app.errors import (
     EmbedderUnavailable,
+    InvalidInput,
     RerankerUnavailable,
+    RetryableError,
     SemsearchError,
     Unavailable,
     UpstreamError,
@@ -29,12 +34,14 @@ from app.protocol import (
     InfoResponse,
     RankingRequest,
     RankingResponse,
-    RankingText,
+    field_name,
 )
-from app.types import InputType, ModelInfo, Truncate
+from app.types import FloatArray, InputType, ModelInfo, Truncate
 
 log = get_logger(__name__)
 R = TypeVar("R", bound=BaseModel)
+T = TypeVar("T")
+_INDEXED_FIELD = re.compile(r"^(\w+)\[(\d+)\]")
 
 
 class _ServiceClient:
@@ -43,9 +50,16 @@ class _ServiceClient:
     unavailable: type[Unavailable] = Unavailable
     kind = "model"
 
-    def __init__(self, base_url: str, timeout_s: float) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        timeout_s: float,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        """`transport`: httpx's default (the network) unless given, e.g. an app in-process."""
         self.base_url = base_url.rstrip("/")
         self._timeout = timeout_s
+        self._transport = transport
         self._http: httpx.AsyncClient | None = None
         # Until the service first answers /info, it is known by its URL; the real model id
         # replaces this (and is kept through later outages, so cached answers stay findable).
@@ -58,6 +72,7 @@ class _ServiceClient:
             device="remote",
         )
         self._status = "connecting"
+        self._max_items: int | None = None  # texts per request, from the service's /info
 
     @property
     def ready(self) -> bool:
@@ -80,6 +95,7 @@ class _ServiceClient:
             base_url=self.base_url,
             timeout=httpx.Timeout(self._timeout, connect=min(self._timeout, 2.0)),
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+            transport=self._transport,
         )
         await self.refresh_info()
 
@@ -91,6 +107,7 @@ class _ServiceClient:
             self._status = f"unreachable: {exc.message}"
             return False
         self._info = info.to_model_info()
+        self._max_items = info.max_items_per_request
         self._status = "ready"
         return True
 
@@ -126,15 +143,41 @@ class _ServiceClient:
             raise UpstreamError(f"{self.kind} service sent an unexpected answer: {exc}") from exc
 
     def _error(self, reply: httpx.Response) -> SemsearchError:
+        field: str | None = None
         try:
             detail: dict[str, Any] = reply.json()["error"]
             error_type, message = str(detail["type"]), str(detail["message"])
+            field = str(detail["field"]) if detail.get("field") is not None else None
         except Exception:
             error_type, message = "unknown", reply.text[:200]
         error = error_for_status(reply.status_code, error_type, message)
         if isinstance(error, Unavailable) and not isinstance(error, self.unavailable):
-            return self.unavailable(f"{self.kind} service: {message}")
+            error = self.unavailable(f"{self.kind} service: {message}")
+        error.field = field
+        if isinstance(error, RetryableError):  # the service's estimate, for our own 429/503
+            with contextlib.suppress(KeyError, ValueError):
+                error.retry_after_s = max(float(reply.headers["retry-after"]), 0.0)
         return error
+
+    async def _in_pieces(
+        self, count: int, call: Callable[[int, int], Awaitable[list[T]]]
+    ) -> list[T]:
+        """`call(start, stop)` over `range(count)` in requests the service accepts (its
+        max_items_per_request), one after another, results in order. An error naming an
+        item (`input[3]`) names it by its index in the whole call."""
+        if not self.ready:
+            await self.refresh_info()
+        size = self._max_items or count
+        results: list[T] = []
+        for start in range(0, count, size):
+            try:
+                results.extend(await call(start, min(start + size, count)))
+            except SemsearchError as exc:
+                if start and exc.field and (match := _INDEXED_FIELD.match(exc.field)):
+                    index = int(match.group(2)) + start
+                    exc.field = f"{match.group(1)}[{index}]" + exc.field[match.end() :]
+                raise
+        return results
 
 
 class HttpEmbedder(_ServiceClient):
@@ -150,17 +193,26 @@ class HttpEmbedder(_ServiceClient):
         truncate: Truncate = Truncate.NONE,
         normalize: bool = True,
     ) -> Embeddings:
-        request = EmbeddingsRequest(
-            input=list(texts),
-            input_type=input_type,
-            truncate=truncate,
-            encoding_format="base64",
-            normalize=normalize,
-        )
-        if not self.ready:
-            await self.refresh_info()
-        reply = await self._call("POST", "/v1/embeddings", request, EmbeddingsResponse)
-        return Embeddings(vectors=reply.vectors(), prompt_tokens=reply.usage.prompt_tokens)
+        if not texts:
+            return Embeddings(np.zeros((0, self._info.dimension or 0), np.float32), 0)
+        tokens = 0
+
+        async def piece(start: int, stop: int) -> list[FloatArray]:
+            nonlocal tokens
+            request = _build(
+                EmbeddingsRequest,
+                input=list(texts[start:stop]),
+                input_type=input_type,
+                truncate=truncate,
+                encoding_format="base64",
+                normalize=normalize,
+            )
+            reply = await self._call("POST", "/v1/embeddings", request, EmbeddingsResponse)
+            tokens += reply.usage.prompt_tokens
+            return list(reply.vectors())
+
+        vectors = await self._in_pieces(len(texts), piece)
+        return Embeddings(vectors=np.stack(vectors), prompt_tokens=tokens)
 
 
 class HttpReranker(_ServiceClient):
@@ -174,18 +226,33 @@ class HttpReranker(_ServiceClient):
     ) -> list[float]:
         if truncate is Truncate.START:
             raise ValueError("the ranking API truncates at the END only")
-        request = RankingRequest(
-            query=RankingText(text=query),
-            passages=[RankingText(text=p) for p in passages],
-            truncate=truncate,
-        )
-        if not self.ready:
-            await self.refresh_info()
-        reply = await self._call("POST", "/v1/ranking", request, RankingResponse)
-        scores = [0.0] * len(passages)
-        for ranking in reply.rankings:
-            scores[ranking.index] = ranking.logit
-        return scores
+        if not passages:
+            return []
+
+        async def piece(start: int, stop: int) -> list[float]:
+            request = _build(
+                RankingRequest,
+                query={"text": query},
+                passages=[{"text": p} for p in passages[start:stop]],
+                truncate=truncate,
+            )
+            reply = await self._call("POST", "/v1/ranking", request, RankingResponse)
+            scores = [0.0] * (stop - start)
+            for ranking in reply.rankings:
+                scores[ranking.index] = ranking.logit
+            return scores
+
+        return await self._in_pieces(len(passages), piece)
+
+
+def _build(schema: type[R], **fields: Any) -> R:
+    """The request, or `InvalidInput` naming the field (as the service would answer)."""
+    try:
+        return schema.model_validate(fields)
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        field = field_name(problem["loc"])
+        raise InvalidInput(f"{field}: {problem['msg']}", field=field) from exc
 
 
 def embedder_for(settings: GatewaySettings) -> Embedder:

@@ -8,6 +8,7 @@ these classes.
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -61,6 +62,14 @@ Texts = Annotated[
 
 
 # -- errors and health ----------------------------------------------------------------------
+
+
+def field_name(loc: Sequence[int | str]) -> str:
+    """How errors name a field: `passages[0].text` for pydantic's ("passages", 0, "text")."""
+    name = ""
+    for part in loc:
+        name += f"[{part}]" if isinstance(part, int) else f".{part}" if name else str(part)
+    return name or "body"
 
 
 class ErrorDetail(BaseModel):

@@ -43,7 +43,13 @@ from app.logs import (
     new_request_id,
 )
 from app.models import Embedder, Reranker
-from app.protocol import ErrorResponse, HealthResponse, InfoResponse, ReadyResponse
+from app.protocol import (
+    ErrorResponse,
+    HealthResponse,
+    InfoResponse,
+    ReadyResponse,
+    field_name,
+)
 from app.resilience import request_arrival
 
 log = get_logger("semsearch.http")
@@ -151,21 +157,13 @@ def _validation_error(error: RequestValidationError) -> JSONResponse:
                 ),
                 status_code=422,
             )
-        name = _field_name(loc)
+        name = field_name(loc)
         first_field = first_field or name
         problems.append(f"{name}: {item.get('msg')}")
     return JSONResponse(
         error_body("invalid_request", "; ".join(problems) or "invalid request", first_field),
         status_code=422,
     )
-
-
-def _field_name(loc: list[int | str]) -> str:
-    """`passages[0].text` from pydantic's ("passages", 0, "text"), as our own errors name it."""
-    name = ""
-    for part in loc:
-        name += f"[{part}]" if isinstance(part, int) else f".{part}" if name else str(part)
-    return name or "body"
 
 
 def _http_error(error: StarletteHTTPException) -> JSONResponse:

@@ -1,0 +1,96 @@
+"""The HTTP clients against the model services in-process: they behave as the local models do."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+import numpy as np
+import pytest
+from asgi_lifespan import LifespanManager
+
+from app.clients import HttpEmbedder, HttpReranker
+from app.config import EmbedderSettings, RerankerSettings
+from app.errors import EmbedderUnavailable, InputTooLong, InvalidInput, Overloaded
+from app.models.fake import FakeEmbedder, FakeReranker
+from app.types import InputType, Truncate
+from services.embedder.main import create_app as embedder_app
+from services.reranker.main import create_app as reranker_app
+
+
+@asynccontextmanager
+async def embedder_client(**settings: object) -> AsyncIterator[HttpEmbedder]:
+    app = embedder_app(EmbedderSettings(backend="fake", model="tiny", **settings))  # type: ignore[arg-type]
+    async with LifespanManager(app) as manager:
+        client = HttpEmbedder("http://embedder", 5, httpx.ASGITransport(app=manager.app))
+        await client.start()
+        yield client
+        await client.stop()
+
+
+@asynccontextmanager
+async def reranker_client(**settings: object) -> AsyncIterator[HttpReranker]:
+    app = reranker_app(RerankerSettings(backend="fake", model="tiny", **settings))  # type: ignore[arg-type]
+    async with LifespanManager(app) as manager:
+        client = HttpReranker("http://reranker", 5, httpx.ASGITransport(app=manager.app))
+        await client.start()
+        yield client
+        await client.stop()
+
+
+async def test_more_texts_than_a_request_takes_are_sent_in_pieces() -> None:
+    texts = [f"text {i} " + "word " * i for i in range(11)]
+    async with embedder_client(max_items_per_request=4) as client:
+        result = await client.embed(texts, InputType.PASSAGE)
+        with pytest.raises(InputTooLong) as raised:
+            await client.embed([*texts, "w " * 300], InputType.PASSAGE)
+    expected = await FakeEmbedder().embed(texts, InputType.PASSAGE)
+    np.testing.assert_allclose(result.vectors, expected.vectors, atol=1e-6)
+    assert result.prompt_tokens == expected.prompt_tokens
+    assert raised.value.field == "input[11]"  # its index in the whole call, not in its piece
+
+    passages = [f"passage {i} about cats" if i % 3 else f"passage {i}" for i in range(11)]
+    async with reranker_client(max_items_per_request=4) as client:
+        scores = await client.score("cats", passages)
+    assert scores == await FakeReranker().score("cats", passages)
+
+
+async def test_clients_take_what_the_local_models_take() -> None:
+    async with embedder_client() as client:
+        empty = await client.embed([], InputType.QUERY)
+        blank = await client.embed(["ok", "  ", ""], InputType.PASSAGE)
+        with pytest.raises(InvalidInput) as raised:
+            await client.embed(["ok", "bad \ud800"], InputType.PASSAGE)
+    assert empty.vectors.shape == (0, 64)
+    assert blank.vectors.shape == (3, 64)
+    assert raised.value.field == "input[1]"
+    async with reranker_client() as client:
+        assert await client.score("q", []) == []
+
+
+def answering(status: int, body: dict[str, object], headers: dict[str, str]) -> httpx.MockTransport:
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/info":
+            return httpx.Response(503, json={"error": {"type": "unavailable", "message": "x"}})
+        return httpx.Response(status, json=body, headers=headers)
+
+    return httpx.MockTransport(handle)
+
+
+@pytest.mark.parametrize(
+    ("status", "error_type", "expected"),
+    [(429, "overloaded", Overloaded), (503, "unavailable", EmbedderUnavailable)],
+)
+async def test_service_errors_keep_their_retry_after_and_field(
+    status: int, error_type: str, expected: type[Exception]
+) -> None:
+    body = {"error": {"type": error_type, "message": "busy", "field": "input"}}
+    transport = answering(status, body, {"Retry-After": "7"})
+    client = HttpEmbedder("http://embedder", 5, transport)
+    await client.start()
+    with pytest.raises(expected) as raised:
+        await client.embed(["x"], InputType.QUERY, Truncate.END)
+    await client.stop()
+    assert raised.value.retry_after_s == 7  # type: ignore[attr-defined]
+    assert raised.value.field == "input"  # type: ignore[attr-defined]
