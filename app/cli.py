@@ -464,7 +464,11 @@ def eval_command(
     elif config.rerank:
         console.print(f"reranker not used: {report.get('reranker_status')}")
     recall = report["ann_recall@10"]
-    console.print(f"ANN recall@10 vs exact search: {recall:.4f}" if recall is not None else "")
+    console.print(
+        f"ANN recall@10 vs exact search: {recall:.4f}"
+        if recall is not None
+        else "ANN recall@10: not measured (this index backend has no exact search to compare)"
+    )
     target = output or Path("var/eval") / f"{report['dataset']}-{split}.json"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(report, indent=2))

@@ -16,9 +16,10 @@ from typing import Any
 
 from app.config import GatewaySettings
 from app.errors import SemsearchError
-from app.types import Document, InputType, SearchQuery, Truncate
+from app.types import Document, FloatArray, InputType, SearchQuery, Truncate
 
 DEFAULT_MEASURES = ("nDCG@10", "R@10", "R@100", "RR@10")
+CANDIDATES = 100  # what every evaluated search fetches (and ranks, for R@100)
 Run = Mapping[str, Mapping[str, float]]  # query id -> document id -> score (higher is better)
 
 
@@ -165,8 +166,8 @@ async def evaluate_search(
                     SearchQuery(
                         query=dataset.queries[query_id],
                         collection=name,
-                        top_k=100,
-                        candidates=100,
+                        top_k=CANDIDATES,
+                        candidates=CANDIDATES,
                         rerank=rerank,
                         rerank_depth=max_depth,
                         rerank_weight=1.0,
@@ -252,13 +253,24 @@ def _run_of(query_ids: list[str], results: list[Any]) -> dict[str, dict[str, flo
 
 
 async def _ann_recall(pipeline: Any, collection: str, queries: list[str]) -> float | None:
-    """Share of the exact top-10 that the ANN index returns (1.0 for a flat index)."""
     index = await pipeline.collections.get(collection)
-    target = getattr(index, "primary", index)
-    if not hasattr(target, "exact_ids"):
-        return None
     vectors = (await pipeline.embedder.embed(queries, InputType.QUERY, Truncate.END)).vectors
-    exact = await target.exact_ids(vectors, 10)
-    ann = await target.ann_ids(vectors, 10)
-    overlaps = [len(set(a) & set(e)) / max(len(e), 1) for a, e in zip(ann, exact, strict=True)]
+    return await ann_recall(getattr(index, "primary", index), vectors)
+
+
+async def ann_recall(
+    index: Any, vectors: FloatArray, k: int = 10, candidates: int = CANDIDATES
+) -> float | None:
+    """Share of the exact top-`k` that a real search returns in its top `k`: `index.search`
+    with the evaluated searches' `candidates`, so whatever that path does (IVF-PQ's exact
+    re-scoring, HNSW's ef) is measured. 1.0 for an exact index; None when the backend has
+    no exact search to compare with."""
+    if not hasattr(index, "exact_ids"):
+        return None
+    exact = await index.exact_ids(vectors, k)
+    found = (await index.search(vectors, candidates)).hits
+    overlaps = [
+        len({hit.id for hit in hits[:k]} & set(ids)) / max(len(ids), 1)
+        for hits, ids in zip(found, exact, strict=True)
+    ]
     return sum(overlaps) / max(len(overlaps), 1)

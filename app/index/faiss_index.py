@@ -444,21 +444,19 @@ class FaissIndex:
         hits = await asyncio.to_thread(generation.search, vectors, k, filter)
         return AnnResult(hits, self.backend, generation.number)
 
-    async def exact_ids(self, vectors: FloatArray, k: int) -> list[list[int]]:
-        """FAISS ids of the exact top-k (brute force): the reference for ANN recall."""
+    async def exact_ids(self, vectors: FloatArray, k: int) -> list[list[str]]:
+        """Record ids of the exact top-k (brute force): the reference for ANN recall, which
+        compares them with what `search` returns."""
         generation = self._generation
         if generation is None:
             return [[] for _ in range(len(vectors))]
         check_dimension(vectors, self._dimension, self.collection)
-        _, ids = await asyncio.to_thread(generation.exact, vectors, k)
-        return [list(map(int, row)) for row in ids]
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
 
-    async def ann_ids(self, vectors: FloatArray, k: int) -> list[list[int]]:
-        generation = self._generation
-        if generation is None:
-            return [[] for _ in range(len(vectors))]
-        _, ids = await asyncio.to_thread(generation.index.search, vectors, k)
-        return [[int(i) for i in row if i >= 0] for row in ids]
+        def exact() -> list[list[Hit]]:
+            return generation._hits(*generation.exact(vectors, k))
+
+        return [[hit.id for hit in hits] for hits in await asyncio.to_thread(exact)]
 
     async def reload(self) -> bool:
         number = self._layout.current_generation()

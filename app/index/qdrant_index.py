@@ -297,6 +297,31 @@ class QdrantIndex:
         hits = [[_hit(point) for point in response.points] for response in responses]
         return AnnResult(hits, self.backend, generation)
 
+    async def exact_ids(self, vectors: FloatArray, k: int) -> list[list[str]]:
+        """Record ids of the exact top-k (Qdrant's brute force): the reference for ANN
+        recall, which compares them with what `search` returns."""
+        from qdrant_client import models
+
+        check_dimension(vectors, self._dimension, self._name)
+        self._check_reached()
+        # local mode always searches exactly and takes no search parameters
+        params = models.SearchParams(exact=True) if self._options.url else None
+        requests = [
+            models.QueryRequest(
+                query=vector.tolist(),
+                limit=k,
+                filter=_view(self._generation),
+                params=params,
+                with_payload=["id"],
+            )
+            for vector in vectors
+        ]
+        try:
+            responses = await self._client.query_batch_points(self._name, requests=requests)
+        except Exception as exc:
+            raise IndexUnavailable(f"qdrant at {self._options.where}: {exc!r}") from exc
+        return [[str((p.payload or {}).get("id")) for p in r.points] for r in responses]
+
     async def children(self, parents: Sequence[str]) -> dict[str, dict[str, str]]:
         found: dict[str, dict[str, str]] = {}
         for payload in await self._staged_versions("parent", parents, ["id", "parent", "hash"]):

@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from app.cli import cli
-from app.evaluation import evaluate, load_beir
+from app.evaluation import ann_recall, evaluate, load_beir
+from app.index.qdrant_index import QdrantIndex, QdrantOptions
+from app.types import Document
 from tests.conftest import load_sample_documents, load_sample_queries
 
 
@@ -76,3 +79,15 @@ def test_eval_command_reports_dense_rerank_sweep_and_recall(
     assert again.exit_code == 0
     assert json.loads(out.read_text())["indexing"]["unchanged"] == 120
     assert "nDCG@10" in first.output and "w=0.5" in first.output
+
+
+async def test_ann_recall_is_measured_on_qdrant_too(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((50, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = await QdrantIndex.create(QdrantOptions(path=tmp_path / "q"), "c", "m", 8)
+    await index.upsert([Document(f"d{i}", f"t{i}") for i in range(50)], vectors)
+    await index.publish()
+    assert await index.exact_ids(vectors[:3], 1) == [["d0"], ["d1"], ["d2"]]
+    assert await ann_recall(index, vectors[:20]) == pytest.approx(1.0)  # local mode is exact
+    await index.close()
