@@ -45,6 +45,8 @@ IndexType = Literal["flat", "hnsw", "ivfpq"]
 FLAT_BELOW = 50_000  # auto: exact search is fast enough below this many vectors
 HNSW_BELOW = 2_000_000  # auto: HNSW up to here, IVF-PQ (compressed) above
 _ADD_BATCH = 65_536
+PQ_MIN_VECTORS = 256  # PQ trains 256 centroids per sub-quantizer: fewer vectors cannot
+IVF_POINTS_PER_LIST = 39  # FAISS's k-means wants this many training vectors per centroid
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,9 @@ def build_index(
     """A FAISS index over `vectors` (rows, unit length) with FAISS ids `ids`."""
     count, dim = vectors.shape
     kind = options.resolve_type(count)
+    if kind == "ivfpq" and count < PQ_MIN_VECTORS:
+        log.warning("ivfpq_needs_more_vectors", vectors=count, needed=PQ_MIN_VECTORS, built="flat")
+        kind = "flat"  # exact, and fast at this size
     params: dict[str, int] = {}
     base: faiss.Index
     if kind == "flat":
@@ -97,7 +102,12 @@ def build_index(
         base.hnsw.efConstruction = options.hnsw_ef_construction
         params = {"m": options.hnsw_m, "ef_construction": options.hnsw_ef_construction}
     else:
-        nlist = options.ivf_nlist or max(16, min(65_536, int(4 * math.sqrt(max(count, 1)))))
+        trainable = max(1, count // IVF_POINTS_PER_LIST)  # lists the vectors can train
+        nlist = min(max(16, int(4 * math.sqrt(count))), 65_536, trainable)
+        if options.ivf_nlist:
+            nlist = min(options.ivf_nlist, trainable)
+            if nlist < options.ivf_nlist:
+                log.warning("ivf_nlist_reduced", vectors=count, nlist=options.ivf_nlist, used=nlist)
         pq_m = options.pq_m or _largest_divisor(dim, max(1, dim // 8))
         if dim % pq_m:
             raise SemsearchError(f"pq_m={pq_m} must divide the dimension {dim}")

@@ -111,3 +111,19 @@ async def test_ivfpq_results_are_refined_with_exact_scores(tmp_path: Path) -> No
     assert await ann_recall(index, queries, 10, candidates=10) == pytest.approx(recall)
     filtered = (await index.search(queries[:5], 10, {"half": 1})).hits
     assert all(len(h) == 10 and all(x.metadata["half"] == 1 for x in h) for h in filtered)
+
+
+async def test_ivfpq_on_too_few_vectors_builds_what_they_can_train(tmp_path: Path) -> None:
+    options = FaissOptions(index_type="ivfpq", ivf_nlist=512, pq_m=16)
+    index = await FaissIndex.create(tmp_path, "c", "m", DIM, options=options)
+    tiny = clustered(4)
+    await index.upsert([Document(f"d{i}", f"t{i}") for i in range(4)], tiny)
+    assert await index.publish() == 1  # PQ cannot train on 4 vectors: exact (flat) instead
+    assert index.index_type == "flat"
+    assert [h[0].id for h in (await index.search(tiny, 1)).hits] == ["d0", "d1", "d2", "d3"]
+    more = clustered(1000, seed=3)
+    await index.upsert([Document(f"e{i}", f"t{i}") for i in range(1000)], more)
+    assert await index.publish() == 2  # 512 lists cannot train on 1,004 vectors: fewer
+    assert index.index_type == "ivfpq"
+    manifest = CollectionLayout(tmp_path, "c").read_manifest(2)
+    assert manifest.index_params == {"nlist": 1004 // 39, "pq_m": 16}
