@@ -95,7 +95,14 @@ class _Clients:
             else:
                 assert options.path is not None
                 options.path.mkdir(parents=True, exist_ok=True)
-                client = AsyncQdrantClient(path=str(options.path))
+                try:
+                    client = AsyncQdrantClient(path=str(options.path))
+                except RuntimeError as exc:  # the folder's lock is held by another process
+                    raise IndexUnavailable(
+                        f"qdrant storage folder {options.path} is in use by another process "
+                        "(local mode serves one process at a time; to share a collection, "
+                        f"run a Qdrant server and set SEMSEARCH_QDRANT_URL): {exc}"
+                    ) from exc
             self._open[key] = (client, 0)
         client, users = self._open[key]
         self._open[key] = (client, users + 1)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.errors import InvalidInput
+from app.errors import IndexUnavailable, InvalidInput
 from app.index import VectorIndex, content_hash
 from app.index.faiss_index import FaissIndex
 from app.index.qdrant_index import QdrantIndex, QdrantOptions
@@ -268,4 +268,17 @@ async def test_qdrant_deletes_versions_no_servable_generation_sees(tmp_path: Pat
     # the live 10, plus the version generation 2 still sees (a gateway may be serving it
     # until its next reload); the one retired by generation 2 is gone
     assert points == 11
+    await index.close()
+
+
+async def test_a_qdrant_folder_in_use_by_another_process_is_a_clear_error(tmp_path: Path) -> None:
+    from qdrant_client import QdrantClient
+
+    holder = QdrantClient(path=str(tmp_path / "q"))  # holds the folder's lock, as a process would
+    options = QdrantOptions(path=tmp_path / "q")
+    with pytest.raises(IndexUnavailable, match="is in use by another process"):
+        await QdrantIndex.create(options, "docs", "m", DIM)
+    holder.close()
+    index = await QdrantIndex.create(options, "docs", "m", DIM)  # free again: it opens
+    assert index.generation == 0
     await index.close()

@@ -127,3 +127,18 @@ def test_a_dry_run_writes_nothing_anywhere(
     dry = index(str(docs), "--collection", "ex", "--dry-run")
     assert files_under(tmp_path) == before
     assert summary(dry)["unchanged"] == "2"
+
+
+def test_a_qdrant_folder_held_by_another_process_is_one_error_line(
+    index_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from qdrant_client import QdrantClient
+
+    monkeypatch.setenv("SEMSEARCH_INDEX_BACKEND", "qdrant")
+    holder = QdrantClient(path=str(index_dir / "qdrant"))  # as a running gateway would
+    try:
+        result = index(str(DATA / "corpus.jsonl"), "--collection", "c1")
+    finally:
+        holder.close()
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert "is in use by another process" in error_lines(result)[0]
