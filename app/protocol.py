@@ -304,7 +304,9 @@ class SearchRequest(_Request):
         None, ge=1, description="ANN candidates to consider before reranking (default 100)."
     )
     rerank: bool = Field(True, description="Rerank candidates with the cross-encoder.")
-    collection: str | None = Field(None, description="Collection to search (default: `default`).")
+    collection: str | None = Field(
+        None, min_length=1, description="Collection to search (default: `default`)."
+    )
     timeout_ms: int | None = Field(
         None, ge=1, description="Deadline for this search (default 5000); 504 when it passes."
     )

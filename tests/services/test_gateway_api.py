@@ -103,6 +103,7 @@ async def test_second_query_is_cached_and_request_ids_differ(gateway_env: Gatewa
         ({"query": "q", "topk": 3}, 422, "invalid_request", "topk"),
         ({"query": "q", "collection": "missing"}, 404, "not_found", "collection"),
         ({"query": "q", "collection": "../../etc"}, 422, "invalid_request", "collection"),
+        ({"query": "q", "collection": ""}, 422, "invalid_request", "collection"),
     ],
 )
 async def test_bad_input_is_a_clear_4xx(
