@@ -4,6 +4,7 @@ metrics from ir-measures, the sweep, ANN recall against exact search."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from app.cli import cli
+from app.errors import InvalidInput
 from app.evaluation import ann_recall, evaluate, load_beir
 from app.index.qdrant_index import QdrantIndex, QdrantOptions
 from app.types import Document
@@ -91,3 +93,22 @@ async def test_ann_recall_is_measured_on_qdrant_too(tmp_path: Path) -> None:
     assert await index.exact_ids(vectors[:3], 1) == [["d0"], ["d1"], ["d2"]]
     assert await ann_recall(index, vectors[:20]) == pytest.approx(1.0)  # local mode is exact
     await index.close()
+
+
+def test_loader_accepts_id_for_underscore_id_and_names_bad_lines(
+    beir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    corpus = beir / "corpus.jsonl"
+    corpus.write_text(corpus.read_text().replace('"_id"', '"id"'))
+    assert len(load_beir(beir).corpus) == 120
+    corpus.write_text('{"id": "1", "text": "x"}\n{"title": "no id", "text": "x"}\n')
+    with pytest.raises(InvalidInput, match=re.escape("corpus.jsonl:2: no `_id`")):
+        load_beir(beir)
+    monkeypatch.setenv("SEMSEARCH_EMBEDDER_BACKEND", "fake")
+    result = CliRunner().invoke(cli, ["eval", str(beir)])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert "corpus.jsonl:2: no `_id`" in result.output
+    corpus.write_text('{"id": "1", "text": "x"}\n')
+    (beir / "qrels" / "test.tsv").write_text("query\tdoc\tscore\n")
+    with pytest.raises(InvalidInput, match=re.escape("test.tsv:1: no column 'corpus-id'")):
+        load_beir(beir)
