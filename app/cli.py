@@ -263,8 +263,8 @@ async def _index(job: IndexJob, settings: GatewaySettings) -> None:
     console.print(table)
     if report.duplicates:
         err.print(
-            f"[yellow]warning:[/yellow] {report.duplicates} documents repeat an id that comes "
-            "again later in the input; only the last occurrence of each id was used",
+            f"[yellow]warning:[/yellow] ignored {report.duplicates} document(s) whose id comes "
+            "again later in the input: the last occurrence of each id is the one indexed",
             soft_wrap=True,
         )
 

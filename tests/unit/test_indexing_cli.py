@@ -86,7 +86,7 @@ def test_repeated_ids_are_reported_and_re_runs_change_nothing(
     assert first.exit_code == 0, first.output
     assert summary(first)["added"] == "2" and summary(first)["generation"] == "1"
     assert summary(first)["duplicates ignored"] == "1"
-    assert "warning: 1 documents repeat an id" in first.output
+    assert "warning: ignored 1 document(s) whose id comes again later" in first.output
     for _ in range(2):
         again = index(str(path), "--collection", "c1")
         assert summary(again)["unchanged"] == "2" and summary(again)["updated"] == "0"
