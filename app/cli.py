@@ -29,10 +29,9 @@ from rich.progress import (
 from rich.table import Table
 
 from app.config import EmbedderSettings, GatewaySettings, RerankerSettings
-from app.errors import InvalidInput, NotFound, SemsearchError
+from app.errors import SemsearchError
 from app.indexing import CsvColumns, InputFormat
 from app.logs import configure_logging
-from app.types import ModelInfo
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console()
@@ -186,7 +185,7 @@ class IndexJob:
 
 async def _index(job: IndexJob, settings: GatewaySettings) -> None:
     from app.clients import embedder_for
-    from app.index.registry import open_collection, where
+    from app.index.registry import open_collection, open_to_look, where
     from app.indexing import Chunker, count_documents, index_documents, read_documents
 
     total = count_documents(job.path, job.fmt)  # refuses a path that does not fit the format
@@ -200,7 +199,9 @@ async def _index(job: IndexJob, settings: GatewaySettings) -> None:
     if job.chunk_tokens != 0:
         chunker = Chunker.for_model(model, job.chunk_tokens, job.chunk_overlap)
     if job.dry_run:
-        store: Any = await _open_to_look(settings, job.collection, model)
+        store: Any = await open_to_look(
+            settings, job.collection, model.model_id, model.dimension or 0
+        )
     else:
         store = await open_collection(
             settings, job.collection, create=(model.model_id, model.dimension or 0)
@@ -267,47 +268,6 @@ async def _index(job: IndexJob, settings: GatewaySettings) -> None:
             "again later in the input: the last occurrence of each id is the one indexed",
             soft_wrap=True,
         )
-
-
-async def _open_to_look(settings: GatewaySettings, name: str, model: ModelInfo) -> Any:
-    """Collection `name` as a dry run sees it, opened so that nothing is written anywhere: no
-    collection, lock file or SQLite journal is created, no fallback copy, no Qdrant folder.
-    `NothingStaged` when it does not exist yet."""
-    from app.index.faiss_index import FaissIndex, FaissOptions
-    from app.index.fallback import FallbackIndex
-    from app.index.qdrant_index import QdrantIndex, QdrantOptions
-    from app.index.registry import breaker_policy
-    from app.indexing import NothingStaged
-    from app.resilience import CircuitBreaker
-
-    options = FaissOptions.from_settings(settings)
-    primary: Any
-    fallback: Any
-    try:
-        if settings.index_backend == "qdrant":
-            qdrant = QdrantOptions.from_settings(settings)
-            if qdrant.path is not None and not qdrant.path.is_dir():
-                return NothingStaged(name)  # local mode would create its folder
-            primary = await QdrantIndex.open(qdrant, name)
-        else:
-            primary = await FaissIndex.open(settings.index_dir, name, options, read_only=True)
-    except NotFound:
-        return NothingStaged(name)
-    if (primary.model_id, primary.dimension) != (model.model_id, model.dimension):
-        await primary.close()
-        raise InvalidInput(
-            f"collection {name!r} holds vectors of {primary.model_id!r} "
-            f"({primary.dimension}-d), not of {model.model_id!r} ({model.dimension}-d)",
-            field="collection",
-        )
-    if settings.fallback_index_dir is None:
-        return primary
-    try:
-        fallback = await FaissIndex.open(settings.fallback_index_dir, name, options, read_only=True)
-    except NotFound:  # the real run creates the copy and writes everything into it
-        fallback = NothingStaged(name, primary.model_id, primary.dimension)
-    breaker = CircuitBreaker(f"index:{name}", breaker_policy(settings))
-    return FallbackIndex(primary, fallback, breaker)  # counts as the real run would see them
 
 
 async def _delete(ids: list[str], collection: str, settings: GatewaySettings) -> None:

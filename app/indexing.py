@@ -545,19 +545,3 @@ def read_id_list(path: Path) -> list[str]:
         for line in path.read_text().splitlines()
         if line.strip() and not line.lstrip().startswith("#")
     ]
-
-
-class NothingStaged:
-    """Stands in for a collection that does not exist yet, for a dry run (which must not
-    create it): nothing is staged, so every document would be added."""
-
-    def __init__(self, collection: str, model_id: str = "", dimension: int = 0) -> None:
-        self.collection = collection
-        self.model_id = model_id
-        self.dimension = dimension
-
-    async def children(self, parents: Sequence[str]) -> dict[str, dict[str, str]]:
-        return {}
-
-    async def close(self) -> None:
-        return None

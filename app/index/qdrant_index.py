@@ -155,7 +155,6 @@ class QdrantIndex:
         self._model_id = str(meta["model"])
         self._dimension = int(meta["dimension"])
         self._generation = int(meta["generation"])
-        self._reached = True  # False: Qdrant has not answered since this process started
         self._closed = False
 
     @classmethod
@@ -170,21 +169,6 @@ class QdrantIndex:
             await _clients.release(options)
             raise
         return cls(client, options, name, meta)
-
-    @classmethod
-    def unreached(
-        cls, options: QdrantOptions, name: str, model_id: str, dimension: int
-    ) -> QdrantIndex:
-        """Collection `name` in a Qdrant that did not answer when the gateway opened it: its
-        searches fail (so a fallback copy answers) until a `reload()` reaches Qdrant."""
-        index = cls(
-            _clients.acquire(options),
-            options,
-            name,
-            {"model": model_id, "dimension": dimension, "generation": 0},
-        )
-        index._reached = False
-        return index
 
     @classmethod
     async def create(
@@ -263,7 +247,6 @@ class QdrantIndex:
         return self._generation + 1
 
     async def count(self) -> int:
-        self._check_reached()
         try:
             found = await self._client.count(
                 self._name, count_filter=_view(self._generation), exact=True
@@ -276,7 +259,6 @@ class QdrantIndex:
         from qdrant_client import models
 
         check_dimension(vectors, self._dimension, self._name)
-        self._check_reached()
         generation = self._generation  # one generation for the whole batch
         params = (
             models.SearchParams(
@@ -310,7 +292,6 @@ class QdrantIndex:
         from qdrant_client import models
 
         check_dimension(vectors, self._dimension, self._name)
-        self._check_reached()
         # local mode always searches exactly and takes no search parameters
         params = models.SearchParams(exact=True) if self._options.url else None
         requests = [
@@ -413,17 +394,6 @@ class QdrantIndex:
         meta = await _meta(self._client, self._name)
         if meta is None:
             return False
-        if not self._reached:
-            if (meta["model"], int(meta["dimension"])) != (self._model_id, self._dimension):
-                raise InvalidInput(
-                    f"collection {self._name!r} in qdrant holds vectors of {meta['model']!r}, "
-                    f"its fallback copy of {self._model_id!r}",
-                    field="collection",
-                )
-            self._reached = True
-            self._generation = int(meta["generation"])
-            log.info("qdrant_reached", collection=self._name, generation=self._generation)
-            return True
         generation = int(meta["generation"])
         if generation == self._generation:
             return False
@@ -434,10 +404,6 @@ class QdrantIndex:
         if not self._closed:
             self._closed = True
             await _clients.release(self._options)
-
-    def _check_reached(self) -> None:
-        if not self._reached:
-            raise IndexUnavailable(f"qdrant at {self._options.where} has not answered yet")
 
     async def _staged_versions(
         self, key: str, values: Sequence[str], fields: list[str]

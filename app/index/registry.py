@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from app import metrics
 from app.config import GatewaySettings
-from app.errors import DeadlineExceeded, IndexUnavailable, NotFound, SemsearchError
+from app.errors import (
+    DeadlineExceeded,
+    IndexUnavailable,
+    InvalidInput,
+    NotFound,
+    SemsearchError,
+)
 from app.index import VectorIndex
 from app.index.faiss_index import FaissIndex, FaissOptions
 from app.index.fallback import FallbackIndex, UnopenedIndex
@@ -104,6 +111,61 @@ def _with_fallback(
         CircuitBreaker(f"index:{fallback.collection}", breaker_policy(settings)),
         primary_timeout_s=settings.primary_index_timeout_ms / 1000,
     )
+
+
+class NothingStaged:
+    """Stands in for a collection that does not exist yet, for a dry run (which must not
+    create it): nothing is staged, so every document would be added."""
+
+    def __init__(self, collection: str, model_id: str = "", dimension: int = 0) -> None:
+        self.collection = collection
+        self.model_id = model_id
+        self.dimension = dimension
+
+    async def children(self, parents: Sequence[str]) -> dict[str, dict[str, str]]:
+        return {}
+
+    async def close(self) -> None:
+        return None
+
+
+async def open_to_look(
+    settings: GatewaySettings, name: str, model_id: str, dimension: int
+) -> VectorIndex | NothingStaged:
+    """Collection `name` as a dry run sees it, opened so that nothing is written anywhere: no
+    collection, lock file or SQLite journal is created, no fallback copy, no Qdrant folder.
+    `NothingStaged` when it does not exist yet.
+
+    Raises:
+        InvalidInput: the collection holds vectors of another model.
+    """
+    options = FaissOptions.from_settings(settings)
+    primary: VectorIndex
+    try:
+        if settings.index_backend == "qdrant":
+            qdrant = QdrantOptions.from_settings(settings)
+            if qdrant.path is not None and not qdrant.path.is_dir():
+                return NothingStaged(name)  # local mode would create its folder
+            primary = await QdrantIndex.open(qdrant, name)
+        else:
+            primary = await FaissIndex.open(settings.index_dir, name, options, read_only=True)
+    except NotFound:
+        return NothingStaged(name)
+    if (primary.model_id, primary.dimension) != (model_id, dimension):
+        await primary.close()
+        raise InvalidInput(
+            f"collection {name!r} holds vectors of {primary.model_id!r} "
+            f"({primary.dimension}-d), not of {model_id!r} ({dimension}-d)",
+            field="collection",
+        )
+    if settings.fallback_index_dir is None:
+        return primary
+    fallback: Any
+    try:
+        fallback = await FaissIndex.open(settings.fallback_index_dir, name, options, read_only=True)
+    except NotFound:  # the real run creates the copy and writes everything into it
+        fallback = NothingStaged(name, primary.model_id, primary.dimension)
+    return _with_fallback(settings, primary, fallback)  # counts as the real run would see them
 
 
 async def collection_names(settings: GatewaySettings) -> list[str]:

@@ -9,11 +9,11 @@ import pytest
 
 from app.errors import InvalidInput
 from app.index.faiss_index import FaissIndex
+from app.index.registry import NothingStaged
 from app.indexing import (
     Chunker,
     CsvColumns,
     InputFormat,
-    NothingStaged,
     count_documents,
     index_documents,
     read_documents,
