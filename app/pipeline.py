@@ -61,6 +61,9 @@ from app.types import (
 
 log = get_logger(__name__)
 
+# Time kept back from every search's deadline for building and sending the answer.
+RESPONSE_MARGIN_S = 0.05
+
 
 @dataclass(frozen=True)
 class PipelineConfig:
@@ -251,8 +254,11 @@ class SearchPipeline:
             raise Overloaded(f"{self._inflight} searches in progress", retry_after_s=1.0)
         self._inflight += 1
         try:
-            budget_ms = query.timeout_ms or self.config.timeout_ms
-            deadline = Deadline(budget_ms / 1000, started_at=request_arrival.get())
+            budget_s = (query.timeout_ms or self.config.timeout_ms) / 1000
+            # The stages stop a little before the client's deadline, so that an answer cut
+            # short (reranking abandoned) is still written back within it.
+            margin_s = min(RESPONSE_MARGIN_S, budget_s / 5)
+            deadline = Deadline(budget_s - margin_s, started_at=request_arrival.get())
             return await self._search(query, deadline)
         except SemsearchError as exc:
             metrics.SEARCHES.labels(exc.type).inc()
