@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import IO
 
 from app.errors import InvalidInput, SemsearchError
 
@@ -148,17 +149,8 @@ class CollectionLayout:
     def writer_lock(self) -> Iterator[None]:
         """One writer per collection at a time, across processes."""
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "w") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError as exc:
-                raise SemsearchError(
-                    f"collection {self.name!r} is being written by another process"
-                ) from exc
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with open(self.root / ".lock", "w") as handle, self._flock(handle, fcntl.LOCK_EX):
+            yield
 
     @contextmanager
     def reader_lock(self) -> Iterator[None]:
@@ -168,17 +160,21 @@ class CollectionLayout:
         if not path.exists():  # writers create it (and never remove it)
             yield
             return
-        with open(path) as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError as exc:
-                raise SemsearchError(
-                    f"collection {self.name!r} is being written by another process"
-                ) from exc
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with open(path) as handle, self._flock(handle, fcntl.LOCK_SH):
+            yield
+
+    @contextmanager
+    def _flock(self, handle: IO[str], mode: int) -> Iterator[None]:
+        try:
+            fcntl.flock(handle, mode | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise SemsearchError(
+                f"collection {self.name!r} is being written by another process"
+            ) from exc
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -74,6 +74,13 @@ async def pipeline_for(
     return pipeline
 
 
+async def primary_and_fallback_copies(root: Path, embedder: FakeEmbedder) -> None:
+    """The same collection written twice, under root/primary and root/fallback."""
+    for where in ("primary", "fallback"):
+        index = await build_collection(root / where, "default", SMALL_DOCS, embedder)
+        await index.close()
+
+
 def q(text: str = "capital of Germany Berlin", **kwargs: object) -> SearchQuery:
     fields: dict[str, object] = {"collection": "default", "top_k": 3, "candidates": 5}
     fields.update(kwargs)
@@ -214,9 +221,7 @@ async def test_a_slow_reranker_cannot_starve_embedding(small_collection: Path) -
 async def test_failing_primary_index_falls_back(
     tmp_path: Path, fake_embedder: FakeEmbedder
 ) -> None:
-    for where in ("primary", "fallback"):
-        index = await build_collection(tmp_path / where, "default", SMALL_DOCS, fake_embedder)
-        await index.close()
+    await primary_and_fallback_copies(tmp_path, fake_embedder)
     settings = GatewaySettings(
         index_dir=tmp_path / "primary",
         fallback_index_dir=tmp_path / "fallback",
@@ -264,9 +269,7 @@ async def test_no_fallback_and_a_failing_index_is_503(small_collection: Path) ->
 async def test_a_hanging_primary_index_fails_over_to_the_fallback_in_time(
     tmp_path: Path, fake_embedder: FakeEmbedder
 ) -> None:
-    for where in ("primary", "fallback"):
-        index = await build_collection(tmp_path / where, "default", SMALL_DOCS, fake_embedder)
-        await index.close()
+    await primary_and_fallback_copies(tmp_path, fake_embedder)
     settings = GatewaySettings(
         index_dir=tmp_path / "primary",
         fallback_index_dir=tmp_path / "fallback",
@@ -294,9 +297,7 @@ async def test_a_hanging_primary_index_fails_over_to_the_fallback_in_time(
 async def test_a_primary_that_fails_to_open_leaves_the_fallback_serving_until_it_opens(
     tmp_path: Path, fake_embedder: FakeEmbedder
 ) -> None:
-    for where in ("primary", "fallback"):
-        index = await build_collection(tmp_path / where, "default", SMALL_DOCS, fake_embedder)
-        await index.close()
+    await primary_and_fallback_copies(tmp_path, fake_embedder)
     [stored] = (tmp_path / "primary" / "default").glob("generations/gen-*/index.faiss")
     good = stored.read_bytes()
     stored.write_bytes(b"not a faiss index")
