@@ -25,7 +25,7 @@ from app.errors import InvalidInput
 from app.index import VectorIndex, content_hash
 from app.models import Embedder, Embeddings
 from app.models.tokens import TextTokenizer
-from app.types import Document, InputType, ModelInfo, Truncate
+from app.types import Document, InputType, ModelInfo, Truncate, lone_surrogate_at
 
 InputFormat = Literal["auto", "jsonl", "csv", "dir"]
 TEXT_SUFFIXES = (".txt", ".md", ".markdown")
@@ -151,13 +151,10 @@ def _open_text(path: Path, newline: str) -> IO[str]:
 
 
 def _check_utf8(line: str, where: str) -> None:
-    try:
-        line.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        byte = ord(line[exc.start]) - 0xDC00  # surrogateescape maps byte b to U+DC00 + b
-        raise InvalidInput(
-            f"{where}: not UTF-8 text (byte 0x{byte:02x} at character {exc.start + 1})"
-        ) from None
+    at = lone_surrogate_at(line)
+    if at is not None:
+        byte = ord(line[at]) - 0xDC00  # surrogateescape maps byte b to U+DC00 + b
+        raise InvalidInput(f"{where}: not UTF-8 text (byte 0x{byte:02x} at character {at + 1})")
 
 
 def _document(line: str, where: str) -> Document:
@@ -211,13 +208,11 @@ def _checked(
 
 def _check_unicode(value: str, where: str, name: str) -> None:
     """JSON escapes can spell a lone surrogate (\\ud800), which no UTF-8 store accepts."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
+    at = lone_surrogate_at(value)
+    if at is not None:
         raise InvalidInput(
-            f"{where}: `{name}` holds a lone surrogate (U+{ord(value[exc.start]):04X}): "
-            "not valid Unicode"
-        ) from None
+            f"{where}: `{name}` holds a lone surrogate (U+{ord(value[at]):04X}): not valid Unicode"
+        )
 
 
 def read_csv(path: Path, columns: CsvColumns) -> Iterator[Document]:

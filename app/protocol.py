@@ -22,7 +22,15 @@ from pydantic import (
     field_validator,
 )
 
-from app.types import FloatArray, InputType, ModelInfo, SearchQuery, SearchResult, Truncate
+from app.types import (
+    FloatArray,
+    InputType,
+    ModelInfo,
+    SearchQuery,
+    SearchResult,
+    Truncate,
+    lone_surrogate_at,
+)
 
 
 class _Request(BaseModel):
@@ -31,13 +39,9 @@ class _Request(BaseModel):
 
 
 def _valid_text(value: str) -> str:
-    # JSON may carry a lone UTF-16 surrogate ("\ud800"); no tokenizer or UTF-8 writer takes it.
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ValueError(
-            f"is not valid Unicode text: a lone surrogate at character {exc.start}"
-        ) from None
+    at = lone_surrogate_at(value)
+    if at is not None:
+        raise ValueError(f"is not valid Unicode text: a lone surrogate at character {at}")
     return value
 
 

@@ -129,3 +129,14 @@ class SearchResult:
     reranker_model: str | None
     timings_ms: dict[str, float]
     request_id: str | None
+
+
+def lone_surrogate_at(text: str) -> int | None:
+    """Where `text` holds a lone UTF-16 surrogate, or None. JSON escapes ("\\ud800") and
+    undecodable bytes read with `surrogateescape` become one; no tokenizer, SQLite row or
+    UTF-8 writer accepts it, so every boundary that takes text checks with this."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None

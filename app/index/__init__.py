@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from app.errors import InvalidInput
-from app.types import Document, Filter, FloatArray, Hit
+from app.types import Document, Filter, FloatArray, Hit, lone_surrogate_at
 
 
 @dataclass(frozen=True)
@@ -149,11 +149,7 @@ def _filter_value(value: object) -> bool:
     if isinstance(value, float):
         return math.isfinite(value)
     if isinstance(value, str):
-        try:
-            value.encode()
-        except UnicodeEncodeError:
-            return False
-        return True
+        return lone_surrogate_at(value) is None
     return False
 
 
