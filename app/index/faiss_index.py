@@ -209,7 +209,7 @@ class _Generation:
             scores, ids = self._filtered(vectors, k, self.allowed(filter))
         if self.kind == "ivfpq":
             scores, ids = refine(self.vectors, self.seqs, vectors, ids, k)
-        return self._hits(scores, ids)
+        return self.hits(scores, ids)
 
     def _oversampled(self, k: int) -> int:
         # PQ codes rank approximately: fetch more, re-score them exactly (see refine)
@@ -287,7 +287,8 @@ class _Generation:
             scores[short, :width], ids[short, :width] = exact_scores, exact_ids
         return scores, ids
 
-    def _hits(self, scores: np.ndarray, ids: np.ndarray) -> list[list[Hit]]:
+    def hits(self, scores: np.ndarray, ids: np.ndarray) -> list[list[Hit]]:
+        """FAISS results as hits: ids, texts and metadata from the generation's store."""
         wanted = sorted({int(i) for i in ids.ravel() if i >= 0})
         docs: dict[int, tuple[str, str, str, str]] = {}
         for start in range(0, len(wanted), 900):  # SQLite's bound-parameter limit
@@ -464,7 +465,7 @@ class FaissIndex:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
 
         def exact() -> list[list[Hit]]:
-            return generation._hits(*generation.exact(vectors, k))
+            return generation.hits(*generation.exact(vectors, k))
 
         return [[hit.id for hit in hits] for hits in await asyncio.to_thread(exact)]
 
