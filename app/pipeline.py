@@ -248,7 +248,7 @@ class SearchPipeline:
             EmbedderUnavailable / IndexUnavailable: no answer can be made (503).
             DeadlineExceeded: the deadline passed before an answer existed (504).
         """
-        self._validate(query)
+        text = self._validate(query)
         if self._inflight >= self.config.max_inflight:
             metrics.SHED_REQUESTS.labels("inflight").inc()
             raise Overloaded(f"{self._inflight} searches in progress", retry_after_s=1.0)
@@ -259,18 +259,17 @@ class SearchPipeline:
             # short (reranking abandoned) is still written back within it.
             margin_s = min(RESPONSE_MARGIN_S, budget_s / 5)
             deadline = Deadline(budget_s - margin_s, started_at=request_arrival.get())
-            return await self._search(query, deadline)
+            return await self._search(query, text, deadline)
         except SemsearchError as exc:
             metrics.SEARCHES.labels(exc.type).inc()
             raise
         finally:
             self._inflight -= 1
 
-    async def _search(self, query: SearchQuery, deadline: Deadline) -> SearchResult:
+    async def _search(self, query: SearchQuery, text: str, deadline: Deadline) -> SearchResult:
         started = time.perf_counter()
         timings: dict[str, float] = {}
         index = await self.collections.get(query.collection, deadline.remaining())
-        text = normalize_query(query.query)
         reranker_model = self.reranker.info.model_id if query.rerank else None
         depth = min(query.rerank_depth or self.config.rerank_depth, query.candidates)
         weight = self.config.rerank_weight if query.rerank_weight is None else query.rerank_weight
@@ -333,17 +332,19 @@ class SearchPipeline:
         metrics.SEARCHES.labels("degraded" if degraded else "full").inc()
         return result
 
-    def _validate(self, query: SearchQuery) -> None:
+    def _validate(self, query: SearchQuery) -> str:
+        """The normalized query text, once every value is known to be in range."""
         config = self.config
         # The limit holds for what gets embedded: NFKC can make one character many ("\ufdfa"
-        # is 18), and the raw length is checked first so a huge query is not normalized.
-        for length in (len(query.query), len(normalize_query(query.query))):
-            if length > config.max_query_chars:
-                raise InvalidInput(
-                    f"query is {length} characters (after Unicode normalization); the limit "
-                    f"is {config.max_query_chars}",
-                    field="query",
-                )
+        # is 18). A query already over it raw is not normalized at all.
+        limit = config.max_query_chars
+        text = query.query if len(query.query) > limit else normalize_query(query.query)
+        if len(text) > limit:
+            raise InvalidInput(
+                f"query is {len(text)} characters; the limit is {limit} (counted after "
+                "Unicode normalization)",
+                field="query",
+            )
         if not 1 <= query.top_k <= config.max_top_k:
             raise InvalidInput(f"top_k must be between 1 and {config.max_top_k}", field="top_k")
         if not 1 <= query.candidates <= config.max_candidates:
@@ -366,6 +367,7 @@ class SearchPipeline:
         if query.timeout_ms is not None and not low <= query.timeout_ms <= high:
             # below the floor no search can finish: a client error, not a 504 later
             raise InvalidInput(f"timeout_ms must be between {low} and {high}", field="timeout_ms")
+        return text
 
     async def _embed(self, text: str, index: VectorIndex, deadline: Deadline) -> FloatArray:
         if self.embedder.ready and self.embedder.info.model_id != index.model_id:
