@@ -10,13 +10,19 @@ import asyncio
 import csv
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from app.config import GatewaySettings
+from app.config import EmbedderSettings, GatewaySettings, RerankerSettings
 from app.errors import InvalidInput, SemsearchError
-from app.types import Document, FloatArray, InputType, SearchQuery, Truncate
+from app.extras import require
+from app.index.vector import VectorIndex
+from app.search.ranking import rank_results
+from app.types import Document, FloatArray, InputType, SearchQuery, SearchResult, Truncate
+
+if TYPE_CHECKING:
+    from app.search.pipeline import SearchPipeline
 
 DEFAULT_MEASURES = ("nDCG@10", "R@10", "R@100", "RR@10")
 CANDIDATES = 100  # what every evaluated search fetches (and ranks, for R@100)
@@ -95,8 +101,7 @@ def evaluate(
     run: Run, qrels: Mapping[str, Mapping[str, int]], measures: Iterable[str] = DEFAULT_MEASURES
 ) -> dict[str, float]:
     """Mean of each measure over the judged queries (a query missing from `run` scores 0)."""
-    import ir_measures
-
+    ir_measures = require("ir_measures", "eval", "`semsearch eval`")
     parsed = [ir_measures.parse_measure(m) for m in measures]
     totals = {str(m): 0.0 for m in parsed}
     for metric in ir_measures.iter_calc(
@@ -124,18 +129,82 @@ class EvalConfig:
     chunk_tokens: int | None = None  # None: BEIR's convention, passages cut at the window
 
 
+Scores = dict[str, float]  # measure (nDCG@10, R@10, ...) -> mean over the judged queries
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """Quality of dense + rerank at one rerank depth and fusion weight."""
+
+    depth: int
+    weight: float
+    scores: Scores
+
+
+@dataclass(frozen=True)
+class IndexingSummary:
+    added: int
+    unchanged: int
+    seconds: float
+
+
+@dataclass
+class EvalReport:
+    """What `semsearch eval` measured; `to_json()` is the report file's shape."""
+
+    dataset: str
+    split: str
+    queries: int
+    documents: int
+    collection: str
+    embedder: str
+    indexing: IndexingSummary
+    dense: Scores
+    ann_recall_at_10: float  # share of the exact top 10 that search returns
+    reranker: str | None = None
+    reranker_status: str | None = None  # why reranking was not evaluated
+    sweep: list[SweepPoint] = field(default_factory=list)
+    dense_rerank: SweepPoint | None = None  # at the configured depth and weight
+    best: SweepPoint | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        def point(p: SweepPoint | None) -> dict[str, Any] | None:
+            return None if p is None else {"depth": p.depth, "weight": p.weight, **p.scores}
+
+        out: dict[str, Any] = {
+            "dataset": self.dataset,
+            "split": self.split,
+            "queries": self.queries,
+            "documents": self.documents,
+            "collection": self.collection,
+            "embedder": self.embedder,
+            "reranker": self.reranker,
+            "indexing": asdict(self.indexing),
+            "dense": self.dense,
+            "ann_recall@10": self.ann_recall_at_10,
+        }
+        if self.reranker is not None:
+            out["sweep"] = [point(p) for p in self.sweep]
+            out["dense_rerank"] = point(self.dense_rerank)
+            out["best"] = point(self.best)
+        else:
+            out["reranker_status"] = self.reranker_status
+        return out
+
+
 async def evaluate_search(
     config: EvalConfig,
     settings: GatewaySettings,
+    models: tuple[EmbedderSettings, RerankerSettings],
     on_progress: Callable[[str, int, int], None] | None = None,
-) -> dict[str, Any]:
+) -> EvalReport:
     """Index the corpus (reusing what is indexed), run the judged queries through the real
     search pipeline, and score dense-only, dense + rerank (at the configured weight and
     depth), a sweep of weight x depth, and ANN recall@10 against exact search."""
-    from app.clients import embedder_for
-    from app.index.registry import open_collection
-    from app.indexing import index_documents
-    from app.pipeline import SearchPipeline, rank_results
+    from app.assembly import build_pipeline, embedder_for
+    from app.index.collections import open_collection
+    from app.ingest.chunking import Chunker
+    from app.ingest.indexer import index_documents
 
     dataset = load_beir(config.dataset, config.split)
     suffix = f"-chunk{config.chunk_tokens}" if config.chunk_tokens else ""
@@ -152,18 +221,14 @@ async def evaluate_search(
         }
     )
 
-    embedder = embedder_for(settings)
+    embedder = embedder_for(settings, models[0])
     await embedder.start()
     if not embedder.ready:
         raise SemsearchError(f"the embedder is not usable: {embedder.status}")
     index = await open_collection(
         settings, name, create=(embedder.info.model_id, embedder.info.dimension or 0)
     )
-    chunker = None
-    if config.chunk_tokens:
-        from app.indexing import Chunker
-
-        chunker = Chunker.for_model(embedder.info, config.chunk_tokens)
+    chunker = Chunker.for_model(embedder.info, config.chunk_tokens) if config.chunk_tokens else None
     try:
         indexed = await index_documents(
             dataset.corpus,
@@ -179,17 +244,15 @@ async def evaluate_search(
         await index.close()
         await embedder.stop()
 
-    pipeline = SearchPipeline.from_settings(settings)
+    pipeline = build_pipeline(settings, *models)
     await pipeline.start()
     await pipeline.wait_ready(600)
     try:
         max_depth = max(config.depths)
         query_ids = list(dataset.queries)
         semaphore = asyncio.Semaphore(config.concurrency)
-        done = 0
 
-        async def run(query_id: str, rerank: bool) -> Any:
-            nonlocal done
+        async def run(query_id: str, rerank: bool) -> SearchResult:
             async with semaphore:
                 result = await pipeline.search(
                     SearchQuery(
@@ -202,100 +265,86 @@ async def evaluate_search(
                         rerank_weight=1.0,
                     )
                 )
-            done += 1
             if on_progress:
                 on_progress("rerank" if rerank else "dense", 1, len(query_ids))
             return result
 
         dense = await asyncio.gather(*(run(q, False) for q in query_ids))
-        report: dict[str, Any] = {
-            "dataset": dataset.name,
-            "split": config.split,
-            "queries": len(query_ids),
-            "documents": len(dataset.corpus),
-            "collection": name,
-            "embedder": pipeline.embedder.info.model_id,
-            "reranker": None,
-            "indexing": {
-                "added": indexed.added,
-                "unchanged": indexed.unchanged,
-                "seconds": round(indexed.seconds, 1),
-            },
-            "dense": evaluate(_run_of(query_ids, dense), dataset.qrels),
-            "ann_recall@10": await _ann_recall(
+        report = EvalReport(
+            dataset=dataset.name,
+            split=config.split,
+            queries=len(query_ids),
+            documents=len(dataset.corpus),
+            collection=name,
+            embedder=pipeline.embedder.info.model_id,
+            indexing=IndexingSummary(indexed.added, indexed.unchanged, round(indexed.seconds, 1)),
+            dense=evaluate(_run_of(query_ids, [_pairs(r) for r in dense]), dataset.qrels),
+            ann_recall_at_10=await _ann_recall(
                 pipeline, name, [dataset.queries[q] for q in query_ids]
             ),
-        }
-        if config.rerank and pipeline.reranker.ready:
-            reranked = await asyncio.gather(*(run(q, True) for q in query_ids))
-            report["reranker"] = pipeline.reranker.info.model_id
-            sweep = []
-            for depth in config.depths:
-                for weight in config.weights:
-                    rows = [_rerun(r, depth, weight, rank_results) for r in reranked]
-                    sweep.append(
-                        {
-                            "depth": depth,
-                            "weight": weight,
-                            **evaluate(_run_of(query_ids, rows), dataset.qrels),
-                        }
-                    )
-            report["sweep"] = sweep
-            chosen = next(
-                (
-                    s
-                    for s in sweep
-                    if s["depth"] == min(settings.rerank_depth, max_depth)
-                    and s["weight"] == settings.rerank_weight
-                ),
-                None,
-            )
-            report["dense_rerank"] = chosen
-            report["best"] = max(sweep, key=lambda s: s["nDCG@10"])
-        else:
-            report["reranker_status"] = pipeline.reranker.status
+        )
+        if not (config.rerank and pipeline.reranker.ready):
+            report.reranker_status = pipeline.reranker.status
+            return report
+        reranked = await asyncio.gather(*(run(q, True) for q in query_ids))
+        report.reranker = pipeline.reranker.info.model_id
+        for depth in config.depths:
+            for weight in config.weights:
+                rows = [_rerun(r, depth, weight) for r in reranked]
+                scores = evaluate(_run_of(query_ids, rows), dataset.qrels)
+                report.sweep.append(SweepPoint(depth, weight, scores))
+        chosen_depth = min(settings.rerank_depth, max_depth)
+        report.dense_rerank = next(
+            (
+                p
+                for p in report.sweep
+                if p.depth == chosen_depth and p.weight == settings.rerank_weight
+            ),
+            None,
+        )
+        report.best = max(report.sweep, key=lambda p: p.scores["nDCG@10"])
         return report
     finally:
         await pipeline.stop()
 
 
-def _rerun(result: Any, depth: int, weight: float, rank: Any) -> list[tuple[str, float]]:
+def _pairs(result: SearchResult) -> list[tuple[str, float]]:
+    return [(r.hit.id, r.score) for r in result.results]
+
+
+def _rerun(result: SearchResult, depth: int, weight: float) -> list[tuple[str, float]]:
     """The pipeline's own ranking at another depth and weight, from one reranked answer."""
     candidates = sorted(result.results, key=lambda r: -r.hit.score)  # back to ANN order
     scores = [float(r.rerank_score) for r in candidates[:depth] if r.rerank_score is not None]
-    ranked = rank([r.hit for r in candidates], scores, 100, weight)
+    ranked = rank_results([r.hit for r in candidates], scores, CANDIDATES, weight)
     return [(r.hit.id, r.score) for r in ranked]
 
 
-def _run_of(query_ids: list[str], results: list[Any]) -> dict[str, dict[str, float]]:
+def _run_of(query_ids: list[str], results: list[list[tuple[str, float]]]) -> Run:
+    """Ranked (record id, score) lists as a run of documents: a chunk counts for its
+    document, at the rank of its best chunk."""
     run: dict[str, dict[str, float]] = {}
-    for query_id, result in zip(query_ids, results, strict=True):
-        pairs = (
-            result if isinstance(result, list) else [(r.hit.id, r.score) for r in result.results]
-        )
+    for query_id, pairs in zip(query_ids, results, strict=True):
         scored: dict[str, float] = {}
         for position, (doc_id, _) in enumerate(pairs):
-            parent = doc_id.split("#", 1)[0]  # chunks count for their document (best chunk)
+            parent = doc_id.split("#", 1)[0]
             scored.setdefault(parent, float(len(pairs) - position))
         run[query_id] = scored
     return run
 
 
-async def _ann_recall(pipeline: Any, collection: str, queries: list[str]) -> float | None:
+async def _ann_recall(pipeline: SearchPipeline, collection: str, queries: list[str]) -> float:
     index = await pipeline.collections.get(collection)
     vectors = (await pipeline.embedder.embed(queries, InputType.QUERY, Truncate.END)).vectors
-    return await ann_recall(getattr(index, "primary", index), vectors)
+    return await ann_recall(index, vectors)
 
 
 async def ann_recall(
-    index: Any, vectors: FloatArray, k: int = 10, candidates: int = CANDIDATES
-) -> float | None:
+    index: VectorIndex, vectors: FloatArray, k: int = 10, candidates: int = CANDIDATES
+) -> float:
     """Share of the exact top-`k` that a real search returns in its top `k`: `index.search`
     with the evaluated searches' `candidates`, so whatever that path does (IVF-PQ's exact
-    re-scoring, HNSW's ef) is measured. 1.0 for an exact index; None when the backend has
-    no exact search to compare with."""
-    if not hasattr(index, "exact_ids"):
-        return None
+    re-scoring, HNSW's ef) is measured. 1.0 for an exact index."""
     exact = await index.exact_ids(vectors, k)
     found = (await index.search(vectors, candidates)).hits
     overlaps = [

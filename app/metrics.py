@@ -67,7 +67,7 @@ INDEX_GENERATION = Gauge(
     ["collection"],
 )
 
-# -- dynamic batching (app.batching); `kind` is embedding or reranker -----------------------
+# -- dynamic batching (app.models.batching); `kind` is embedding or reranker -----------------------
 BATCH_QUEUE_DEPTH = Gauge(
     "semsearch_batch_queue_depth",
     "Items waiting for a batch, by model kind.",

@@ -18,6 +18,7 @@ from enum import IntEnum
 from typing import TypeVar
 
 from app import metrics
+from app.config import GatewaySettings
 from app.errors import (
     BudgetExhausted,
     CircuitOpen,
@@ -56,12 +57,22 @@ class BreakerState(IntEnum):
 
 @dataclass(frozen=True)
 class BreakerPolicy:
-    failure_threshold: int = 5  # consecutive failures that open the circuit
-    window_s: float = 30.0  # ... or this error rate over this window
-    error_rate: float = 0.5
-    min_calls: int = 20  # calls in the window before the rate counts
-    recovery_s: float = 10.0  # open this long, then let probes through
+    failure_threshold: int  # consecutive failures that open the circuit
+    window_s: float  # ... or this error rate over this window
+    error_rate: float
+    min_calls: int  # calls in the window before the rate counts
+    recovery_s: float  # open this long, then let probes through
     half_open_probes: int = 1  # concurrent trial calls while half-open
+
+    @classmethod
+    def from_settings(cls, settings: GatewaySettings) -> BreakerPolicy:
+        return cls(
+            failure_threshold=settings.breaker_failure_threshold,
+            window_s=settings.breaker_window_s,
+            error_rate=settings.breaker_error_rate,
+            min_calls=settings.breaker_min_calls,
+            recovery_s=settings.breaker_recovery_s,
+        )
 
 
 @dataclass(frozen=True)
@@ -207,9 +218,13 @@ class Deadline:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    attempts: int = 2  # total tries, the first included
-    base_delay_s: float = 0.05
+    attempts: int  # total tries, the first included
+    base_delay_s: float  # backoff base, jittered and doubled per retry
     max_delay_s: float = 0.5
+
+    @classmethod
+    def from_settings(cls, settings: GatewaySettings) -> RetryPolicy:
+        return cls(settings.retry_attempts, settings.retry_base_delay_ms / 1000)
 
 
 def backoff(policy: RetryPolicy, attempt: int, rng: Callable[[], float] = random.random) -> float:

@@ -5,6 +5,8 @@ Nothing here imports pydantic, FastAPI or torch: the engine sees only these.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -60,6 +62,14 @@ class Document:
     def passage(self) -> str:
         """The text the models see: title and body, as the models were trained on."""
         return f"{self.title} {self.text}" if self.title else self.text
+
+
+def content_hash(document: Document) -> str:
+    """What decides whether a document must be re-embedded and rewritten."""
+    payload = json.dumps(
+        [document.title, document.text, document.metadata], sort_keys=True, ensure_ascii=False
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)

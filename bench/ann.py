@@ -4,7 +4,7 @@
 
 Vectors are drawn around random cluster centres (like real embeddings: dense neighbourhoods,
 not uniform noise) and normalized; queries come from the same distribution. The index is
-built by the code `semsearch index` uses (`app.index.faiss_index.build_index`). Reports build
+built by the code `semsearch index` uses (`app.index.faiss.build.build_index`). Reports build
 time, recall@10 against exact (brute-force) search for several efSearch (HNSW) or nprobe
 (IVF-PQ) values, and single-query latency p50/p99. IVF-PQ is measured as it is served: PQ
 candidates re-scored exactly from the raw vectors (`ivf_refine` per result), and without
@@ -14,13 +14,15 @@ that step for comparison.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from typing import Any
 
 import faiss
 import numpy as np
 
-from app.index.faiss_index import FaissOptions, build_index, refine, set_search_params
+from app.config import GatewaySettings
+from app.index.faiss.build import FaissOptions, build_index, refine, set_search_params
 from bench.common import machine, table, write_json
 
 
@@ -99,13 +101,13 @@ def main() -> None:
     print(f"exact ground truth in {exact_seconds:.1f}s; flat p50 {flat_p50:.1f} ms", flush=True)
     ids = np.arange(args.n, dtype=np.int64)
     for kind in args.types.split(","):
-        options = FaissOptions(index_type=kind)
+        options = FaissOptions.from_settings(GatewaySettings(index_type=kind))
         started = time.perf_counter()
         index, built, params = build_index(vectors, ids, options)
         build_s = time.perf_counter() - started
         print(f"built {built} {params} in {build_s:.0f}s", flush=True)
         for ef in (int(e) for e in args.ef.split(",")):
-            tuned = FaissOptions(index_type=kind, hnsw_ef_search=ef, ivf_nprobe=ef)
+            tuned = dataclasses.replace(options, hnsw_ef_search=ef, ivf_nprobe=ef)
             set_search_params(index, built, tuned)
             knob = "efSearch" if kind == "hnsw" else "nprobe"
             variants = [("", tuned.ivf_refine)] + ([(" no refine", 0)] if kind == "ivfpq" else [])

@@ -30,8 +30,11 @@ from bench.common import machine, table, write_json
 
 async def _index_run(path: Path, index_dir: Path, fake_dim: int | None) -> dict[str, Any]:
     from app.config import EmbedderSettings, GatewaySettings
-    from app.index.faiss_index import FaissIndex
-    from app.indexing import Chunker, index_documents, read_documents
+    from app.index.faiss.build import FaissOptions
+    from app.index.faiss.index import FaissIndex
+    from app.ingest.chunking import Chunker
+    from app.ingest.indexer import index_documents
+    from app.ingest.readers import read_documents
     from app.models import build_embedder
     from app.models.fake import FakeEmbedder
 
@@ -43,7 +46,13 @@ async def _index_run(path: Path, index_dir: Path, fake_dim: int | None) -> dict[
     chunker = None
     if not fake_dim:
         chunker = Chunker.for_model(info)
-    index = await FaissIndex.create(index_dir, "bench", info.model_id, info.dimension or 0)
+    index = await FaissIndex.create(
+        index_dir,
+        "bench",
+        info.model_id,
+        info.dimension or 0,
+        FaissOptions.from_settings(GatewaySettings()),
+    )
     # throughput keeps the passages (the raw baseline encodes the same ones); the memory run
     # only counts them, or the bench's own lists would be the memory growth it measures
     embedded: list[str] = []

@@ -26,8 +26,8 @@ from typing import Any
 from app.models.paths import resolve_model_path
 from app.models.tokens import TextTokenizer
 from bench.common import machine, table, write_json
-from bench.loadgen import LoadResult, run_load
-from bench.processes import ROOT, Service, child_env, free_port, start_service
+from harness.loadgen import LoadResult, run_load
+from harness.processes import ROOT, Service, child_env, free_port, start_service
 
 EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2"
 RERANK_MAX_LENGTH = 512

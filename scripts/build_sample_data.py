@@ -23,10 +23,11 @@ import numpy as np
 import torch
 from sentence_transformers import CrossEncoder, SentenceTransformer
 
-from app.indexing import Chunker
+from app.config import GatewaySettings
+from app.ingest.chunking import Chunker
 from app.models.paths import resolve_model_path
 from app.models.tokens import TextTokenizer
-from app.pipeline import PipelineConfig, fuse
+from app.search.ranking import fuse
 from app.types import Document
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -91,7 +92,7 @@ def main(source: Path, target: Path, reranker_dir: str | None) -> None:
             fused = fuse(
                 [float(chunk_vecs[i] @ vec) for i in order[:30]],
                 [float(x) for x in logits],
-                PipelineConfig().rerank_weight,
+                GatewaySettings().rerank_weight,
             )
             if top[int(np.argmax(fused))].parent_id != expected:
                 continue

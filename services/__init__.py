@@ -1,1 +1,2 @@
-"""The three HTTP services. Each imports `app` and `services.common`, never another service."""
+"""The three HTTP services. Each imports `app` and the shared `services.http` (and, for the model
+services, `services.model_service`), never another service."""

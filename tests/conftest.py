@@ -14,11 +14,14 @@ from typing import Any
 
 import pytest
 
-from app.index.faiss_index import FaissIndex
-from app.indexing import index_documents
+from app.config import GatewaySettings
+from app.index.faiss.build import FaissOptions
+from app.index.faiss.index import FaissIndex
+from app.index.qdrant.connection import QdrantOptions
+from app.ingest.indexer import index_documents
 from app.models.fake import FakeEmbedder, FakeReranker
 from app.types import Document
-from bench.processes import free_port
+from harness.processes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"
@@ -56,6 +59,17 @@ def _hermetic_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("SEMSEARCH_") and name != "SEMSEARCH_TEST_RERANKER_DIR":
             monkeypatch.delenv(name)
+
+
+def faiss_options(**settings: Any) -> FaissOptions:
+    """FAISS options from the settings' defaults, with `settings` (SEMSEARCH_* names) changed."""
+    return FaissOptions.from_settings(GatewaySettings(**settings))
+
+
+def qdrant_options(**settings: Any) -> QdrantOptions:
+    """Qdrant options from the settings' defaults, with `settings` (SEMSEARCH_* names) changed:
+    `qdrant_path=` for embedded local mode, `qdrant_url=` for a server."""
+    return QdrantOptions.from_settings(GatewaySettings(**settings))
 
 
 def wait_for_port(
@@ -133,7 +147,7 @@ async def build_collection(
 ) -> FaissIndex:
     """Index `docs` into a new collection with `embedder` and return it opened."""
     index = await FaissIndex.create(
-        index_dir, name, embedder.info.model_id, embedder.info.dimension or 0
+        index_dir, name, embedder.info.model_id, embedder.info.dimension or 0, faiss_options()
     )
     await index_documents(docs, index, embedder, batch_size=2)
     return index

@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 
 from app.errors import IndexUnavailable, InvalidInput, SemsearchError
-from app.index import AnnResult, VectorIndex
+from app.index.vector import AnnResult, VectorIndex
 from app.logs import get_logger
 from app.resilience import CircuitBreaker
 from app.types import Document, Filter, FloatArray
@@ -46,6 +46,9 @@ class UnopenedIndex:
         raise self._unavailable()
 
     async def search(self, vectors: FloatArray, k: int, filter: Filter | None = None) -> AnnResult:
+        raise self._unavailable()
+
+    async def exact_ids(self, vectors: FloatArray, k: int) -> list[list[str]]:
         raise self._unavailable()
 
     async def children(self, parents: Sequence[str]) -> dict[str, dict[str, str]]:
@@ -145,6 +148,10 @@ class FallbackIndex:
             raise IndexUnavailable(
                 f"the primary index did not answer within {self.primary_timeout_s:.2f}s"
             ) from None
+
+    async def exact_ids(self, vectors: FloatArray, k: int) -> list[list[str]]:
+        """The primary's exact top-k: ANN recall is measured for the index searches go to."""
+        return await self.primary.exact_ids(vectors, k)
 
     async def children(self, parents: Sequence[str]) -> dict[str, dict[str, str]]:
         """Records count as present only where both copies agree (so a record one copy missed

@@ -1,19 +1,18 @@
 """The model seams: `Embedder` and `Reranker`, and how settings pick an implementation.
 
 Implementations: in-process sentence-transformers (`app.models.local`, the only torch
-importer), HTTP clients to the model services (`app.clients`), and deterministic fakes
+importer), HTTP clients to the model services (`app.models.http`), and deterministic fakes
 (`app.models.fake`) for tests and for running without weights.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from app.config import EmbedderSettings, RerankerSettings
-from app.errors import SemsearchError
+from app.extras import require
 from app.types import FloatArray, InputType, ModelInfo, Truncate
 
 
@@ -105,8 +104,9 @@ def build_embedder(settings: EmbedderSettings) -> Embedder:
         from app.models.fake import FakeEmbedder
 
         return FakeEmbedder(model_id=f"fake:{settings.model}")
-    with _models_extra():
-        from app.models.local import LocalEmbedder
+    _require_models()
+    from app.models.local import LocalEmbedder
+
     return LocalEmbedder(settings)
 
 
@@ -116,19 +116,18 @@ def build_reranker(settings: RerankerSettings) -> Reranker:
         from app.models.fake import FakeReranker
 
         return FakeReranker(model_id=f"fake:{settings.model}")
-    with _models_extra():
-        from app.models.local import LocalReranker
+    _require_models()
+    from app.models.local import LocalReranker
+
     return LocalReranker(settings)
 
 
-@contextmanager
-def _models_extra() -> Iterator[None]:
-    """Turn a missing torch / sentence-transformers into an error that names the extra."""
-    try:
-        yield
-    except ImportError as exc:
-        raise SemsearchError(
-            f"in-process models need the `models` extra ({exc.name} is missing): "
-            "pip install 'semsearch[models]', or set SEMSEARCH_EMBEDDER_URL / "
-            "SEMSEARCH_RERANKER_URL to use remote model services"
-        ) from exc
+def _require_models() -> None:
+    """torch, transformers and sentence-transformers: the `models` extra."""
+    for module in ("torch", "transformers", "sentence_transformers"):
+        require(
+            module,
+            "models",
+            "in-process models",
+            "or set SEMSEARCH_EMBEDDER_URL / SEMSEARCH_RERANKER_URL to use remote model services",
+        )

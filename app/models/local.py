@@ -22,11 +22,11 @@ import numpy as np
 import transformers
 
 from app import metrics
-from app.batching import BatchLimits, BatchQueue, resolve_batch_tokens
 from app.config import EmbedderSettings, ModelSettings, RerankerSettings
 from app.errors import ModelFailure, Unavailable
 from app.logs import get_logger
 from app.models import Embeddings
+from app.models.batching import BatchLimits, BatchQueue
 from app.models.engines import (
     Engine,
     TorchEngine,
@@ -121,12 +121,7 @@ class _LocalModel:
             self._guarded(self._compute),
             size_of=len,
             executor=self._executor,
-            limits=BatchLimits(
-                max_batch_size=settings.max_batch_size,
-                max_batch_tokens=resolve_batch_tokens(settings.max_batch_tokens, self._info.device),
-                max_wait_s=settings.max_wait_ms / 1000,
-                max_queued_items=settings.max_queue_items,
-            ),
+            limits=BatchLimits.from_settings(settings, self._info.device),
             kind=self.kind,
         )
         self._queue.start()

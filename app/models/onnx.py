@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from app.extras import require
 from app.logs import get_logger
 from app.models.tokens import Padded
 from app.types import FloatArray
@@ -47,9 +48,12 @@ def export(folder: Path, kind: str, target: Path) -> None:
     """Export `folder` (an embedding model or a cross-encoder) to `target`, with both the
     fused fp32 graph (model.onnx) and its int8 quantization (model.int8.onnx) side by side."""
     import torch
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.transformers import optimizer
     from sentence_transformers import CrossEncoder, SentenceTransformer
+
+    feature = "exporting a model to ONNX"
+    require("onnx", "onnx", feature)
+    quantization = require("onnxruntime.quantization", "onnx", feature)
+    optimizer = require("onnxruntime.transformers.optimizer", "onnx", feature)
 
     eager = {"attn_implementation": "eager"}
     model: torch.nn.Module
@@ -111,7 +115,9 @@ def export(folder: Path, kind: str, target: Path) -> None:
     )
     fused.save_model_to_file(str(staging / "model.onnx"))
     # Quantize the unfused graph: the quantizer cannot type the fused operators.
-    quantize_dynamic(str(raw), str(staging / "model.int8.onnx"), weight_type=QuantType.QInt8)
+    quantization.quantize_dynamic(
+        str(raw), str(staging / "model.int8.onnx"), weight_type=quantization.QuantType.QInt8
+    )
     raw.unlink()
     shutil.rmtree(target.parent, ignore_errors=True)
     os.rename(staging, target.parent)  # readers see a complete export or none
@@ -122,8 +128,7 @@ class OnnxEngine:
     """Runs an exported graph; feeds only the inputs the graph declares."""
 
     def __init__(self, path: Path, device: str, output: str) -> None:
-        import onnxruntime as ort
-
+        ort = require("onnxruntime", "onnx", "the ONNX Runtime backend")
         options = ort.SessionOptions()
         options.intra_op_num_threads = max(1, len(os.sched_getaffinity(0)))
         providers = ["CPUExecutionProvider"]

@@ -1,52 +1,42 @@
-"""Embedder routes: OpenAI /v1/embeddings (+ NVIDIA input_type/truncate), TEI /embed and /info,
-OpenAI /v1/models."""
+"""Embedder routes: OpenAI /v1/embeddings (+ NVIDIA input_type/truncate), TEI /embed, OpenAI
+/v1/models. /info and /ready are the model services' common routes."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
-from app.config import EmbedderSettings
 from app.errors import InputTooLong, InvalidInput
 from app.models import Embedder, Embeddings
 from app.models.limits import check_input_limits
-from app.protocol import EmbeddingsRequest, EmbeddingsResponse, InfoResponse, TeiEmbedRequest
+from app.protocol.embeddings import EmbeddingsRequest, EmbeddingsResponse, TeiEmbedRequest
 from app.types import FloatArray, InputType, Truncate
-from services.common import (
-    ERROR_RESPONSES,
-    check_model_name,
-    model_info,
-    model_ready,
-    unless_disconnected,
-)
+from services.http import ERROR_RESPONSES, unless_disconnected
+from services.model_service import check_model_name, served_model, served_settings
 
 router = APIRouter(responses=ERROR_RESPONSES)
-
-
-def _embedder(request: Request) -> Embedder:
-    embedder: Embedder = request.app.state.model
-    return embedder
+ServedEmbedder = Annotated[Embedder, Depends(served_model)]
 
 
 async def _embed(
     request: Request,
+    embedder: Embedder,
     texts: list[str],
     field: str,
     input_type: InputType,
     truncate: Truncate,
     normalize: bool,
 ) -> Embeddings:
-    settings: EmbedderSettings = request.app.state.settings
+    settings = served_settings(request)
     check_input_limits(
         texts,
         max_items=settings.max_items_per_request,
         max_chars=settings.max_chars_per_item,
         field=field,
     )
-    embedder = _embedder(request)
     try:
         return await unless_disconnected(
             request, embedder.embed(texts, input_type, truncate, normalize)
@@ -62,11 +52,12 @@ async def _embed(
     tags=["embeddings"],
     summary="OpenAI-compatible embeddings, with NVIDIA's input_type and truncate.",
 )
-async def embeddings(body: EmbeddingsRequest, request: Request) -> EmbeddingsResponse:
-    embedder = _embedder(request)
+async def embeddings(
+    body: EmbeddingsRequest, request: Request, embedder: ServedEmbedder
+) -> EmbeddingsResponse:
     check_model_name(body.model, embedder.info.model_id)
     result = await _embed(
-        request, body.texts(), "input", body.input_type, body.truncate, body.normalize
+        request, embedder, body.texts(), "input", body.input_type, body.truncate, body.normalize
     )
     vectors = result.vectors
     if body.dimensions is not None:
@@ -82,9 +73,15 @@ async def embeddings(body: EmbeddingsRequest, request: Request) -> EmbeddingsRes
     summary="TEI-compatible embeddings.",
     response_model=list[list[float]],
 )
-async def embed(body: TeiEmbedRequest, request: Request) -> JSONResponse:
+async def embed(body: TeiEmbedRequest, request: Request, embedder: ServedEmbedder) -> JSONResponse:
     result = await _embed(
-        request, body.texts(), "inputs", body.input_type(), body.truncate_mode(), body.normalize
+        request,
+        embedder,
+        body.texts(),
+        "inputs",
+        body.input_type(),
+        body.truncate_mode(),
+        body.normalize,
     )
     vectors = result.vectors
     if body.dimensions is not None:
@@ -104,25 +101,10 @@ def shorten(vectors: FloatArray, dimensions: int, normalize: bool) -> FloatArray
     return cut
 
 
-@router.get(
-    "/info",
-    response_model=InfoResponse,
-    tags=["info"],
-    summary="TEI-style model information and batching limits.",
-)
-async def info(request: Request) -> InfoResponse:
-    return model_info(_embedder(request), request.app.state.settings)
-
-
 @router.get("/v1/models", tags=["embeddings"], summary="OpenAI-compatible model list.")
-async def models(request: Request) -> dict[str, Any]:
-    model_id = _embedder(request).info.model_id
+async def models(embedder: ServedEmbedder) -> dict[str, Any]:
+    model_id = embedder.info.model_id
     return {
         "object": "list",
         "data": [{"id": model_id, "object": "model", "owned_by": "semsearch"}],
     }
-
-
-@router.get("/ready", tags=["ops"], summary="Readiness: the model is loaded and warmed up.")
-async def ready(request: Request) -> JSONResponse:
-    return model_ready(_embedder(request))

@@ -10,11 +10,12 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app import __version__
+from app.assembly import build_pipeline
 from app.auth import ApiKeys
-from app.config import GatewaySettings
-from app.logs import configure_logging, get_logger
-from app.pipeline import SearchPipeline
-from services import common
+from app.config import EmbedderSettings, GatewaySettings, RerankerSettings
+from app.logs import get_logger
+from app.search.pipeline import SearchPipeline
+from services import http
 from services.gateway.routes import router
 
 log = get_logger(__name__)
@@ -23,12 +24,14 @@ log = get_logger(__name__)
 def create_app(
     settings: GatewaySettings | None = None, pipeline: SearchPipeline | None = None
 ) -> FastAPI:
-    """The gateway app; `pipeline` may be given pre-built (tests inject fakes that way)."""
+    """The gateway app; `pipeline` may be given pre-built (tests inject fakes that way).
+    Without it, the lifespan assembles one from `settings` and, for in-process models, the
+    SEMSEARCH_EMBEDDER_* / SEMSEARCH_RERANKER_* settings."""
     settings = settings or GatewaySettings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        search = pipeline or SearchPipeline.from_settings(settings)
+        search = pipeline or build_pipeline(settings, EmbedderSettings(), RerankerSettings())
         app.state.pipeline = search
         await search.start()
         upkeep = asyncio.create_task(_upkeep(search, settings.index_reload_interval_s))
@@ -46,7 +49,7 @@ def create_app(
     app.state.unhealthy = lambda: (
         app.state.pipeline.unhealthy() if hasattr(app.state, "pipeline") else None
     )
-    common.install(app, "gateway", settings.max_request_bytes)
+    http.install(app, "gateway", settings.max_request_bytes)
     app.include_router(router)
     return app
 
@@ -61,11 +64,4 @@ async def _upkeep(pipeline: SearchPipeline, interval_s: float) -> None:
             log.error("upkeep_failed", error=repr(exc))
 
 
-def __getattr__(name: str) -> FastAPI:
-    # `uvicorn services.gateway.main:app` builds the app from the environment on first
-    # access; importing this module (tests, the CLI) has no side effects.
-    if name != "app":
-        raise AttributeError(name)
-    settings = GatewaySettings()
-    configure_logging(settings.log_level, settings.log_format, "gateway")
-    return create_app(settings)
+__getattr__ = http.app_from_environment("gateway", GatewaySettings, create_app)

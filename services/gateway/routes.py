@@ -12,9 +12,10 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 
 from app.auth import ApiKeys
 from app.config import GatewaySettings
-from app.pipeline import SearchPipeline
-from app.protocol import ErrorResponse, SearchRequest, SearchResponse
-from services.common import ERROR_RESPONSES, ready_response
+from app.protocol.common import ErrorResponse
+from app.protocol.search import SearchRequest, SearchResponse
+from app.search.pipeline import SearchPipeline
+from services.http import ERROR_RESPONSES, ready_response
 
 router = APIRouter(responses=ERROR_RESPONSES)
 

@@ -1,19 +1,18 @@
-"""Reranker routes: NVIDIA /v1/ranking and Cohere/TEI-style /rerank, plus /info."""
+"""Reranker routes: NVIDIA /v1/ranking and Cohere/TEI-style /rerank. /info and /ready are the
+model services' common routes."""
 
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, Request
 
-from app.config import RerankerSettings
 from app.errors import InputTooLong
 from app.logs import current_request_id
 from app.models import Reranker
 from app.models.limits import check_input_limits, check_text_length
-from app.protocol import (
-    InfoResponse,
+from app.protocol.ranking import (
     Ranking,
     RankingRequest,
     RankingResponse,
@@ -24,29 +23,16 @@ from app.protocol import (
     rank_order,
 )
 from app.types import Truncate
-from services.common import (
-    ERROR_RESPONSES,
-    check_model_name,
-    model_info,
-    model_ready,
-    unless_disconnected,
-)
+from services.http import ERROR_RESPONSES, unless_disconnected
+from services.model_service import check_model_name, served_model, served_settings
 
 router = APIRouter(responses=ERROR_RESPONSES)
-
-
-def _reranker(request: Request) -> Reranker:
-    reranker: Reranker = request.app.state.model
-    return reranker
-
-
-def _settings(request: Request) -> RerankerSettings:
-    settings: RerankerSettings = request.app.state.settings
-    return settings
+ServedReranker = Annotated[Reranker, Depends(served_model)]
 
 
 async def _score(
     request: Request,
+    reranker: Reranker,
     model: str | None,
     query: str,
     passages: list[str],
@@ -54,7 +40,7 @@ async def _score(
     field: str,
 ) -> list[float]:
     """Scores of `passages`, which this API calls `field` (errors name `field[i]`)."""
-    reranker, settings = _reranker(request), _settings(request)
+    settings = served_settings(request)
     check_input_limits(
         passages,
         max_items=settings.max_items_per_request,
@@ -77,9 +63,13 @@ async def _score(
     tags=["ranking"],
     summary="NVIDIA-compatible reranking: logits, best first.",
 )
-async def ranking(body: RankingRequest, request: Request) -> RankingResponse:
+async def ranking(
+    body: RankingRequest, request: Request, reranker: ServedReranker
+) -> RankingResponse:
     passages = [p.text for p in body.passages]
-    scores = await _score(request, body.model, body.query.text, passages, body.truncate, "passages")
+    scores = await _score(
+        request, reranker, body.model, body.query.text, passages, body.truncate, "passages"
+    )
     return RankingResponse(rankings=[Ranking(index=i, logit=scores[i]) for i in rank_order(scores)])
 
 
@@ -90,14 +80,16 @@ async def ranking(body: RankingRequest, request: Request) -> RankingResponse:
     tags=["ranking"],
     summary="Cohere/TEI-compatible reranking.",
 )
-async def rerank(body: RerankRequest, request: Request) -> RerankResponse:
+async def rerank(body: RerankRequest, request: Request, reranker: ServedReranker) -> RerankResponse:
     documents = body.texts()
     truncate = Truncate.END if body.truncate else Truncate.NONE
-    scores = await _score(request, body.model, body.query, documents, truncate, "documents")
+    scores = await _score(
+        request, reranker, body.model, body.query, documents, truncate, "documents"
+    )
     order = rank_order(scores)[: body.top_n]
     return RerankResponse(
         id=current_request_id(),
-        model=_reranker(request).info.model_id,
+        model=reranker.info.model_id,
         results=[
             RerankResult(
                 index=i,
@@ -113,18 +105,3 @@ def _sigmoid(logit: float) -> float:
     return (
         1.0 / (1.0 + math.exp(-logit)) if logit >= 0 else math.exp(logit) / (1.0 + math.exp(logit))
     )
-
-
-@router.get(
-    "/info",
-    response_model=InfoResponse,
-    tags=["info"],
-    summary="TEI-style model information and limits.",
-)
-async def info(request: Request) -> InfoResponse:
-    return model_info(_reranker(request), _settings(request))
-
-
-@router.get("/ready", tags=["ops"], summary="Readiness: the model is loaded and warmed up.")
-async def ready(request: Request) -> JSONResponse:
-    return model_ready(_reranker(request))

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import uvicorn
 
-from app.config import GatewaySettings
+from app.assembly import build_pipeline
+from app.config import EmbedderSettings, GatewaySettings, RerankerSettings
 from app.errors import IndexUnavailable
-from app.index import AnnResult, VectorIndex
 from app.index.fallback import FallbackIndex
+from app.index.vector import AnnResult, VectorIndex
 from app.logs import configure_logging
-from app.pipeline import SearchPipeline
 from app.types import Filter, FloatArray
 from services.gateway.main import create_app
 
@@ -29,7 +29,7 @@ FAULT = Path(os.environ["CHAOS_INDEX_FAULT_FILE"])
 def main() -> None:
     settings = GatewaySettings()
     configure_logging(settings.log_level, settings.log_format, "gateway")
-    pipeline = SearchPipeline.from_settings(settings)
+    pipeline = build_pipeline(settings, EmbedderSettings(), RerankerSettings())
     open_index = pipeline.collections._opener
 
     async def open_with_fault(name: str) -> VectorIndex:

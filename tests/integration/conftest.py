@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.processes import Service, child_env, free_port, start_service
+from harness.processes import Service, child_env, free_port, start_service
 from tests.conftest import DATA, ROOT
 
 SEMSEARCH = str(Path(sys.executable).with_name("semsearch"))

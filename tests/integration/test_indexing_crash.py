@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from app.index.generations import CollectionLayout
-from tests.conftest import ROOT
+from app.index.faiss.layout import CollectionLayout
+from tests.conftest import ROOT, qdrant_options
 from tests.integration.conftest import SEMSEARCH, child_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -106,9 +106,9 @@ async def qdrant_state(path: Path) -> tuple[int, int, set[str]]:
     """Generation, searchable documents and the versions searches see."""
     import numpy as np
 
-    from app.index.qdrant_index import QdrantIndex, QdrantOptions
+    from app.index.qdrant.index import QdrantIndex
 
-    index = await QdrantIndex.open(QdrantOptions(path=path), "crash")
+    index = await QdrantIndex.open(qdrant_options(qdrant_path=path), "crash")
     try:
         probe = np.random.default_rng(0).standard_normal((4, index.dimension)).astype(np.float32)
         hits = (await index.search(probe, 50)).hits

@@ -2,7 +2,7 @@
 
 One stack per module: redis-server, the embedder and reranker services (tiny real models),
 and a gateway with a FAISS fallback index whose primary can be made to fail. Each scenario
-runs closed-loop load (bench.loadgen) while a part is killed or broken, prints its counts, and
+runs closed-loop load (harness.loadgen) while a part is killed or broken, prints its counts, and
 leaves the stack healthy for the next.
 """
 
@@ -22,8 +22,8 @@ from typing import Any
 import httpx
 import pytest
 
-from bench.loadgen import LoadResult, run_load, run_open_loop
-from bench.processes import Service, child_env, free_port, start_service
+from harness.loadgen import LoadResult, run_load, run_open_loop
+from harness.processes import Service, child_env, free_port, start_service
 from tests.conftest import DATA, ROOT, start_redis
 from tests.integration.conftest import SEMSEARCH
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from asgi_lifespan import LifespanManager
 
-from app.clients import HttpEmbedder, HttpReranker
 from app.config import EmbedderSettings, RerankerSettings
 from app.errors import EmbedderUnavailable, InputTooLong, InvalidInput, Overloaded
 from app.models.fake import FakeEmbedder, FakeReranker
+from app.models.http import HttpEmbedder, HttpReranker
 from app.types import InputType, Truncate
 from services.embedder.main import create_app as embedder_app
 from services.reranker.main import create_app as reranker_app

@@ -162,9 +162,10 @@ async def test_embedder_down_is_503_with_retry_after(gateway_env: GatewaySetting
 
             raise Unavailable("connection refused")
 
-    from app.pipeline import SearchPipeline
+    from app.assembly import build_pipeline
+    from app.config import EmbedderSettings, RerankerSettings
 
-    pipeline = SearchPipeline.from_settings(gateway_env)
+    pipeline = build_pipeline(gateway_env, EmbedderSettings(), RerankerSettings())
     pipeline.embedder = Down(model_id="fake:embedder")
     async with asgi_client(create_app(gateway_env, pipeline)) as client:
         reply = await client.post("/v1/search", json={"query": "anything"})

@@ -13,10 +13,10 @@ from typer.testing import CliRunner
 from app.cli import cli
 from app.config import GatewaySettings
 from app.errors import IndexUnavailable
+from app.index.collections import collection_names, open_collection
 from app.index.fallback import FallbackIndex
-from app.index.qdrant_index import QdrantIndex
-from app.index.registry import collection_names, open_collection
-from app.indexing import index_documents
+from app.index.qdrant.index import QdrantIndex
+from app.ingest.indexer import index_documents
 from app.models.fake import FakeEmbedder
 from app.types import Document, InputType
 from services.gateway.main import create_app
@@ -116,7 +116,7 @@ async def test_a_missing_fallback_copy_leaves_the_primary_serving(
 async def test_qdrant_unreachable_at_start_the_fallback_copy_serves(
     qdrant_env: GatewaySettings,
 ) -> None:
-    from bench.processes import free_port
+    from harness.processes import free_port
 
     nobody = f"http://127.0.0.1:{free_port()}"  # connection refused: a real network failure
     settings = qdrant_env.model_copy(update={"qdrant_url": nobody})
@@ -132,19 +132,19 @@ async def test_qdrant_unreachable_at_start_the_fallback_copy_serves(
 async def test_qdrant_answering_again_takes_over_from_the_fallback(
     qdrant_env: GatewaySettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import app.index.qdrant_index as qdrant_module
+    import app.index.qdrant.index as qdrant_module
 
     async def down(*args: object) -> None:
         raise IndexUnavailable("qdrant: connection refused")
 
-    real_meta = qdrant_module._meta
-    monkeypatch.setattr(qdrant_module, "_meta", down)
-    monkeypatch.setattr("app.index.registry.list_collections", down)
+    real_meta = qdrant_module.read_meta
+    monkeypatch.setattr(qdrant_module, "read_meta", down)
+    monkeypatch.setattr("app.index.collections.list_collections", down)
     async with asgi_client(create_app(qdrant_env)) as client:
         body = (await client.post("/v1/search", json={"query": "capital of France"})).json()
         assert body["degraded"] == ["index"] and body["index"]["backend"] == "faiss"
 
-        monkeypatch.setattr(qdrant_module, "_meta", real_meta)  # Qdrant is back
+        monkeypatch.setattr(qdrant_module, "read_meta", real_meta)  # Qdrant is back
         assert (await client.post("/admin/reload")).json() == {"reloaded": ["default"]}
         body = (await client.post("/v1/search", json={"query": "France capital"})).json()
         assert body["degraded"] == [] and body["index"] == {

@@ -13,8 +13,8 @@ import pytest
 
 from app.config import EmbedderSettings, RerankerSettings
 from app.errors import ClientDisconnected
-from services.common import unless_disconnected
 from services.embedder.main import create_app as embedder_app
+from services.http import unless_disconnected
 from services.reranker.main import create_app as reranker_app
 from tests.services.conftest import asgi_client, assert_error
 

@@ -24,7 +24,9 @@ from app.errors import (
     error_for_status,
     http_status,
 )
-from app.protocol import EmbeddingsResponse, SearchRequest, rank_order
+from app.protocol.embeddings import EmbeddingsResponse
+from app.protocol.ranking import rank_order
+from app.protocol.search import SearchRequest
 
 
 @pytest.mark.parametrize(

@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 from app.cli import cli
 from app.errors import InvalidInput
 from app.evaluation import ann_recall, evaluate, load_beir
-from app.index.qdrant_index import QdrantIndex, QdrantOptions
+from app.index.qdrant.index import QdrantIndex
 from app.types import Document
-from tests.conftest import load_sample_documents, load_sample_queries
+from tests.conftest import load_sample_documents, load_sample_queries, qdrant_options
 
 
 @pytest.fixture
@@ -87,7 +87,7 @@ async def test_ann_recall_is_measured_on_qdrant_too(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((50, 8)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    index = await QdrantIndex.create(QdrantOptions(path=tmp_path / "q"), "c", "m", 8)
+    index = await QdrantIndex.create(qdrant_options(qdrant_path=tmp_path / "q"), "c", "m", 8)
     await index.upsert([Document(f"d{i}", f"t{i}") for i in range(50)], vectors)
     await index.publish()
     assert await index.exact_ids(vectors[:3], 1) == [["d0"], ["d1"], ["d2"]]

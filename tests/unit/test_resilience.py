@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 from prometheus_client import REGISTRY
 
+from app.config import GatewaySettings
 from app.errors import CircuitOpen, DeadlineExceeded, InvalidInput, Overloaded, Unavailable
 from app.resilience import (
     BreakerPolicy,
@@ -18,6 +20,11 @@ from app.resilience import (
     StageGuard,
     backoff,
 )
+
+
+def policy(**fields: float) -> BreakerPolicy:
+    """The settings' breaker policy with `fields` changed."""
+    return replace(BreakerPolicy.from_settings(GatewaySettings()), **fields)  # type: ignore[arg-type]
 
 
 class Clock:
@@ -46,9 +53,7 @@ async def bad_request() -> str:
 
 async def test_consecutive_failures_open_then_recovery_probes_close() -> None:
     clock = Clock()
-    breaker = CircuitBreaker(
-        "t-consecutive", BreakerPolicy(failure_threshold=3, recovery_s=10), clock
-    )
+    breaker = CircuitBreaker("t-consecutive", policy(failure_threshold=3, recovery_s=10), clock)
     for _ in range(3):
         with pytest.raises(Unavailable):
             await breaker.call(fail)
@@ -68,7 +73,7 @@ async def test_consecutive_failures_open_then_recovery_probes_close() -> None:
 
 async def test_failed_probe_reopens_for_another_recovery_period() -> None:
     clock = Clock()
-    breaker = CircuitBreaker("t-probe", BreakerPolicy(failure_threshold=1, recovery_s=5), clock)
+    breaker = CircuitBreaker("t-probe", policy(failure_threshold=1, recovery_s=5), clock)
     with pytest.raises(Unavailable):
         await breaker.call(fail)
     clock.now += 5
@@ -82,7 +87,7 @@ async def test_failed_probe_reopens_for_another_recovery_period() -> None:
 
 async def test_half_open_lets_only_the_allowed_probes_through() -> None:
     clock = Clock()
-    breaker = CircuitBreaker("t-probes", BreakerPolicy(failure_threshold=1, recovery_s=1), clock)
+    breaker = CircuitBreaker("t-probes", policy(failure_threshold=1, recovery_s=1), clock)
     with pytest.raises(Unavailable):
         await breaker.call(fail)
     clock.now += 1
@@ -103,7 +108,7 @@ async def test_half_open_lets_only_the_allowed_probes_through() -> None:
 
 async def test_a_call_admitted_before_the_trip_neither_frees_nor_decides_a_probe() -> None:
     clock = Clock()
-    breaker = CircuitBreaker("t-stale", BreakerPolicy(failure_threshold=1, recovery_s=1), clock)
+    breaker = CircuitBreaker("t-stale", policy(failure_threshold=1, recovery_s=1), clock)
     gates = [asyncio.Event(), asyncio.Event()]
 
     async def waits(gate: asyncio.Event, outcome: str) -> str:
@@ -136,7 +141,7 @@ async def test_a_call_admitted_before_the_trip_neither_frees_nor_decides_a_probe
 
 async def test_a_late_success_from_before_the_trip_does_not_close_the_breaker() -> None:
     clock = Clock()
-    breaker = CircuitBreaker("t-late", BreakerPolicy(failure_threshold=1, recovery_s=1), clock)
+    breaker = CircuitBreaker("t-late", policy(failure_threshold=1, recovery_s=1), clock)
     gate = asyncio.Event()
 
     async def slow_ok() -> str:
@@ -156,8 +161,8 @@ async def test_a_late_success_from_before_the_trip_does_not_close_the_breaker() 
 
 async def test_error_rate_over_the_window_opens() -> None:
     clock = Clock()
-    policy = BreakerPolicy(failure_threshold=100, error_rate=0.5, min_calls=10, window_s=30)
-    breaker = CircuitBreaker("t-rate", policy, clock)
+    rate = policy(failure_threshold=100, error_rate=0.5, min_calls=10, window_s=30)
+    breaker = CircuitBreaker("t-rate", rate, clock)
     for i in range(10):  # alternate: never 2 consecutive failures, but 50% errors
         clock.now += 1
         if i % 2:
@@ -170,8 +175,8 @@ async def test_error_rate_over_the_window_opens() -> None:
 
 async def test_old_failures_leave_the_window() -> None:
     clock = Clock()
-    policy = BreakerPolicy(failure_threshold=100, error_rate=0.5, min_calls=4, window_s=10)
-    breaker = CircuitBreaker("t-window", policy, clock)
+    rate = policy(failure_threshold=100, error_rate=0.5, min_calls=4, window_s=10)
+    breaker = CircuitBreaker("t-window", rate, clock)
     for _ in range(3):
         with pytest.raises(Unavailable):
             await breaker.call(fail)
@@ -182,7 +187,7 @@ async def test_old_failures_leave_the_window() -> None:
 
 
 async def test_client_errors_do_not_count_as_faults() -> None:
-    breaker = CircuitBreaker("t-client", BreakerPolicy(failure_threshold=2), Clock())
+    breaker = CircuitBreaker("t-client", policy(failure_threshold=2), Clock())
     for _ in range(5):
         with pytest.raises(InvalidInput):
             await breaker.call(bad_request)
@@ -197,10 +202,10 @@ def test_deadline_and_backoff() -> None:
     assert deadline.cap(10) == pytest.approx(1.5) and deadline.cap(0.2) == 0.2
     clock.now += 5
     assert deadline.remaining() == 0
-    policy = RetryPolicy(base_delay_s=0.1, max_delay_s=0.3)
-    assert backoff(policy, 1, rng=lambda: 1.0) == pytest.approx(0.2)
-    assert backoff(policy, 5, rng=lambda: 1.0) == pytest.approx(0.3)  # capped
-    assert backoff(policy, 5, rng=lambda: 0.0) == 0
+    retry = RetryPolicy(attempts=2, base_delay_s=0.1, max_delay_s=0.3)
+    assert backoff(retry, 1, rng=lambda: 1.0) == pytest.approx(0.2)
+    assert backoff(retry, 5, rng=lambda: 1.0) == pytest.approx(0.3)  # capped
+    assert backoff(retry, 5, rng=lambda: 0.0) == 0
 
 
 async def test_bulkhead_limits_concurrency_and_refuses_after_waiting() -> None:
@@ -231,7 +236,7 @@ def guard(name: str, *, attempts: int = 3, timeout_s: float = 1.0) -> StageGuard
 
     return StageGuard(
         name=name,
-        breaker=CircuitBreaker(name, BreakerPolicy(failure_threshold=10)),
+        breaker=CircuitBreaker(name, policy(failure_threshold=10)),
         bulkhead=Bulkhead(name, 4),
         timeout_s=timeout_s,
         retry=RetryPolicy(attempts=attempts, base_delay_s=0.001),
@@ -290,7 +295,7 @@ async def test_guard_cuts_each_try_to_the_deadline() -> None:
 
 async def test_guard_gives_up_when_the_breaker_is_open() -> None:
     g = guard("t-g5", attempts=1)
-    g.breaker = CircuitBreaker("t-g5", BreakerPolicy(failure_threshold=1, recovery_s=60))
+    g.breaker = CircuitBreaker("t-g5", policy(failure_threshold=1, recovery_s=60))
     with pytest.raises(Unavailable):
         await g.run(fail, Deadline(5))
     with pytest.raises(CircuitOpen):
@@ -301,7 +306,7 @@ async def test_a_try_cut_by_the_requests_own_deadline_does_not_count_against_the
     None
 ):
     g = guard("t-g6", attempts=1, timeout_s=5)
-    g.breaker = CircuitBreaker("t-g6", BreakerPolicy(failure_threshold=1))
+    g.breaker = CircuitBreaker("t-g6", policy(failure_threshold=1))
 
     async def slow() -> str:
         await asyncio.sleep(1)

@@ -1,0 +1,1 @@
+"""The FAISS backend: a collection on local disk, published as immutable generations."""

@@ -1,0 +1,196 @@
+"""One published generation of a FAISS collection, loaded for searching: the index, the raw
+vectors (memory-mapped) and the documents' SQLite snapshot. Immutable; safe across threads."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections import OrderedDict
+from typing import Any
+
+import faiss
+import numpy as np
+
+from app.index.faiss.build import FaissOptions, on_gpu, refine, set_search_params
+from app.index.faiss.layout import CollectionLayout
+from app.types import Filter, FloatArray, Hit
+
+# faiss ships partial stubs without the search-parameter classes and index attributes
+_faiss: Any = faiss
+
+
+class Generation:
+    """One published generation, loaded for searching. Immutable; safe across threads."""
+
+    def __init__(
+        self,
+        layout: CollectionLayout,
+        number: int,
+        options: FaissOptions,
+        index: faiss.Index | None = None,
+    ) -> None:
+        path = layout.generation_path(number)
+        self.number = number
+        self.manifest = layout.read_manifest(number)
+        self.options = options
+        self.kind: str = self.manifest.index_type
+        index = index if index is not None else faiss.read_index(str(path / "index.faiss"))
+        set_search_params(index, self.kind, options)
+        self.index, self._gpu = on_gpu(index, self.kind, options)
+        self.seqs = np.fromfile(path / "seqs.i64", dtype=np.int64)
+        self.vectors: np.ndarray = (
+            np.memmap(
+                path / "vectors.f32",
+                dtype=np.float32,
+                mode="r",
+                shape=(len(self.seqs), int(index.d)),
+            )
+            if len(self.seqs)
+            else np.zeros((0, int(index.d)), np.float32)
+        )
+        # immutable=1: the file never changes once published, so SQLite can skip all locking
+        self._docs_uri = f"file:{path / 'docs.sqlite'}?mode=ro&immutable=1"
+        self._local = threading.local()
+        self._filters: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._filters_lock = threading.Lock()
+
+    @property
+    def count(self) -> int:
+        return len(self.seqs)
+
+    def _docs(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self._docs_uri, uri=True)
+            self._local.db = db
+        return db
+
+    def search(self, vectors: FloatArray, k: int, filter: Filter | None) -> list[list[Hit]]:
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        k = min(k, self.count)
+        if k <= 0:
+            return [[] for _ in range(len(vectors))]
+        if filter is None:
+            scores, ids = self.index.search(vectors, self._oversampled(k))
+        else:
+            scores, ids = self._filtered(vectors, k, self.allowed(filter))
+        if self.kind == "ivfpq":
+            scores, ids = refine(self.vectors, self.seqs, vectors, ids, k)
+        return self.hits(scores, ids)
+
+    def _oversampled(self, k: int) -> int:
+        # PQ codes rank approximately: fetch more, re-score them exactly (see refine)
+        return min(self.count, k * self.options.ivf_refine) if self.kind == "ivfpq" else k
+
+    def exact(
+        self, vectors: FloatArray, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k by brute force over the raw vectors (optionally a subset of FAISS ids)."""
+        rows = np.arange(self.count) if allowed is None else np.searchsorted(self.seqs, allowed)
+        scores = vectors @ np.asarray(self.vectors[rows]).T
+        k = min(k, len(rows))
+        top = (
+            np.argpartition(-scores, k - 1, axis=1)[:, :k]
+            if k
+            else np.zeros((len(vectors), 0), int)
+        )
+        top_scores = np.take_along_axis(scores, top, axis=1)
+        order = np.argsort(-top_scores, axis=1, kind="stable")
+        return (
+            np.take_along_axis(top_scores, order, axis=1),
+            self.seqs[rows][np.take_along_axis(top, order, axis=1)],
+        )
+
+    def allowed(self, filter: Filter) -> np.ndarray:
+        """FAISS ids whose metadata matches `filter` (cached per generation and filter)."""
+        key = json.dumps(filter, sort_keys=True)
+        with self._filters_lock:
+            if key in self._filters:
+                self._filters.move_to_end(key)
+                return self._filters[key]
+        clauses: list[str] = []
+        params: list[Any] = []
+        for field, value in filter.items():
+            matches, values = _value_matches(value if isinstance(value, list) else [value])
+            # json_each matches a scalar field and any element of an array field alike; the
+            # members of an object field (text keys) are not its values
+            clauses.append(
+                "EXISTS (SELECT 1 FROM json_each(metadata, ?) "
+                f"WHERE typeof(key) != 'text' AND ({matches}))"
+            )
+            params += [f'$."{field}"', *values]
+        rows = self._docs().execute(
+            f"SELECT seq FROM docs WHERE {' AND '.join(clauses)} ORDER BY seq", params
+        )
+        allowed = np.fromiter((r[0] for r in rows), dtype=np.int64)
+        with self._filters_lock:
+            self._filters[key] = allowed
+            while len(self._filters) > 64:
+                self._filters.popitem(last=False)
+        return allowed
+
+    def _filtered(
+        self, vectors: FloatArray, k: int, allowed: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if len(allowed) == 0:
+            return (np.zeros((len(vectors), 0), np.float32), np.zeros((len(vectors), 0), np.int64))
+        if self.kind == "flat" or len(allowed) <= self.options.exact_filter_limit:
+            return self.exact(vectors, k, allowed)
+        selector = faiss.IDSelectorBatch(allowed)
+        params: Any
+        if self.kind == "hnsw":
+            params = _faiss.SearchParametersHNSW(
+                sel=selector, efSearch=max(self.options.hnsw_ef_search, 2 * k)
+            )
+        else:
+            params = _faiss.SearchParametersIVF(sel=selector, nprobe=self.options.ivf_nprobe)
+        scores, ids = self.index.search(vectors, self._oversampled(k), params=params)
+        short = np.flatnonzero((ids >= 0).sum(axis=1) < min(k, len(allowed)))
+        if len(short):
+            # the ANN walk found fewer than k of the matches: answer those queries exactly
+            exact_scores, exact_ids = self.exact(vectors[short], k, allowed)
+            width = exact_ids.shape[1]
+            scores[short], ids[short] = -np.inf, -1
+            scores[short, :width], ids[short, :width] = exact_scores, exact_ids
+        return scores, ids
+
+    def hits(self, scores: np.ndarray, ids: np.ndarray) -> list[list[Hit]]:
+        """FAISS results as hits: ids, texts and metadata from the generation's store."""
+        wanted = sorted({int(i) for i in ids.ravel() if i >= 0})
+        docs: dict[int, tuple[str, str, str, str]] = {}
+        for start in range(0, len(wanted), 900):  # SQLite's bound-parameter limit
+            part = wanted[start : start + 900]
+            marks = ",".join("?" * len(part))
+            rows = self._docs().execute(
+                f"SELECT seq, id, title, text, metadata FROM docs WHERE seq IN ({marks})", part
+            )
+            docs.update({row[0]: row[1:] for row in rows})
+        results: list[list[Hit]] = []
+        for row_scores, row_ids in zip(scores, ids, strict=True):
+            hits = []
+            for score, seq in zip(row_scores, row_ids, strict=True):
+                doc = docs.get(int(seq))
+                if seq < 0 or doc is None:
+                    continue
+                doc_id, title, text, metadata = doc
+                hits.append(Hit(doc_id, float(score), text, title, json.loads(metadata)))
+            results.append(hits)
+        return results
+
+
+def _value_matches(values: list[Any]) -> tuple[str, list[Any]]:
+    """SQL matching a json_each row against `values` by JSON type, as Qdrant does: true and
+    false are not the numbers 1 and 0 (json_each's `value` alone would say they are), numbers
+    match numbers (2 and 2.0 alike), strings match strings."""
+    numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+    texts = [v for v in values if isinstance(v, str)]
+    booleans = sorted({"true" if v else "false" for v in values if isinstance(v, bool)})
+    options = [f"type = '{name}'" for name in booleans]  # JSON's true/false are types
+    if numbers:
+        options.append(
+            f"(type IN ('integer', 'real') AND value IN ({','.join('?' * len(numbers))}))"
+        )
+    if texts:
+        options.append(f"(type = 'text' AND value IN ({','.join('?' * len(texts))}))")
+    return " OR ".join(options) or "0", [*numbers, *texts]

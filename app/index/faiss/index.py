@@ -1,0 +1,265 @@
+"""FAISS backend: inner product over unit vectors, documents in SQLite, immutable generations.
+
+Searches read one published generation:
+
+    index.faiss    flat (exact), HNSW or IVF-PQ, chosen by size or by setting
+    vectors.f32    the raw vectors, memory-mapped (exact filtered search, recall checks)
+    seqs.i64       row -> FAISS id of vectors.f32
+    docs.sqlite    id, title, text, metadata per FAISS id (read-only, immutable)
+
+Writes go to the collection's DocumentStore and become a new generation at `publish()`.
+FAISS ids are the store's `seq`, so a hit is one primary-key lookup away from its text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from contextlib import ExitStack
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from app.errors import InvalidInput, NotFound, SemsearchError
+from app.index.faiss.build import FaissOptions, build_index
+from app.index.faiss.generation import Generation
+from app.index.faiss.layout import CollectionLayout, Manifest
+from app.index.faiss.store import DocumentStore
+from app.index.vector import AnnResult, check_dimension
+from app.logs import get_logger
+from app.types import Document, Filter, FloatArray, Hit, content_hash
+
+log = get_logger(__name__)
+
+
+class FaissIndex:
+    """A collection on local disk, searched with FAISS. See `app.index.VectorIndex`."""
+
+    backend = "faiss"
+
+    def __init__(
+        self, layout: CollectionLayout, options: FaissOptions, read_only: bool = False
+    ) -> None:
+        info = layout.read_info()
+        self._layout = layout
+        self._options = options
+        self._read_only = read_only
+        self._model_id = info.model_id
+        self._dimension = info.dimension
+        self._generation: Generation | None = None
+        self._store: DocumentStore | None = None
+        self._writing = ExitStack()
+
+    @classmethod
+    async def open(
+        cls,
+        index_dir: Path,
+        name: str,
+        options: FaissOptions,
+        read_only: bool = False,
+    ) -> FaissIndex:
+        """Open an existing collection and load its published generation (if any).
+        `read_only` (a dry run) writes no file at all: `children()` reads the staged store
+        while keeping writers out, and writes raise.
+
+        Raises:
+            NotFound: there is no collection of that name under `index_dir`.
+        """
+        layout = CollectionLayout(index_dir, name)
+        if not layout.exists():
+            raise NotFound(f"collection {name!r} does not exist", field="collection")
+        index = cls(layout, options, read_only)
+        await index.reload()
+        return index
+
+    @classmethod
+    async def create(
+        cls,
+        index_dir: Path,
+        name: str,
+        model_id: str,
+        dimension: int,
+        options: FaissOptions,
+    ) -> FaissIndex:
+        """Open a collection for writing, creating it for `model_id` if it is new.
+
+        Raises:
+            InvalidInput: the collection exists and was built with another model.
+        """
+        layout = CollectionLayout(index_dir, name)
+        if layout.exists():
+            info = layout.read_info()
+            if (info.model_id, info.dimension) != (model_id, dimension):
+                raise InvalidInput(
+                    f"collection {name!r} holds vectors of {info.model_id!r} "
+                    f"({info.dimension}-d), not of {model_id!r} ({dimension}-d): index into "
+                    "a new collection, or delete this one first",
+                    field="collection",
+                )
+        else:
+            layout.create(model_id, dimension, cls.backend)
+        return await cls.open(index_dir, name, options)
+
+    @property
+    def collection(self) -> str:
+        return self._layout.name
+
+    @property
+    def generation(self) -> int:
+        return self._generation.number if self._generation else 0
+
+    @property
+    def model_id(self) -> str:
+        return self._model_id
+
+    @property
+    def dimension(self) -> int:
+        return self._dimension
+
+    @property
+    def index_type(self) -> str | None:
+        return self._generation.kind if self._generation else None
+
+    async def count(self) -> int:
+        return self._generation.count if self._generation else 0
+
+    async def search(self, vectors: FloatArray, k: int, filter: Filter | None = None) -> AnnResult:
+        generation = self._generation  # one generation for the whole call, even across a reload
+        if generation is None:
+            return AnnResult([[] for _ in range(len(vectors))], self.backend, 0)
+        check_dimension(vectors, self._dimension, self.collection)
+        hits = await asyncio.to_thread(generation.search, vectors, k, filter)
+        return AnnResult(hits, self.backend, generation.number)
+
+    async def exact_ids(self, vectors: FloatArray, k: int) -> list[list[str]]:
+        """Record ids of the exact top-k (brute force): the reference for ANN recall, which
+        compares them with what `search` returns."""
+        generation = self._generation
+        if generation is None:
+            return [[] for _ in range(len(vectors))]
+        check_dimension(vectors, self._dimension, self.collection)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+
+        def exact() -> list[list[Hit]]:
+            return generation.hits(*generation.exact(vectors, k))
+
+        return [[hit.id for hit in hits] for hits in await asyncio.to_thread(exact)]
+
+    async def reload(self) -> bool:
+        number = self._layout.current_generation()
+        if number == self.generation or number == 0:
+            return False
+        self._generation = await asyncio.to_thread(Generation, self._layout, number, self._options)
+        log.info(
+            "generation_loaded",
+            collection=self.collection,
+            generation=number,
+            documents=self._generation.count,
+            index_type=self._generation.kind,
+        )
+        return True
+
+    # -- writes -----------------------------------------------------------------------------
+
+    def _writable_store(self) -> DocumentStore:
+        if self._read_only:
+            raise SemsearchError(f"collection {self.collection!r} was opened read-only")
+        if self._store is None:
+            self._writing.enter_context(self._layout.writer_lock())
+            self._store = DocumentStore(self._layout.store_path)
+            self._writing.callback(self._store.close)
+        return self._store
+
+    def _staged_children(self, parents: Sequence[str]) -> dict[str, dict[str, str]]:
+        if not self._read_only:
+            return self._writable_store().children(parents)
+        if self._store is None:
+            if not self._layout.store_path.exists():
+                return {}  # nothing was ever staged
+            self._writing.enter_context(self._layout.reader_lock())
+            self._store = DocumentStore(self._layout.store_path, read_only=True)
+            self._writing.callback(self._store.close)
+        return self._store.children(parents)
+
+    async def children(self, parents: Sequence[str]) -> dict[str, dict[str, str]]:
+        return await asyncio.to_thread(self._staged_children, parents)
+
+    async def upsert(self, documents: Sequence[Document], vectors: FloatArray) -> None:
+        if len(documents) != len(vectors):
+            raise ValueError("one vector per document")
+        hashes = [content_hash(doc) for doc in documents]
+        await asyncio.to_thread(self._writable_store().upsert, documents, hashes, vectors)
+
+    async def delete(self, ids: Sequence[str]) -> int:
+        return await asyncio.to_thread(self._writable_store().delete, ids)
+
+    async def publish(self) -> int | None:
+        return await asyncio.to_thread(self._publish)
+
+    def _publish(self) -> int | None:
+        store = self._writable_store()
+        current = self._layout.current_generation()
+        version = store.version
+        if current and self._layout.read_manifest(current).store_version == version:
+            return None
+        if not current and version == 0:
+            return None
+        started = time.perf_counter()
+        existing = [
+            int(p.name.removeprefix("gen-")) for p in self._layout.generations_dir.glob("gen-*")
+        ]
+        number = max([current, *existing]) + 1
+        staging = self._layout.staging_path(number)
+        count = self._write_vectors(store, staging)
+        vectors = (
+            np.memmap(
+                staging / "vectors.f32", dtype=np.float32, mode="r", shape=(count, self._dimension)
+            )
+            if count
+            else np.zeros((0, self._dimension), np.float32)
+        )
+        seqs = np.fromfile(staging / "seqs.i64", dtype=np.int64)
+        index, kind, params = build_index(vectors, seqs, self._options)
+        faiss.write_index(index, str(staging / "index.faiss"))
+        store.write_snapshot(staging / "docs.sqlite")
+        manifest = Manifest(
+            generation=number,
+            count=count,
+            store_version=version,
+            index_type=kind,
+            index_params=params,
+            created_at=time.time(),
+            build_seconds=round(time.perf_counter() - started, 3),
+        )
+        del vectors
+        self._layout.commit_generation(staging, manifest)
+        self._layout.prune()
+        self._generation = Generation(self._layout, number, self._options, index)
+        log.info(
+            "generation_published",
+            collection=self.collection,
+            generation=number,
+            documents=count,
+            index_type=kind,
+            seconds=manifest.build_seconds,
+        )
+        return number
+
+    def _write_vectors(self, store: DocumentStore, staging: Path) -> int:
+        """Stream the store's vectors to vectors.f32 / seqs.i64 in FAISS-id order."""
+        count = 0
+        with (
+            open(staging / "vectors.f32", "wb") as vectors,
+            open(staging / "seqs.i64", "wb") as seqs,
+        ):
+            for ids, batch in store.iter_vectors(self._dimension):
+                vectors.write(np.ascontiguousarray(batch, dtype=np.float32).tobytes())
+                seqs.write(ids.astype(np.int64).tobytes())
+                count += len(ids)
+        return count
+
+    async def close(self) -> None:
+        self._writing.close()
+        self._store = None

@@ -1,0 +1,1 @@
+"""The Qdrant backend: one Qdrant collection per semsearch collection, generations in the points."""

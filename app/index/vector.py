@@ -1,0 +1,106 @@
+"""The `VectorIndex` seam: ANN search over one collection, plus the writes that feed it.
+
+Writes (`upsert`, `delete`) are staged and become visible to searches only at `publish()`,
+which makes a new immutable generation and swaps it in atomically. The generation number is
+part of every cache key, so a published change can never be answered from a stale cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from app.errors import InvalidInput
+from app.types import Document, Filter, FloatArray, Hit
+
+
+@dataclass(frozen=True)
+class AnnResult:
+    """Hits per query vector, best first, and which index answered."""
+
+    hits: list[list[Hit]]
+    backend: str
+    generation: int
+    degraded: bool = False  # answered by a fallback index because the primary failed
+
+
+@runtime_checkable
+class VectorIndex(Protocol):
+    """One collection: search the published generation; stage writes; publish them."""
+
+    @property
+    def backend(self) -> str: ...
+
+    @property
+    def collection(self) -> str: ...
+
+    @property
+    def generation(self) -> int:
+        """Number of the generation searches see; 0 before the first publish."""
+        ...
+
+    @property
+    def model_id(self) -> str:
+        """The embedding model the vectors were made with."""
+        ...
+
+    @property
+    def dimension(self) -> int: ...
+
+    async def count(self) -> int:
+        """Documents in the published generation."""
+        ...
+
+    async def search(self, vectors: FloatArray, k: int, filter: Filter | None = None) -> AnnResult:
+        """The `k` nearest documents by inner product for each row of `vectors`, best first,
+        among those whose metadata matches `filter` (k results whenever k match).
+
+        Raises:
+            IndexUnavailable: the index cannot be searched.
+        """
+        ...
+
+    async def exact_ids(self, vectors: FloatArray, k: int) -> list[list[str]]:
+        """Record ids of the exact top-`k` for each row of `vectors` (brute force): the
+        reference ANN recall is measured against (`semsearch eval`).
+
+        Raises:
+            IndexUnavailable: the index cannot be searched.
+        """
+        ...
+
+    async def children(self, parents: Sequence[str]) -> dict[str, dict[str, str]]:
+        """For each of `parents` that has staged records: {record id: content hash}.
+
+        What re-indexing compares against: unchanged records are skipped, changed ones
+        replaced, and chunks a shorter new version no longer has are deleted.
+        """
+        ...
+
+    async def upsert(self, documents: Sequence[Document], vectors: FloatArray) -> None:
+        """Stage documents (insert or replace by id); durable when this returns."""
+        ...
+
+    async def delete(self, ids: Sequence[str]) -> int:
+        """Stage deletions; returns how many of `ids` existed."""
+        ...
+
+    async def publish(self) -> int | None:
+        """Make staged writes searchable as a new generation; None when nothing changed."""
+        ...
+
+    async def reload(self) -> bool:
+        """Switch to a generation another process published; True when it changed."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def check_dimension(vectors: FloatArray, dimension: int, collection: str) -> None:
+    """Query vectors must match the collection's; a mismatch is a clear error, not a crash."""
+    if vectors.ndim != 2 or vectors.shape[1] != dimension:
+        raise InvalidInput(
+            f"query vectors are {vectors.shape[-1]}-d; collection {collection!r} holds "
+            f"{dimension}-d vectors"
+        )

@@ -1,0 +1,1 @@
+"""Documents in: input readers, chunking, and the one indexing core every writer goes through."""

@@ -1,0 +1,249 @@
+"""Async HTTP clients for the embedder and reranker services, behind the same protocols.
+
+They forward the request id, map the services' error responses back onto our exception tree,
+and turn a service that cannot be reached into `Unavailable` so the pipeline can degrade.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import httpx
+import numpy as np
+from pydantic import BaseModel, ValidationError
+
+from app.errors import (
+    EmbedderUnavailable,
+    InvalidInput,
+    RerankerUnavailable,
+    RetryableError,
+    SemsearchError,
+    Unavailable,
+    UpstreamError,
+    error_for_status,
+)
+from app.logs import REQUEST_ID_HEADER, current_request_id, get_logger
+from app.models import Embeddings
+from app.protocol.common import InfoResponse, field_name
+from app.protocol.embeddings import EmbeddingsRequest, EmbeddingsResponse
+from app.protocol.ranking import RankingRequest, RankingResponse
+from app.types import FloatArray, InputType, ModelInfo, Truncate
+
+log = get_logger(__name__)
+R = TypeVar("R", bound=BaseModel)
+T = TypeVar("T")
+_INDEXED_FIELD = re.compile(r"^(\w+)\[(\d+)\]")
+
+
+class _ServiceClient:
+    """What both clients share: a pooled httpx client, /info discovery and error mapping."""
+
+    unavailable: type[Unavailable] = Unavailable
+    kind = "model"
+
+    def __init__(
+        self,
+        base_url: str,
+        timeout_s: float,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        """`transport`: httpx's default (the network) unless given, e.g. an app in-process."""
+        self.base_url = base_url.rstrip("/")
+        self._timeout = timeout_s
+        self._transport = transport
+        self._http: httpx.AsyncClient | None = None
+        # Until the service first answers /info, it is known by its URL; the real model id
+        # replaces this (and is kept through later outages, so cached answers stay findable).
+        self._info = ModelInfo(
+            model_id=self.base_url,
+            kind=self.kind,
+            dimension=None,
+            max_tokens=0,
+            backend="http",
+            device="remote",
+        )
+        self._status = "connecting"
+        self._max_items: int | None = None  # texts per request, from the service's /info
+
+    @property
+    def ready(self) -> bool:
+        return self._status == "ready"
+
+    @property
+    def status(self) -> str:
+        return self._status
+
+    @property
+    def info(self) -> ModelInfo:
+        return self._info
+
+    @property
+    def healthy(self) -> bool:
+        return True  # the remote service's health is its own (and its breaker's) business
+
+    async def start(self) -> None:
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            timeout=httpx.Timeout(self._timeout, connect=min(self._timeout, 2.0)),
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+            transport=self._transport,
+        )
+        await self.refresh_info()
+
+    async def refresh_info(self) -> bool:
+        """Ask the service what it serves; True once it has answered."""
+        try:
+            info = await self._call("GET", "/info", None, InfoResponse)
+        except SemsearchError as exc:
+            self._status = f"unreachable: {exc.message}"
+            return False
+        self._info = info.to_model_info()
+        self._max_items = info.max_items_per_request
+        self._status = "ready"
+        return True
+
+    async def stop(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+
+    async def _call(self, method: str, path: str, body: BaseModel | None, response: type[R]) -> R:
+        if self._http is None:
+            raise self.unavailable(f"{self.kind} client is not started")
+        headers = {}
+        request_id = current_request_id()
+        if request_id:
+            headers[REQUEST_ID_HEADER] = request_id
+        try:
+            reply = await self._http.request(
+                method,
+                path,
+                json=body.model_dump(mode="json", exclude_none=True) if body else None,
+                headers=headers,
+            )
+        except httpx.TimeoutException as exc:
+            raise self.unavailable(f"{self.kind} service timed out ({self._timeout}s)") from exc
+        except httpx.HTTPError as exc:
+            raise self.unavailable(
+                f"{self.kind} service at {self.base_url} is unreachable: {exc!r}"
+            ) from exc
+        if reply.status_code >= 400:
+            raise self._error(reply)
+        try:
+            return response.model_validate_json(reply.content)
+        except ValidationError as exc:
+            raise UpstreamError(f"{self.kind} service sent an unexpected answer: {exc}") from exc
+
+    def _error(self, reply: httpx.Response) -> SemsearchError:
+        field: str | None = None
+        try:
+            detail: dict[str, Any] = reply.json()["error"]
+            error_type, message = str(detail["type"]), str(detail["message"])
+            field = str(detail["field"]) if detail.get("field") is not None else None
+        except Exception:
+            error_type, message = "unknown", reply.text[:200]
+        error = error_for_status(reply.status_code, error_type, message)
+        if isinstance(error, Unavailable) and not isinstance(error, self.unavailable):
+            error = self.unavailable(f"{self.kind} service: {message}")
+        error.field = field
+        if isinstance(error, RetryableError):  # the service's estimate, for our own 429/503
+            with contextlib.suppress(KeyError, ValueError):
+                error.retry_after_s = max(float(reply.headers["retry-after"]), 0.0)
+        return error
+
+    async def _in_pieces(
+        self, count: int, call: Callable[[int, int], Awaitable[list[T]]]
+    ) -> list[T]:
+        """`call(start, stop)` over `range(count)` in requests the service accepts (its
+        max_items_per_request), one after another, results in order. An error naming an
+        item (`input[3]`) names it by its index in the whole call."""
+        if not self.ready:
+            await self.refresh_info()
+        size = self._max_items or count
+        results: list[T] = []
+        for start in range(0, count, size):
+            try:
+                results.extend(await call(start, min(start + size, count)))
+            except SemsearchError as exc:
+                if start and exc.field and (match := _INDEXED_FIELD.match(exc.field)):
+                    index = int(match.group(2)) + start
+                    exc.field = f"{match.group(1)}[{index}]" + exc.field[match.end() :]
+                raise
+        return results
+
+
+class HttpEmbedder(_ServiceClient):
+    """`Embedder` over HTTP, against our embedder service (OpenAI-shaped /v1/embeddings)."""
+
+    unavailable = EmbedderUnavailable
+    kind = "embedder"
+
+    async def embed(
+        self,
+        texts: Sequence[str],
+        input_type: InputType,
+        truncate: Truncate = Truncate.NONE,
+        normalize: bool = True,
+    ) -> Embeddings:
+        if not texts:
+            return Embeddings(np.zeros((0, self._info.dimension or 0), np.float32), 0)
+        tokens = 0
+
+        async def piece(start: int, stop: int) -> list[FloatArray]:
+            nonlocal tokens
+            request = _build(
+                EmbeddingsRequest,
+                input=list(texts[start:stop]),
+                input_type=input_type,
+                truncate=truncate,
+                encoding_format="base64",
+                normalize=normalize,
+            )
+            reply = await self._call("POST", "/v1/embeddings", request, EmbeddingsResponse)
+            tokens += reply.usage.prompt_tokens
+            return list(reply.vectors())
+
+        vectors = await self._in_pieces(len(texts), piece)
+        return Embeddings(vectors=np.stack(vectors), prompt_tokens=tokens)
+
+
+class HttpReranker(_ServiceClient):
+    """`Reranker` over HTTP, against our reranker service (NVIDIA-shaped /v1/ranking)."""
+
+    unavailable = RerankerUnavailable
+    kind = "reranker"
+
+    async def score(
+        self, query: str, passages: Sequence[str], truncate: Truncate = Truncate.END
+    ) -> list[float]:
+        if truncate is Truncate.START:
+            raise ValueError("the ranking API truncates at the END only")
+        if not passages:
+            return []
+
+        async def piece(start: int, stop: int) -> list[float]:
+            request = _build(
+                RankingRequest,
+                query={"text": query},
+                passages=[{"text": p} for p in passages[start:stop]],
+                truncate=truncate,
+            )
+            reply = await self._call("POST", "/v1/ranking", request, RankingResponse)
+            scores = [0.0] * (stop - start)
+            for ranking in reply.rankings:
+                scores[ranking.index] = ranking.logit
+            return scores
+
+        return await self._in_pieces(len(passages), piece)
+
+
+def _build(schema: type[R], **fields: Any) -> R:
+    """The request, or `InvalidInput` naming the field (as the service would answer)."""
+    try:
+        return schema.model_validate(fields)
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        field = field_name(problem["loc"])
+        raise InvalidInput(f"{field}: {problem['msg']}", field=field) from exc

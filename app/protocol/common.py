@@ -1,0 +1,104 @@
+"""What every service's wire format shares: request texts, field names in errors, the error
+shape, health, readiness and TEI-style `/info`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+)
+
+from app.types import ModelInfo, lone_surrogate_at
+
+
+class StrictRequest(BaseModel):
+    # Unknown fields are refused, so a typo (`topk`) is a clear 422, not a silent default.
+    model_config = ConfigDict(extra="forbid")
+
+
+def valid_text(value: str) -> str:
+    at = lone_surrogate_at(value)
+    if at is not None:
+        raise ValueError(f"is not valid Unicode text: a lone surrogate at character {at}")
+    return value
+
+
+Text = Annotated[str, AfterValidator(valid_text)]
+"""A request text: any string that can be encoded as UTF-8 (422 naming the field if not)."""
+
+
+def _one_or_many(value: Any, handler: ValidatorFunctionWrapHandler) -> list[str]:
+    # A lone text is checked here so its error names the field itself (`input`, not `input[0]`).
+    if isinstance(value, str):
+        return [valid_text(value)]
+    texts: list[str] = handler(value)
+    return texts
+
+
+Texts = Annotated[
+    list[Text],
+    WrapValidator(_one_or_many, json_schema_input_type=str | list[str]),
+    Field(min_length=1),
+]
+"""One text or a non-empty list of texts, always read as a list."""
+
+
+def field_name(loc: Sequence[int | str]) -> str:
+    """How errors name a field: `passages[0].text` for pydantic's ("passages", 0, "text")."""
+    name = ""
+    for part in loc:
+        name += f"[{part}]" if isinstance(part, int) else f".{part}" if name else str(part)
+    return name or "body"
+
+
+class ErrorDetail(BaseModel):
+    type: str
+    message: str
+    field: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class ReadyResponse(BaseModel):
+    status: Literal["ready", "not_ready"]
+    components: dict[str, Any]
+
+
+class InfoResponse(BaseModel):
+    """TEI-style `GET /info`: what the service serves and its limits."""
+
+    model_id: str
+    kind: str
+    dimension: int | None
+    max_input_tokens: int
+    backend: str
+    device: str
+    max_items_per_request: int
+    max_chars_per_item: int
+    max_batch_size: int
+    max_batch_tokens: int
+    max_wait_ms: float
+    max_queue_items: int
+
+    def to_model_info(self) -> ModelInfo:
+        return ModelInfo(
+            model_id=self.model_id,
+            kind=self.kind,
+            dimension=self.dimension,
+            max_tokens=self.max_input_tokens,
+            backend=self.backend,
+            device=self.device,
+        )

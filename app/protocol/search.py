@@ -1,0 +1,135 @@
+"""Search: ours, `POST /v1/search`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field, field_validator
+
+from app.protocol.common import StrictRequest, Text
+from app.types import SearchQuery, SearchResult
+
+
+class SearchRequest(StrictRequest):
+    query: Text = Field(
+        description="What to search for.", examples=["What do microbes do in soil?"]
+    )
+    top_k: int | None = Field(None, ge=1, description="Results to return (default 10).")
+    candidates: int | None = Field(
+        None, ge=1, description="ANN candidates to consider before reranking (default 100)."
+    )
+    rerank: bool = Field(True, description="Rerank candidates with the cross-encoder.")
+    collection: str | None = Field(
+        None, min_length=1, description="Collection to search (default: `default`)."
+    )
+    timeout_ms: int | None = Field(
+        None, ge=1, description="Deadline for this search (default 5000); 504 when it passes."
+    )
+    filter: dict[str, Any] | None = Field(
+        None,
+        description="Metadata filter: {field: value} for equality, {field: [values]} for any "
+        "of them; all conditions must hold.",
+        examples=[{"source": "scifact"}],
+    )
+    rerank_depth: int | None = Field(
+        None, ge=1, description="How many of the candidates the cross-encoder scores."
+    )
+    rerank_weight: float | None = Field(
+        None, ge=0, le=1, description="Blend of reranker and ANN scores (1: reranker only)."
+    )
+
+    @field_validator("query")
+    @classmethod
+    def _has_text(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    def to_query(
+        self,
+        *,
+        default_collection: str,
+        default_top_k: int,
+        default_candidates: int,
+    ) -> SearchQuery:
+        top_k = self.top_k or default_top_k
+        candidates = self.candidates or max(default_candidates, top_k)
+        return SearchQuery(
+            query=self.query,
+            collection=self.collection or default_collection,
+            top_k=top_k,
+            candidates=candidates,
+            rerank=self.rerank,
+            timeout_ms=self.timeout_ms,
+            filter=self.filter,
+            rerank_depth=self.rerank_depth,
+            rerank_weight=self.rerank_weight,
+        )
+
+
+class SearchHit(BaseModel):
+    id: str = Field(description="The indexed record: a document's id, or `doc#3` for a chunk.")
+    document_id: str = Field(description="The source document (the id a chunk came from).")
+    rank: int
+    score: float = Field(
+        description="What the order follows: when reranked, the blend of the reranker and ANN "
+        "scores (z-scored per query; the reranker logit alone at rerank_weight 1), otherwise "
+        "the ANN score."
+    )
+    ann_score: float = Field(description="Cosine similarity of query and passage.")
+    rerank_score: float | None
+    title: str
+    text: str
+    metadata: dict[str, Any]
+
+
+class IndexInfo(BaseModel):
+    backend: str
+    collection: str
+    generation: int
+
+
+class ModelsUsed(BaseModel):
+    embedder: str
+    reranker: str | None
+
+
+class SearchResponse(BaseModel):
+    results: list[SearchHit]
+    reranked: bool
+    degraded: list[str]
+    cached: bool
+    index: IndexInfo
+    models: ModelsUsed
+    timings_ms: dict[str, float]
+    request_id: str | None
+
+    @classmethod
+    def from_result(cls, result: SearchResult) -> SearchResponse:
+        return cls(
+            results=[
+                SearchHit(
+                    id=r.hit.id,
+                    document_id=str(r.hit.metadata.get("parent_id", r.hit.id)),
+                    rank=r.rank,
+                    score=r.score,
+                    ann_score=r.hit.score,
+                    rerank_score=r.rerank_score,
+                    title=r.hit.title,
+                    text=r.hit.text,
+                    metadata=r.hit.metadata,
+                )
+                for r in result.results
+            ],
+            reranked=result.reranked,
+            degraded=result.degraded,
+            cached=result.cached,
+            index=IndexInfo(
+                backend=result.index_backend,
+                collection=result.collection,
+                generation=result.generation,
+            ),
+            models=ModelsUsed(embedder=result.embedder_model, reranker=result.reranker_model),
+            timings_ms=result.timings_ms,
+            request_id=result.request_id,
+        )

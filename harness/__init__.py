@@ -1,0 +1,1 @@
+"""Test and benchmark harness: real service processes and HTTP load, shared by tests/ and bench/."""

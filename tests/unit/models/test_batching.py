@@ -1,0 +1,291 @@
+"""BatchQueue: order, cuts by size/tokens/wait, length grouping, overload, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from app import metrics
+from app.errors import Overloaded, Unavailable
+from app.models.batching import (
+    BatchLimits,
+    BatchQueue,
+    RequestTiming,
+    request_timing,
+    resolve_batch_tokens,
+)
+
+
+class Recorder:
+    """compute(): doubles each item and records the batches it saw; can be held back."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+
+    def __call__(self, items: list[int]) -> list[int]:
+        self.entered.set()
+        self.gate.wait(5)
+        self.batches.append(list(items))
+        return [2 * i for i in items]
+
+
+@pytest.fixture
+async def make_queue() -> AsyncIterator[Callable[..., tuple[BatchQueue[int, int], Recorder]]]:
+    executor = ThreadPoolExecutor(1)
+    queues: list[BatchQueue[int, int]] = []
+
+    def make(
+        size_of: Callable[[int], int] = lambda i: 1, **limits: float
+    ) -> tuple[BatchQueue[int, int], Recorder]:
+        recorder = Recorder()
+        queue: BatchQueue[int, int] = BatchQueue(
+            recorder,
+            size_of=size_of,
+            executor=executor,
+            limits=BatchLimits(
+                **{  # type: ignore[arg-type]
+                    "max_batch_size": 256,
+                    "max_batch_tokens": 16_384,
+                    "max_wait_s": 0.01,
+                    "max_queued_items": 4096,
+                    **limits,
+                }
+            ),
+            kind="test",
+        )
+        queue.start()
+        queues.append(queue)
+        return queue, recorder
+
+    yield make
+    for queue in queues:
+        await queue.stop()
+    executor.shutdown()
+
+
+async def test_results_come_back_in_order_per_request(make_queue) -> None:  # type: ignore[no-untyped-def]
+    queue, recorder = make_queue()
+    results = await asyncio.gather(*(queue.submit([i, i + 100, i + 200]) for i in range(20)))
+    assert results == [[2 * i, 2 * (i + 100), 2 * (i + 200)] for i in range(20)]
+    assert sum(map(len, recorder.batches)) == 60
+    assert len(recorder.batches) < 20  # concurrent requests shared batches
+
+
+async def test_batches_are_cut_by_item_count(make_queue) -> None:  # type: ignore[no-untyped-def]
+    queue, recorder = make_queue(max_batch_size=4)
+    await queue.submit(list(range(10)))
+    assert [len(b) for b in recorder.batches] == [4, 4, 2]
+
+
+async def test_batches_are_cut_by_padded_tokens(make_queue) -> None:  # type: ignore[no-untyped-def]
+    # item i costs i tokens; a batch costs longest x count, at most 100
+    queue, recorder = make_queue(size_of=lambda i: i, max_batch_tokens=100)
+    await queue.submit([10, 10, 10, 50, 50, 90])
+    for batch in recorder.batches:
+        assert max(batch) * len(batch) <= 100
+    assert sorted(x for b in recorder.batches for x in b) == [10, 10, 10, 50, 50, 90]
+
+
+async def test_an_item_over_the_budget_still_runs_alone(make_queue) -> None:  # type: ignore[no-untyped-def]
+    queue, recorder = make_queue(size_of=lambda i: i, max_batch_tokens=100)
+    assert await queue.submit([500]) == [1000]
+    assert recorder.batches == [[500]]
+
+
+async def test_similar_lengths_are_grouped(make_queue) -> None:  # type: ignore[no-untyped-def]
+    queue, recorder = make_queue(size_of=lambda i: i, max_batch_size=3, max_batch_tokens=10_000)
+    recorder.gate.clear()  # hold the first batch so the rest queue up together
+    first = asyncio.ensure_future(queue.submit([1]))
+    await asyncio.to_thread(recorder.entered.wait, 5)
+    rest = asyncio.ensure_future(queue.submit([5, 300, 6, 310, 7, 320]))
+    await asyncio.sleep(0.05)
+    recorder.gate.set()
+    await asyncio.gather(first, rest)
+    assert recorder.batches[1:] == [[5, 6, 7], [300, 310, 320]]
+
+
+async def test_the_oldest_item_is_never_starved(make_queue) -> None:  # type: ignore[no-untyped-def]
+    queue, recorder = make_queue(size_of=lambda i: i, max_batch_size=2, max_batch_tokens=10_000)
+    recorder.gate.clear()
+    blocker = asyncio.ensure_future(queue.submit([1]))
+    await asyncio.to_thread(recorder.entered.wait, 5)
+    old = asyncio.ensure_future(queue.submit([500]))
+    await asyncio.sleep(0.01)
+    short = [asyncio.ensure_future(queue.submit([2])) for _ in range(6)]
+    await asyncio.sleep(0.05)
+    recorder.gate.set()
+    await asyncio.gather(blocker, old, *short)
+    assert 500 in recorder.batches[1]
+
+
+async def test_full_queue_refuses_at_once_with_retry_after(make_queue) -> None:  # type: ignore[no-untyped-def]
+    queue, recorder = make_queue(max_queued_items=5, max_batch_size=1)
+    recorder.gate.clear()
+    running = asyncio.ensure_future(queue.submit([0]))
+    await asyncio.to_thread(recorder.entered.wait, 5)
+    waiting = asyncio.ensure_future(queue.submit([1, 2, 3, 4]))
+    await asyncio.sleep(0.01)
+    with pytest.raises(Overloaded) as raised:
+        await queue.submit([5, 6])
+    assert raised.value.retry_after_s >= 1
+    assert queue.depth == 4  # the refused items were never queued
+    recorder.gate.set()
+    assert await waiting == [2, 4, 6, 8]
+    await running
+
+
+async def test_cancelled_items_are_dropped_before_compute(make_queue) -> None:  # type: ignore[no-untyped-def]
+    queue, recorder = make_queue(max_batch_size=1)
+    recorder.gate.clear()
+    running = asyncio.ensure_future(queue.submit([0]))
+    await asyncio.to_thread(recorder.entered.wait, 5)
+    abandoned = asyncio.ensure_future(queue.submit([7, 8, 9]))
+    await asyncio.sleep(0.01)
+    abandoned.cancel()  # e.g. the client disconnected
+    kept = asyncio.ensure_future(queue.submit([3]))
+    await asyncio.sleep(0.01)
+    recorder.gate.set()
+    assert await kept == [6]
+    await running
+    computed = [x for batch in recorder.batches for x in batch]
+    assert computed == [0, 3]
+
+
+async def test_cancelled_items_stop_counting_toward_the_bound(make_queue) -> None:  # type: ignore[no-untyped-def]
+    queue, recorder = make_queue(max_queued_items=10, max_batch_size=1)
+    recorder.gate.clear()
+    running = asyncio.ensure_future(queue.submit([0]))
+    await asyncio.to_thread(recorder.entered.wait, 5)
+    abandoned = asyncio.ensure_future(queue.submit(list(range(100, 110))))  # fills the queue
+    await asyncio.sleep(0.01)
+    assert queue.depth == 10
+    abandoned.cancel()  # the client went away; its items wait in the list until the next cut
+    await asyncio.sleep(0.01)
+    assert queue.depth == 0
+    assert metrics.BATCH_QUEUE_DEPTH.labels("test")._value.get() == 0
+    kept = asyncio.ensure_future(queue.submit([1]))  # not refused: nothing live is waiting
+    await asyncio.sleep(0.01)
+    recorder.gate.set()
+    assert await kept == [2]
+    await running
+
+
+async def test_a_failing_batch_fails_its_requests_only(make_queue) -> None:  # type: ignore[no-untyped-def]
+    queue, recorder = make_queue()
+    original = recorder.__call__
+
+    calls = {"n": 0}
+
+    def flaky(items: list[int]) -> list[int]:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("boom")
+        return original(items)
+
+    queue._compute = flaky  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="boom"):
+        await queue.submit([1])
+    assert await queue.submit([2]) == [4]
+
+
+async def test_a_failed_batch_cancels_the_rest_of_its_request(make_queue) -> None:  # type: ignore[no-untyped-def]
+    queue, recorder = make_queue(max_batch_size=2)
+    original = recorder.__call__
+
+    def failing_on_zero(items: list[int]) -> list[int]:
+        if 0 in items:
+            raise RuntimeError("boom")
+        return original(items)
+
+    queue._compute = failing_on_zero  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="boom"):
+        await queue.submit([0, 1, 2, 3, 4, 5])
+    assert await queue.submit([7]) == [14]
+    assert recorder.batches == [[7]]  # 2..5 were dropped, never computed
+    assert queue.depth == 0
+
+
+async def test_request_timing_splits_queue_and_compute(make_queue) -> None:  # type: ignore[no-untyped-def]
+    queue, _ = make_queue(max_wait_s=0.02)
+    timing = RequestTiming()
+    token = request_timing.set(timing)
+    try:
+        await queue.submit([1, 2])
+    finally:
+        request_timing.reset(token)
+    assert timing.compute_s > 0
+    assert timing.queue_s >= 0.015  # the lone request waited for companions
+
+
+async def test_stopped_queue_fails_waiting_and_new_requests(make_queue) -> None:  # type: ignore[no-untyped-def]
+    queue, recorder = make_queue(max_batch_size=1)
+    recorder.gate.clear()
+    running = asyncio.ensure_future(queue.submit([0]))
+    await asyncio.to_thread(recorder.entered.wait, 5)
+    waiting = asyncio.ensure_future(queue.submit([1]))
+    await asyncio.sleep(0.01)
+    await queue.stop()
+    recorder.gate.set()
+    with pytest.raises(Unavailable):
+        await waiting
+    with pytest.raises(Unavailable):
+        await queue.submit([2])
+    running.cancel()
+
+
+async def test_stop_fails_the_batch_being_computed(make_queue) -> None:  # type: ignore[no-untyped-def]
+    queue, recorder = make_queue(max_batch_size=1)
+    recorder.gate.clear()
+    running = asyncio.ensure_future(queue.submit([0]))
+    await asyncio.to_thread(recorder.entered.wait, 5)
+    await queue.stop()
+    with pytest.raises(Unavailable):
+        await asyncio.wait_for(running, 2)
+    recorder.gate.set()
+
+
+async def test_a_request_larger_than_the_queue_runs_when_nothing_waits(make_queue) -> None:  # type: ignore[no-untyped-def]
+    queue, recorder = make_queue(max_queued_items=4, max_batch_size=3)
+    depths: list[int] = []
+    original = recorder.__call__
+
+    def watching(items: list[int]) -> list[int]:
+        depths.append(queue.depth)
+        return original(items)
+
+    queue._compute = watching  # type: ignore[method-assign]
+    assert await queue.submit(list(range(11))) == [2 * i for i in range(11)]
+    assert max(depths) <= 4  # fed in pieces that fit: the queue stays bounded
+
+    recorder.gate.clear()
+    recorder.entered.clear()
+    big = asyncio.ensure_future(queue.submit(list(range(100, 109))))
+    await asyncio.to_thread(recorder.entered.wait, 5)
+    with pytest.raises(Overloaded):  # its remaining items hold their place
+        await queue.submit([1])
+    recorder.gate.set()
+    assert await big == [2 * i for i in range(100, 109)]
+
+    recorder.gate.clear()
+    recorder.entered.clear()
+    running = asyncio.ensure_future(queue.submit([0]))
+    await asyncio.to_thread(recorder.entered.wait, 5)
+    waiting = asyncio.ensure_future(queue.submit([1]))
+    await asyncio.sleep(0.01)
+    with pytest.raises(Overloaded):  # admitted only when nothing else waits
+        await queue.submit(list(range(5)))
+    recorder.gate.set()
+    await asyncio.gather(running, waiting)
+
+
+def test_token_budget_defaults_by_device_and_an_explicit_one_wins() -> None:
+    assert resolve_batch_tokens(0, "cpu") == 4_096
+    assert resolve_batch_tokens(0, "cuda:0") == 16_384
+    assert resolve_batch_tokens(8_192, "cpu") == 8_192

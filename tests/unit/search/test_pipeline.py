@@ -1,0 +1,335 @@
+"""The search path with fake models, a real FAISS collection and the in-process cache."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from app.config import GatewaySettings
+from app.errors import (
+    EmbedderUnavailable,
+    InvalidInput,
+    NotFound,
+    RerankerUnavailable,
+    Unavailable,
+)
+from app.index.collections import Collections
+from app.models.fake import FakeEmbedder, FakeReranker
+from app.search.cache import LRUCache, SafeCache
+from app.search.pipeline import Guards, PipelineConfig, SearchPipeline
+from app.types import Document, InputType, SearchQuery, Truncate
+from tests.conftest import SMALL_DOCS, build_collection
+
+
+class BrokenReranker(FakeReranker):
+    async def score(
+        self, query: str, passages: Sequence[str], truncate: Truncate = Truncate.END
+    ) -> list[float]:
+        raise RerankerUnavailable("reranker service is down")
+
+
+class BrokenEmbedder(FakeEmbedder):
+    async def embed(self, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        raise Unavailable("connection refused")
+
+
+class PrefersCats(FakeReranker):
+    """Disagrees with the ANN order on purpose: the cats passage always wins."""
+
+    async def score(
+        self, query: str, passages: Sequence[str], truncate: Truncate = Truncate.END
+    ) -> list[float]:
+        return [5.0 if "Cats" in p else 0.0 for p in passages]
+
+
+class FailingCache(LRUCache):
+    async def get(self, key: str) -> bytes | None:
+        raise ConnectionError("redis is down")
+
+    async def set(self, key: str, value: bytes, ttl_s: int) -> None:
+        raise ConnectionError("redis is down")
+
+
+async def make_pipeline(
+    index_dir: Path,
+    embedder: FakeEmbedder,
+    reranker: FakeReranker,
+    cache: LRUCache | None = None,
+    **settings: int,
+) -> SearchPipeline:
+    """`settings`: gateway settings (SEMSEARCH_* names) that differ from the defaults."""
+    config = GatewaySettings(index_dir=index_dir, **settings)  # type: ignore[arg-type]
+    pipeline = SearchPipeline(
+        embedder=embedder,
+        reranker=reranker,
+        collections=Collections.from_settings(config),
+        cache=SafeCache(cache or LRUCache(config.cache_max_entries), timeout_s=1.0),
+        config=PipelineConfig.from_settings(config),
+        guards=Guards.from_settings(config),
+        default_collection="default",
+    )
+    await pipeline.start()
+    await pipeline.wait_ready()
+    return pipeline
+
+
+def query(text: str, **kwargs: object) -> SearchQuery:
+    fields: dict[str, object] = {"collection": "default", "top_k": 3, "candidates": 5}
+    fields.update(kwargs)
+    return SearchQuery(query=text, **fields)  # type: ignore[arg-type]
+
+
+async def test_full_path_reranks_and_reports_every_stage(
+    small_collection: Path, fake_embedder: FakeEmbedder, fake_reranker: FakeReranker
+) -> None:
+    pipeline = await make_pipeline(small_collection, fake_embedder, fake_reranker)
+    result = await pipeline.search(query("capital of Germany Berlin"))
+
+    assert next(r.hit.id for r in result.results) == "berlin"
+    assert [r.rank for r in result.results] == [1, 2, 3]
+    assert result.reranked is True
+    assert result.degraded == []
+    assert result.cached is False
+    assert result.index_backend == "faiss"
+    assert result.generation == 1
+    assert set(result.timings_ms) >= {"cache", "embed", "ann", "rerank", "total"}
+    top = result.results[0]
+    assert top.rerank_score is not None
+    scores = [r.score for r in result.results]
+    assert scores == sorted(scores, reverse=True)  # the blended score decides the order
+    alone = await pipeline.search(query("capital of Germany Berlin", rerank_weight=1.0))
+    assert alone.results[0].score == pytest.approx(alone.results[0].rerank_score)
+    assert top.hit.metadata == {"lang": "en", "topic": "city"}
+    # the query was embedded as a query, the passages reranked with their titles
+    assert fake_embedder.calls[-1][1].value == "query"
+    assert any(p.startswith("Berlin Berlin is") for p in fake_reranker.calls[-1][1])
+
+
+async def test_reranker_decides_the_order_not_ann(
+    small_collection: Path, fake_embedder: FakeEmbedder
+) -> None:
+    pipeline = await make_pipeline(small_collection, fake_embedder, PrefersCats())
+    result = await pipeline.search(query("capital of Germany Berlin", rerank_weight=1.0))
+    assert result.results[0].hit.id == "cats"
+    assert result.results[0].hit.score < result.results[1].hit.score  # ANN disagreed
+
+    plain = await pipeline.search(query("capital of Germany Berlin", rerank=False))
+    assert plain.results[0].hit.id == "berlin"
+    assert plain.reranked is False
+    assert plain.degraded == []
+    assert plain.results[0].rerank_score is None
+    assert plain.results[0].score == pytest.approx(plain.results[0].hit.score)
+
+
+async def test_rerank_depth_limits_what_the_cross_encoder_sees(
+    small_collection: Path, fake_embedder: FakeEmbedder, fake_reranker: FakeReranker
+) -> None:
+    pipeline = await make_pipeline(small_collection, fake_embedder, fake_reranker, rerank_depth=2)
+    result = await pipeline.search(query("programming language", top_k=4))
+    assert len(fake_reranker.calls[-1][1]) == 2
+    assert [r.rerank_score is not None for r in result.results] == [True, True, False, False]
+    assert [r.rank for r in result.results] == [1, 2, 3, 4]
+
+
+async def test_second_identical_query_is_served_from_cache(
+    small_collection: Path, fake_embedder: FakeEmbedder, fake_reranker: FakeReranker
+) -> None:
+    pipeline = await make_pipeline(small_collection, fake_embedder, fake_reranker)
+    first = await pipeline.search(query("Python readability"))
+    calls = len(fake_embedder.calls)
+    second = await pipeline.search(query("  Python   readability "))  # same after normalizing
+
+    assert first.cached is False
+    assert second.cached is True
+    assert len(fake_embedder.calls) == calls  # no model work on a hit
+    assert [r.hit.id for r in second.results] == [r.hit.id for r in first.results]
+    assert [r.score for r in second.results] == pytest.approx([r.score for r in first.results])
+    assert second.reranked is True
+    assert "embed" not in second.timings_ms
+
+    other_k = await pipeline.search(query("Python readability", top_k=2))
+    assert other_k.cached is False
+
+
+async def test_reranker_down_degrades_to_ann_order_and_is_not_cached(
+    small_collection: Path, fake_embedder: FakeEmbedder
+) -> None:
+    pipeline = await make_pipeline(small_collection, fake_embedder, BrokenReranker())
+    first = await pipeline.search(query("capital of Germany Berlin"))
+    assert first.reranked is False
+    assert first.degraded == ["reranker"]
+    assert first.results[0].hit.id == "berlin"
+    scores = [r.score for r in first.results]
+    assert scores == sorted(scores, reverse=True)
+    again = await pipeline.search(query("capital of Germany Berlin"))
+    assert again.cached is False  # a degraded answer must not be served from the cache later
+
+
+async def test_embedder_down_is_a_clear_503(
+    small_collection: Path, fake_reranker: FakeReranker
+) -> None:
+    pipeline = await make_pipeline(
+        small_collection, BrokenEmbedder(model_id="fake-embedder"), fake_reranker
+    )
+    with pytest.raises(EmbedderUnavailable, match="no search is possible"):
+        await pipeline.search(query("anything"))
+
+
+async def test_cache_failure_never_fails_a_search(
+    small_collection: Path, fake_embedder: FakeEmbedder, fake_reranker: FakeReranker
+) -> None:
+    pipeline = await make_pipeline(
+        small_collection, fake_embedder, fake_reranker, FailingCache(100)
+    )
+    result = await pipeline.search(query("Paris France"))
+    assert result.results[0].hit.id == "paris"
+    assert result.degraded == []
+    assert result.cached is False
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"top_k": 0}, "top_k"),
+        ({"top_k": 101}, "top_k"),
+        ({"candidates": 0}, "candidates"),
+        ({"candidates": 1001, "top_k": 3}, "candidates"),
+        ({"candidates": 2, "top_k": 3}, "candidates"),
+    ],
+)
+async def test_out_of_range_values_name_the_field(
+    small_collection: Path,
+    fake_embedder: FakeEmbedder,
+    fake_reranker: FakeReranker,
+    kwargs: dict[str, int],
+    field: str,
+) -> None:
+    pipeline = await make_pipeline(small_collection, fake_embedder, fake_reranker)
+    with pytest.raises(InvalidInput) as raised:
+        await pipeline.search(query("x", **kwargs))
+    assert raised.value.field == field
+    assert [c for c in fake_embedder.calls if c[1] is InputType.QUERY] == []  # refused first
+
+
+async def test_query_over_the_character_limit(
+    small_collection: Path, fake_embedder: FakeEmbedder, fake_reranker: FakeReranker
+) -> None:
+    pipeline = await make_pipeline(
+        small_collection, fake_embedder, fake_reranker, max_query_chars=20
+    )
+    with pytest.raises(InvalidInput, match="20") as raised:
+        await pipeline.search(query("x" * 21))
+    assert raised.value.field == "query"
+
+
+async def test_query_over_the_model_window_is_refused_not_cut(
+    small_collection: Path, fake_reranker: FakeReranker
+) -> None:
+    embedder = FakeEmbedder(model_id="fake-embedder", max_tokens=5)
+    pipeline = await make_pipeline(small_collection, embedder, fake_reranker)
+    with pytest.raises(InvalidInput, match="the query") as raised:
+        await pipeline.search(query("one two three four five six"))
+    assert raised.value.field == "query"
+
+
+async def test_unknown_collection_is_not_found(
+    small_collection: Path, fake_embedder: FakeEmbedder, fake_reranker: FakeReranker
+) -> None:
+    pipeline = await make_pipeline(small_collection, fake_embedder, fake_reranker)
+    with pytest.raises(NotFound, match="known: default"):
+        await pipeline.search(query("x", collection="nope"))
+    with pytest.raises(InvalidInput):
+        await pipeline.search(query("x", collection="../etc"))
+
+
+async def test_collection_built_with_another_model_is_refused(
+    small_collection: Path, fake_reranker: FakeReranker
+) -> None:
+    pipeline = await make_pipeline(
+        small_collection, FakeEmbedder(model_id="other-model"), fake_reranker
+    )
+    with pytest.raises(Unavailable, match="indexed with 'fake-embedder'"):
+        await pipeline.search(query("x"))
+
+
+async def test_new_generation_changes_answers_and_cache_keys(
+    small_collection: Path, fake_embedder: FakeEmbedder, fake_reranker: FakeReranker
+) -> None:
+    pipeline = await make_pipeline(small_collection, fake_embedder, fake_reranker)
+    before = await pipeline.search(query("Madrid Spain capital"))
+    assert "madrid" not in [r.hit.id for r in before.results]
+
+    writer = await build_collection(
+        small_collection,
+        "default",
+        [*SMALL_DOCS, Document("madrid", "Madrid is the capital of Spain.", "Madrid")],
+        fake_embedder,
+    )
+    await writer.close()
+    await pipeline.refresh()
+    after = await pipeline.search(query("Madrid Spain capital"))
+    assert after.generation == 2
+    assert after.cached is False
+    assert after.results[0].hit.id == "madrid"
+
+
+async def test_status_reports_components(
+    small_collection: Path, fake_embedder: FakeEmbedder, fake_reranker: FakeReranker
+) -> None:
+    pipeline = await make_pipeline(small_collection, fake_embedder, fake_reranker)
+    ready, components = pipeline.status()
+    assert ready is True
+    assert components["collections"] == {
+        "default": {"backend": "faiss", "generation": 1, "model": "fake-embedder"}
+    }
+    assert components["cache"] == "memory"
+
+
+def test_fusion_blends_z_scores() -> None:
+    from app.search.ranking import fuse
+
+    ann = [0.9, 0.8, 0.7]
+    rerank = [-2.0, 4.0, 1.0]
+    assert fuse(ann, rerank, 1.0) == rerank
+    only_ann = fuse(ann, rerank, 0.0)
+    assert sorted(range(3), key=lambda i: -only_ann[i]) == [0, 1, 2]
+    half = fuse(ann, rerank, 0.5)
+    assert sorted(range(3), key=lambda i: -half[i]) == [1, 0, 2] or sorted(
+        range(3), key=lambda i: -half[i]
+    ) == [1, 2, 0]
+    assert fuse([0.5, 0.5], [1.0, 1.0], 0.5) == [0.0, 0.0]  # no spread, no NaN
+
+
+async def test_weight_and_depth_per_request(
+    small_collection: Path, fake_embedder: FakeEmbedder
+) -> None:
+    pipeline = await make_pipeline(small_collection, fake_embedder, PrefersCats())
+    reranker_only = await pipeline.search(query("capital of Germany Berlin", rerank_weight=1.0))
+    assert reranker_only.results[0].hit.id == "cats"
+    ann_only = await pipeline.search(query("capital of Germany Berlin", rerank_weight=0.0))
+    assert ann_only.results[0].hit.id == "berlin" and ann_only.reranked
+    assert ann_only.results[0].rerank_score == 0.0
+    shallow = await pipeline.search(query("capital of Germany Berlin", rerank_depth=1))
+    assert [r.rerank_score is not None for r in shallow.results] == [True, False, False]
+    with pytest.raises(InvalidInput) as raised:
+        await pipeline.search(query("x", rerank_weight=1.5))
+    assert raised.value.field == "rerank_weight"
+
+
+async def test_metadata_filter_restricts_and_is_part_of_the_cache_key(
+    small_collection: Path, fake_embedder: FakeEmbedder, fake_reranker: FakeReranker
+) -> None:
+    pipeline = await make_pipeline(small_collection, fake_embedder, fake_reranker)
+    everything = await pipeline.search(query("programming language Berlin", top_k=5))
+    software = await pipeline.search(
+        query("programming language Berlin", top_k=5, filter={"topic": "software"})
+    )
+    assert {r.hit.id for r in software.results} == {"rust", "python"}
+    assert software.cached is False and len(everything.results) == 5
+    several = await pipeline.search(query("Berlin", top_k=5, filter={"topic": ["city", "animal"]}))
+    assert {r.hit.id for r in several.results} == {"berlin", "paris", "cats"}
+    with pytest.raises(InvalidInput) as raised:
+        await pipeline.search(query("x", filter={"bad key!": 1}))
+    assert raised.value.field == "filter"
