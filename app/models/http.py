@@ -6,7 +6,9 @@ and turn a service that cannot be reached into `Unavailable` so the pipeline can
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import random
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -34,6 +36,13 @@ from app.types import FloatArray, InputType, ModelInfo, Truncate
 
 log = get_logger(__name__)
 R = TypeVar("R", bound=BaseModel)
+# The service is asked for /info in the background, so `ready` says what it is now, not what it
+# was when someone last searched: quickly (doubling from PROBE_FIRST_S to PROBE_MAX_S) while it
+# does not answer, every PROBE_EVERY_S while it does. Each probe waits at most PROBE_TIMEOUT_S.
+PROBE_FIRST_S = 0.2
+PROBE_MAX_S = 2.0
+PROBE_EVERY_S = 5.0
+PROBE_TIMEOUT_S = 2.0
 T = TypeVar("T")
 _INDEXED_FIELD = re.compile(r"^(\w+)\[(\d+)\]")
 
@@ -67,6 +76,7 @@ class _ServiceClient:
         )
         self._status = "connecting"
         self._max_items: int | None = None  # texts per request, from the service's /info
+        self._prober: asyncio.Task[None] | None = None
 
     @property
     def ready(self) -> bool:
@@ -91,25 +101,52 @@ class _ServiceClient:
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
             transport=self._transport,
         )
-        await self.refresh_info()
+        answered = await self.refresh_info()
+        self._prober = asyncio.create_task(self._probe(answered), name=f"probe-{self.kind}")
 
     async def refresh_info(self) -> bool:
-        """Ask the service what it serves; True once it has answered."""
+        """Ask the service what it serves; True when it answered with a loaded model."""
         try:
-            info = await self._call("GET", "/info", None, InfoResponse)
+            info = await self._call("GET", "/info", None, InfoResponse, PROBE_TIMEOUT_S)
         except SemsearchError as exc:
-            self._status = f"unreachable: {exc.message}"
+            if self._status == "ready":
+                log.warning("model_service_lost", kind=self.kind, url=self.base_url)
+            self._status = f"not ready: {exc.message}"
             return False
+        if self._status != "ready":
+            log.info("model_service_ready", kind=self.kind, url=self.base_url, model=info.model_id)
         self._info = info.to_model_info()
         self._max_items = info.max_items_per_request
         self._status = "ready"
         return True
 
+    async def _probe(self, answered: bool) -> None:
+        """Keep `status` current for /ready: a gateway started before its model services
+        becomes ready on its own, with no search needed to find out."""
+        delay = PROBE_EVERY_S if answered else PROBE_FIRST_S
+        while True:
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))  # no herd of gateways
+            if await self.refresh_info():
+                delay = PROBE_EVERY_S
+            else:
+                delay = PROBE_FIRST_S if delay == PROBE_EVERY_S else min(2 * delay, PROBE_MAX_S)
+
     async def stop(self) -> None:
+        if self._prober is not None:
+            self._prober.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._prober
         if self._http is not None:
             await self._http.aclose()
 
-    async def _call(self, method: str, path: str, body: BaseModel | None, response: type[R]) -> R:
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        body: BaseModel | None,
+        response: type[R],
+        timeout_s: float | None = None,
+    ) -> R:
         if self._http is None:
             raise self.unavailable(f"{self.kind} client is not started")
         headers = {}
@@ -122,9 +159,11 @@ class _ServiceClient:
                 path,
                 json=body.model_dump(mode="json", exclude_none=True) if body else None,
                 headers=headers,
+                timeout=timeout_s if timeout_s is not None else httpx.USE_CLIENT_DEFAULT,
             )
         except httpx.TimeoutException as exc:
-            raise self.unavailable(f"{self.kind} service timed out ({self._timeout}s)") from exc
+            waited = timeout_s if timeout_s is not None else self._timeout
+            raise self.unavailable(f"{self.kind} service timed out ({waited}s)") from exc
         except httpx.HTTPError as exc:
             raise self.unavailable(
                 f"{self.kind} service at {self.base_url} is unreachable: {exc!r}"

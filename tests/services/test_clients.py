@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -94,3 +95,53 @@ async def test_service_errors_keep_their_retry_after_and_field(
     await client.stop()
     assert raised.value.retry_after_s == 7  # type: ignore[attr-defined]
     assert raised.value.field == "input"  # type: ignore[attr-defined]
+
+
+class LateService(httpx.AsyncBaseTransport):
+    """A service that refuses connections until `up` is set, then is `app`; counts requests."""
+
+    def __init__(self, app: httpx.AsyncBaseTransport) -> None:
+        self.app = app
+        self.up = False
+        self.paths: list[str] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.paths.append(request.url.path)
+        if not self.up:
+            raise httpx.ConnectError("connection refused", request=request)
+        return await self.app.handle_async_request(request)
+
+
+async def test_a_client_started_before_its_service_becomes_ready_by_itself(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No embed call is needed: the client keeps asking /info in the background."""
+    from app.models import http as clients
+
+    monkeypatch.setattr(clients, "PROBE_FIRST_S", 0.01)
+    monkeypatch.setattr(clients, "PROBE_MAX_S", 0.05)
+    monkeypatch.setattr(clients, "PROBE_EVERY_S", 0.05)
+    app = embedder_app(EmbedderSettings(backend="fake", model="tiny"))
+    async with LifespanManager(app) as manager:
+        service = LateService(httpx.ASGITransport(app=manager.app))
+        client = HttpEmbedder("http://embedder", 5, service)
+        await client.start()
+        try:
+            assert not client.ready and client.status.startswith("not ready")
+            await asyncio.sleep(0.1)
+            assert not client.ready  # still refused, still probing
+            service.up = True
+            for _ in range(100):
+                if client.ready:
+                    break
+                await asyncio.sleep(0.01)
+            assert client.ready and client.info.model_id == "fake:tiny"
+            service.up = False  # gone again: /ready says so without a search
+            for _ in range(100):
+                if not client.ready:
+                    break
+                await asyncio.sleep(0.01)
+            assert not client.ready
+            assert set(service.paths) == {"/info"}  # nothing but probes was sent
+        finally:
+            await client.stop()
