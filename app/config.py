@@ -175,6 +175,23 @@ class GatewaySettings(ServiceSettings):
         "the reranked candidates. 1: the cross-encoder alone; 0: ANN order. 0.5 was best on "
         "SciFact train (see bench/README.md); `semsearch eval` sweeps it on your data.",
     )
+    search_mode: Literal["hybrid", "dense", "lexical"] = Field(
+        "hybrid",
+        description="First stage when a request does not say: `hybrid` (BM25 and the dense "
+        "model, fused), `dense` or `lexical`. A collection without a lexical index is dense.",
+    )
+    fusion_method: Literal["blend", "rrf"] = Field(
+        "blend",
+        description="How hybrid fuses its lists: `blend` (weighted z-scores) or `rrf` "
+        "(weighted reciprocal rank fusion, k 60).",
+    )
+    fusion_weight: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="The lexical list's share. Unset: a blend uses the weight calibrated for "
+        "each collection when it was published (0.3 if it could not be), rrf uses 0.5.",
+    )
     max_query_chars: int = Field(2048, ge=1, description="Longest query accepted (422 above).")
     model_timeout_s: float = Field(
         30.0, gt=0, description="Timeout of one call to a remote embedder/reranker service."

@@ -23,7 +23,7 @@ HTTP_LATENCY = Histogram(
 )
 SEARCH_STAGE_LATENCY = Histogram(
     "semsearch_search_stage_duration_seconds",
-    "Time spent in each stage of the search path (cache, embed, ann, rerank, total).",
+    "Time spent in each stage of the search path (cache, embed, ann, lexical, rerank, total).",
     ["stage"],
     buckets=LATENCY_BUCKETS,
 )
@@ -31,6 +31,12 @@ SEARCHES = Counter(
     "semsearch_searches_total",
     "Searches answered, by outcome (full, degraded, cached, error).",
     ["outcome"],
+)
+SEARCH_MODES = Counter(
+    "semsearch_search_mode_total",
+    "Searches answered (not from the cache), by what the first stage was: hybrid, dense or "
+    "lexical (a hybrid search degraded to one list counts as that list).",
+    ["mode"],
 )
 SEARCH_DEGRADED = Counter(
     "semsearch_search_degraded_total",

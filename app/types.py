@@ -28,6 +28,47 @@ class InputType(StrEnum):
     PASSAGE = "passage"
 
 
+class SearchMode(StrEnum):
+    """Which lists make the first stage: words and meaning fused, or one of them."""
+
+    HYBRID = "hybrid"
+    DENSE = "dense"
+    LEXICAL = "lexical"
+
+
+class FusionMethod(StrEnum):
+    BLEND = "blend"  # z-scores of the two lists, weighted
+    RRF = "rrf"  # reciprocal rank fusion, weighted
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """How hybrid search fuses its two lists (`app.search.fusion`): `weight` is the lexical
+    list's share, in [0, 1]."""
+
+    method: FusionMethod
+    weight: float
+    rrf_k: int = 60
+
+    def key(self) -> dict[str, object]:
+        """What identifies it in a cache key and in an answer."""
+        return {"method": self.method.value, "weight": round(self.weight, 4), "rrf_k": self.rrf_k}
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The fusion weight chosen for a collection when it was published (with no judgments:
+    see `app.search.calibration`), and what it was chosen on."""
+
+    weight: float  # the lexical list's share in a `blend`
+    documents: int  # records in the collection when it was calibrated
+    queries: int  # pseudo-queries it was measured with (0: too few usable documents)
+    scores: dict[str, float]  # MRR@10 by candidate weight
+
+    def fusion(self) -> Fusion:
+        return Fusion(FusionMethod.BLEND, self.weight)
+
+
 class Truncate(StrEnum):
     """What to do with an input longer than the model's window (NVIDIA's convention).
 
@@ -74,13 +115,28 @@ def content_hash(document: Document) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Hit:
-    """One ANN result, with the stored document it points to."""
+    """One retrieved passage, with the stored document it points to.
+
+    `score` is what the list it is in ranks by: cosine from a dense search, BM25 from a lexical
+    one, the fused score once the two lists are fused. Fusion also keeps each list's own score
+    (None where that list did not find it).
+    """
 
     id: str
     score: float
     text: str
     title: str = ""
     metadata: Metadata = field(default_factory=dict)
+    dense_score: float | None = None
+    lexical_score: float | None = None
+
+    @property
+    def found_by(self) -> list[str]:
+        return [
+            side
+            for side, score in (("dense", self.dense_score), ("lexical", self.lexical_score))
+            if score is not None
+        ]
 
     @property
     def passage(self) -> str:
@@ -112,6 +168,9 @@ class SearchQuery:
     filter: Filter | None = None
     rerank_depth: int | None = None  # None: the gateway's default
     rerank_weight: float | None = None  # None: the gateway's default
+    mode: SearchMode | None = None  # None: the gateway's default
+    fusion_method: str | None = None  # None: the collection's (calibrated) fusion
+    fusion_weight: float | None = None  # lexical share; None: the collection's
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +198,8 @@ class SearchResult:
     reranker_model: str | None
     timings_ms: dict[str, float]
     request_id: str | None
+    mode: SearchMode = SearchMode.DENSE  # what the first stage really was
+    fusion: dict[str, object] | None = None  # how the two lists were fused (hybrid only)
 
 
 def lone_surrogate_at(text: str) -> int | None:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from app.config import EmbedderSettings, RerankerSettings
-from app.evaluation import evaluate, load_beir
+from app.evaluation.beir import evaluate, load_beir
 from app.models import build_embedder, build_reranker
 from app.types import InputType, Truncate
 from bench.common import machine, table, write_json

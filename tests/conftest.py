@@ -153,6 +153,20 @@ async def build_collection(
     return index
 
 
+def drop_lexical(index_dir: Path, name: str) -> None:
+    """Make collection `name` look published before lexical search existed: its generations
+    lose their lexical index (it then serves dense only)."""
+    for folder in (index_dir / name / "generations").glob("gen-*/lexical"):
+        shutil.rmtree(folder)
+
+
+@pytest.fixture
+async def dense_only_collection(small_collection: Path) -> Path:
+    """`small_collection` as published before lexical search: no lexical index."""
+    drop_lexical(small_collection, "default")
+    return small_collection
+
+
 @pytest.fixture
 async def small_collection(tmp_path: Path, fake_embedder: FakeEmbedder) -> AsyncIterator[Path]:
     """An index dir holding collection `default` (SMALL_DOCS, fake embedder); yields the dir."""

@@ -24,6 +24,7 @@ from app.config import EmbedderSettings, GatewaySettings
 from app.errors import SemsearchError
 from app.ingest.readers import CsvColumns, InputFormat
 from app.logs import configure_logging
+from app.types import Calibration
 
 
 class Format(StrEnum):
@@ -177,6 +178,7 @@ async def _index(job: IndexJob, settings: GatewaySettings) -> None:
                 dry_run=job.dry_run,
                 on_batch=advance,
             )
+        calibration = None if job.dry_run else store.calibration
     finally:
         await store.close()
         await embedder.stop()
@@ -199,6 +201,7 @@ async def _index(job: IndexJob, settings: GatewaySettings) -> None:
             report.generation if report.generation else "unchanged (nothing to publish)",
         ),
         ("model", model.model_id),
+        ("fusion weight", _calibrated(calibration, report.calibrated)),
     ):
         table.add_row(name, str(value))
     console.print(table)
@@ -208,6 +211,16 @@ async def _index(job: IndexJob, settings: GatewaySettings) -> None:
             "again later in the input: the last occurrence of each id is the one indexed",
             soft_wrap=True,
         )
+
+
+def _calibrated(calibration: Calibration | None, measured: bool) -> str:
+    """The hybrid search's lexical share, and where it comes from."""
+    if calibration is None:
+        return "-"
+    if not calibration.queries:
+        return f"{calibration.weight:g} (too few documents of several sentences to calibrate)"
+    how = "calibrated now" if measured else "as calibrated before"
+    return f"{calibration.weight:g} ({how}, {calibration.queries} pseudo-queries)"
 
 
 async def _delete(ids: list[str], collection: str, settings: GatewaySettings) -> None:
@@ -229,3 +242,49 @@ async def _delete(ids: list[str], collection: str, settings: GatewaySettings) ->
     )
     if missing:
         console.print(f"not found: {', '.join(missing)}")
+
+
+@cli.command()
+def rebuild(
+    collection: Annotated[str | None, typer.Option(help="Collection to rebuild.")] = None,
+    index_dir: Annotated[Path | None, typer.Option(help="Where collections live.")] = None,
+) -> None:
+    """Publish a collection anew from what it stores: every index rebuilt (a collection indexed
+    before lexical search gets its lexical index) and its fusion weight calibrated again.
+    Nothing is re-embedded; only the calibration's pseudo-queries are."""
+    overrides: dict[str, Any] = {"index_dir": index_dir}
+    settings = GatewaySettings(**{k: v for k, v in overrides.items() if v is not None})
+    configure_logging("warning", settings.log_format, "indexer")
+    run(_rebuild(collection or settings.default_collection, settings))
+
+
+async def _rebuild(name: str, settings: GatewaySettings) -> None:
+    from app.assembly import embedder_for
+    from app.index.collections import open_collection
+    from app.search.calibration import calibrate
+
+    embedder = embedder_for(settings, EmbedderSettings())
+    with console.status(f"loading the embedder ({embedder.info.model_id})"):
+        await embedder.start()
+    if not embedder.ready:
+        raise SemsearchError(f"the embedder is not usable: {embedder.status}")
+    store = await open_collection(settings, name)
+    try:
+        if store.model_id != embedder.info.model_id:
+            raise SemsearchError(
+                f"collection {name!r} holds vectors of {store.model_id!r}; the embedder is "
+                f"{embedder.info.model_id!r} (set SEMSEARCH_EMBEDDER_MODEL to the collection's)"
+            )
+        with console.status("calibrating the fusion weight"):
+            calibration = await calibrate(store, embedder, force=True)
+        with console.status("publishing"):
+            generation = await store.publish(rebuild=True, calibration=calibration)
+        lexical = store.has_lexical
+    finally:
+        await store.close()
+        await embedder.stop()
+    weight = f"{calibration.weight:g}" if calibration and calibration.queries else "uncalibrated"
+    console.print(
+        f"collection {name!r}: generation {generation}, lexical index "
+        f"{'yes' if lexical else 'no'}, fusion weight {weight}"
+    )

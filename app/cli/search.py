@@ -80,7 +80,7 @@ def eval_command(
         str | None, typer.Option(help="Collection to (re)use; default eval-<name>.")
     ] = None,
     depths: Annotated[str, typer.Option(help="Rerank depths to sweep.")] = "10,20,30",
-    weights: Annotated[str, typer.Option(help="Fusion weights to sweep.")] = "0,0.25,0.5,0.75,1",
+    weights: Annotated[str, typer.Option(help="Rerank weights to sweep.")] = "0,0.25,0.5,0.75,1",
     rerank: Annotated[bool, typer.Option(help="Also evaluate dense + rerank.")] = True,
     chunk_tokens: Annotated[
         int | None,
@@ -90,10 +90,11 @@ def eval_command(
         Path | None, typer.Option(help="JSON report (default var/eval/<name>-<split>.json).")
     ] = None,
 ) -> None:
-    """Quality through the real search path: nDCG@10, recall@10/@100 and MRR@10 for dense-only
-    and dense + rerank, a sweep of fusion weight x rerank depth, and ANN recall@10 against
-    exact search. Indexes the corpus first (re-runs reuse it)."""
-    from app.evaluation import EvalConfig, evaluate_search
+    """Quality through the real search path: nDCG@10, recall@10/@100 and MRR@10 for dense,
+    lexical (BM25), hybrid and hybrid + rerank; sweeps of the fusion method and weight and of
+    the rerank depth and weight; ANN recall@10 against exact search. Indexes the corpus first
+    (re-runs reuse it), calibrating its fusion weight as `semsearch index` does."""
+    from app.evaluation.search import EvalConfig, evaluate_search
 
     settings = GatewaySettings()
     configure_logging("warning", settings.log_format, "eval")
@@ -132,20 +133,37 @@ def eval_command(
     table.add_column("run")
     for measure in measures:
         table.add_column(measure.replace("RR@10", "MRR@10"), justify="right")
-    rows = [("dense", report.dense)]
-    if report.dense_rerank is not None:
-        rows.append(("dense + rerank (settings)", report.dense_rerank.scores))
+    calibration = report.calibration
+    calibrated = (
+        f"w {calibration.weight:g}" if calibration and calibration.queries else "uncalibrated"
+    )
+    rows = [
+        ("dense", report.dense),
+        ("lexical (BM25)", report.lexical),
+        (f"hybrid ({calibrated})", report.hybrid),
+    ]
+    if report.hybrid_rerank is not None:
+        rows.append(("hybrid + rerank (settings)", report.hybrid_rerank.scores))
     if report.best is not None:
         best = report.best
-        rows.append((f"best: depth {best.depth}, w {best.weight}", best.scores))
+        rows.append((f"best rerank: depth {best.depth}, w {best.weight}", best.scores))
     for label, values in rows:
         table.add_row(label, *(f"{values[m]:.4f}" for m in measures))
     console.print(table)
+    fusion = Table(title="hybrid nDCG@10 by fusion method (rows) and lexical weight (columns)")
+    fusion.add_column("method")
+    lexical_weights = sorted({p.weight for p in report.fusion_sweep})
+    for share in lexical_weights:
+        fusion.add_column(f"{share:g}", justify="right")
+    for method in dict.fromkeys(p.method for p in report.fusion_sweep):
+        by = {p.weight: p.scores["nDCG@10"] for p in report.fusion_sweep if p.method == method}
+        fusion.add_row(method, *(f"{by[w]:.4f}" for w in lexical_weights))
+    console.print(fusion)
     if report.sweep:
-        sweep = Table(title="nDCG@10 by rerank depth (rows) and weight w (columns)")
+        sweep = Table(title="hybrid + rerank nDCG@10 by depth (rows) and rerank weight (columns)")
         sweep.add_column("depth")
-        for weight in config.weights:
-            sweep.add_column(f"w={weight:g}", justify="right")
+        for rerank_weight in config.weights:
+            sweep.add_column(f"w={rerank_weight:g}", justify="right")
         for depth in config.depths:
             cells = {p.weight: p.scores["nDCG@10"] for p in report.sweep if p.depth == depth}
             sweep.add_row(str(depth), *(f"{cells[w]:.4f}" for w in config.weights))

@@ -17,13 +17,13 @@ from app.errors import (
     NotFound,
     SemsearchError,
 )
+from app.index.base import Collection
 from app.index.faiss.build import FaissOptions
 from app.index.faiss.index import FaissIndex
 from app.index.faiss.layout import CollectionLayout, validate_collection_name
 from app.index.fallback import FallbackIndex, UnopenedIndex
 from app.index.qdrant.connection import QdrantOptions, list_collections
 from app.index.qdrant.index import QdrantIndex
-from app.index.vector import VectorIndex
 from app.logs import get_logger
 from app.resilience import BreakerPolicy, CircuitBreaker
 
@@ -32,7 +32,7 @@ log = get_logger(__name__)
 
 async def open_collection(
     settings: GatewaySettings, name: str, create: tuple[str, int] | None = None
-) -> VectorIndex:
+) -> Collection:
     """Collection `name` as configured: the primary index (FAISS or Qdrant), wrapped with the
     FAISS fallback copy when `fallback_index_dir` is set. `create=(model_id, dimension)`
     creates what is missing (for writing); without it a missing collection is NotFound."""
@@ -40,12 +40,12 @@ async def open_collection(
     options = FaissOptions.from_settings(settings)
     qdrant = QdrantOptions.from_settings(settings)
 
-    async def faiss_at(index_dir: Path) -> VectorIndex:
+    async def faiss_at(index_dir: Path) -> Collection:
         if create is not None:
             return await FaissIndex.create(index_dir, name, *create, options=options)
         return await FaissIndex.open(index_dir, name, options)
 
-    async def open_primary() -> VectorIndex:
+    async def open_primary() -> Collection:
         if settings.index_backend == "qdrant":
             if create is not None:
                 return await QdrantIndex.create(qdrant, name, *create)
@@ -96,7 +96,7 @@ async def open_collection(
 
 
 def _with_fallback(
-    settings: GatewaySettings, primary: VectorIndex, fallback: VectorIndex
+    settings: GatewaySettings, primary: Collection, fallback: Collection
 ) -> FallbackIndex:
     return FallbackIndex(
         primary,
@@ -124,7 +124,7 @@ class NothingStaged:
 
 async def open_to_look(
     settings: GatewaySettings, name: str, model_id: str, dimension: int
-) -> VectorIndex | NothingStaged:
+) -> Collection | NothingStaged:
     """Collection `name` as a dry run sees it, opened so that nothing is written anywhere: no
     collection, lock file or SQLite journal is created, no fallback copy, no Qdrant folder.
     `NothingStaged` when it does not exist yet.
@@ -133,7 +133,7 @@ async def open_to_look(
         InvalidInput: the collection holds vectors of another model.
     """
     options = FaissOptions.from_settings(settings)
-    primary: VectorIndex
+    primary: Collection
     try:
         if settings.index_backend == "qdrant":
             qdrant = QdrantOptions.from_settings(settings)
@@ -193,17 +193,17 @@ def where(settings: GatewaySettings) -> str:
 
 
 class Collections:
-    """Name -> open `VectorIndex`. Collections created after start are found on first use."""
+    """Name -> open `Collection`. Collections created after start are found on first use."""
 
     def __init__(
         self,
-        opener: Callable[[str], Awaitable[VectorIndex]],
+        opener: Callable[[str], Awaitable[Collection]],
         discover: Callable[[], Awaitable[list[str]]],
     ) -> None:
         self._opener = opener
         self._discover = discover
-        self._open: dict[str, VectorIndex] = {}
-        self._opening: dict[str, asyncio.Task[VectorIndex]] = {}
+        self._open: dict[str, Collection] = {}
+        self._opening: dict[str, asyncio.Task[Collection]] = {}
 
     @classmethod
     def from_settings(cls, settings: GatewaySettings) -> Collections:
@@ -223,7 +223,7 @@ class Collections:
             except Exception as exc:  # one broken collection must not keep the rest down
                 log.error("collection_open_failed", collection=name, error=repr(exc))
 
-    async def get(self, name: str, wait_s: float | None = None) -> VectorIndex:
+    async def get(self, name: str, wait_s: float | None = None) -> Collection:
         """The open collection `name`, opening it on first use.
 
         One opening per name at a time, shared by the requests that wait for it; other names
@@ -250,7 +250,7 @@ class Collections:
         except TimeoutError:
             raise DeadlineExceeded(f"collection {name!r} did not open in time") from None
 
-    async def _open_one(self, name: str) -> VectorIndex:
+    async def _open_one(self, name: str) -> Collection:
         try:
             index = await self._opener(name)
         except NotFound:
@@ -266,7 +266,7 @@ class Collections:
         await self._observe(index)
         return index
 
-    def _opened(self, name: str, task: asyncio.Task[VectorIndex]) -> None:
+    def _opened(self, name: str, task: asyncio.Task[Collection]) -> None:
         self._opening.pop(name, None)
         if not task.cancelled():
             task.exception()  # retrieved: every waiter may have given up already
@@ -308,6 +308,6 @@ class Collections:
         self._open.clear()
 
     @staticmethod
-    async def _observe(index: VectorIndex) -> None:
+    async def _observe(index: Collection) -> None:
         metrics.INDEX_GENERATION.labels(index.collection).set(index.generation)
         metrics.INDEX_DOCUMENTS.labels(index.collection).set(await index.count())

@@ -10,10 +10,10 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 
 from app.errors import IndexUnavailable, InvalidInput, SemsearchError
-from app.index.vector import AnnResult, VectorIndex
+from app.index.base import AnnResult, Collection
 from app.logs import get_logger
 from app.resilience import CircuitBreaker
-from app.types import Document, Filter, FloatArray
+from app.types import Calibration, Document, Filter, FloatArray
 
 log = get_logger(__name__)
 
@@ -27,15 +27,16 @@ class UnopenedIndex:
     def __init__(
         self,
         backend: str,
-        like: VectorIndex,
+        like: Collection,
         reason: str,
-        opener: Callable[[], Awaitable[VectorIndex]],
+        opener: Callable[[], Awaitable[Collection]],
     ) -> None:
         self.backend = backend
         self.collection = like.collection
         self.model_id = like.model_id
         self.dimension = like.dimension
         self.generation = 0
+        self.calibration = like.calibration
         self.reason = reason
         self.open = opener
 
@@ -60,7 +61,21 @@ class UnopenedIndex:
     async def delete(self, ids: Sequence[str]) -> int:
         raise self._unavailable()
 
-    async def publish(self) -> int | None:
+    @property
+    def has_lexical(self) -> bool:
+        return True  # unknown until it opens: its searches fail over to the fallback copy
+
+    async def lexical_search(
+        self, texts: Sequence[str], k: int, filter: Filter | None = None
+    ) -> AnnResult:
+        raise self._unavailable()
+
+    async def sample(self, n: int, seed: int = 0) -> list[tuple[Document, FloatArray]]:
+        raise self._unavailable()
+
+    async def publish(
+        self, rebuild: bool = False, calibration: Calibration | None = None
+    ) -> int | None:
         raise self._unavailable()
 
     async def reload(self) -> bool:
@@ -71,12 +86,12 @@ class UnopenedIndex:
 
 
 class FallbackIndex:
-    """A `VectorIndex` made of a primary and a fallback holding the same collection."""
+    """A `Collection` made of a primary and a fallback copy of it."""
 
     def __init__(
         self,
-        primary: VectorIndex,
-        fallback: VectorIndex,
+        primary: Collection,
+        fallback: Collection,
         breaker: CircuitBreaker,
         primary_timeout_s: float | None = None,
     ) -> None:
@@ -120,7 +135,9 @@ class FallbackIndex:
 
     async def search(self, vectors: FloatArray, k: int, filter: Filter | None = None) -> AnnResult:
         try:
-            return await self.breaker.call(lambda: self._search_primary(vectors, k, filter))
+            return await self.breaker.call(
+                lambda: self._within(self.primary.search(vectors, k, filter))
+            )
         except InvalidInput:
             raise
         except Exception as exc:
@@ -135,15 +152,40 @@ class FallbackIndex:
             ) from exc
         return AnnResult(result.hits, result.backend, result.generation, degraded=True)
 
-    async def _search_primary(
-        self, vectors: FloatArray, k: int, filter: Filter | None
+    @property
+    def has_lexical(self) -> bool:
+        return self.primary.has_lexical or self.fallback.has_lexical
+
+    async def lexical_search(
+        self, texts: Sequence[str], k: int, filter: Filter | None = None
     ) -> AnnResult:
-        if self.primary_timeout_s is None:
-            return await self.primary.search(vectors, k, filter)
+        """The primary's when it answers in time, else the fallback's (flagged degraded). A
+        primary without a lexical index (written before it existed) leaves it to the
+        fallback copy for good, which is no failure."""
+        if not self.primary.has_lexical:
+            return await self.fallback.lexical_search(texts, k, filter)
         try:
-            return await asyncio.wait_for(
-                self.primary.search(vectors, k, filter), self.primary_timeout_s
+            return await self.breaker.call(
+                lambda: self._within(self.primary.lexical_search(texts, k, filter))
             )
+        except InvalidInput:
+            raise
+        except Exception as exc:
+            reason = exc.message if isinstance(exc, SemsearchError) else repr(exc)
+            log.warning("lexical_fallback", collection=self.collection, reason=reason)
+        try:
+            result = await self.fallback.lexical_search(texts, k, filter)
+        except Exception as exc:
+            raise IndexUnavailable(
+                f"neither copy of {self.collection!r} answered a lexical search: {exc!r}"
+            ) from exc
+        return AnnResult(result.hits, result.backend, result.generation, degraded=True)
+
+    async def _within(self, work: Awaitable[AnnResult]) -> AnnResult:
+        if self.primary_timeout_s is None:
+            return await work
+        try:
+            return await asyncio.wait_for(work, self.primary_timeout_s)
         except TimeoutError:
             raise IndexUnavailable(
                 f"the primary index did not answer within {self.primary_timeout_s:.2f}s"
@@ -176,9 +218,18 @@ class FallbackIndex:
         await self.fallback.delete(ids)
         return deleted
 
-    async def publish(self) -> int | None:
-        generation = await self.primary.publish()
-        fallback = await self.fallback.publish()
+    @property
+    def calibration(self) -> Calibration | None:
+        return self.primary.calibration or self.fallback.calibration
+
+    async def sample(self, n: int, seed: int = 0) -> list[tuple[Document, FloatArray]]:
+        return await self.primary.sample(n, seed)
+
+    async def publish(
+        self, rebuild: bool = False, calibration: Calibration | None = None
+    ) -> int | None:
+        generation = await self.primary.publish(rebuild, calibration)
+        fallback = await self.fallback.publish(rebuild, calibration)
         return generation if generation is not None else fallback
 
     async def reload(self) -> bool:

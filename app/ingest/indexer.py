@@ -16,9 +16,10 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from app.index.vector import VectorIndex
+from app.index.base import Collection
 from app.ingest.chunking import Chunker
 from app.models import Embedder, Embeddings
+from app.search.calibration import calibrate
 from app.types import Document, InputType, Truncate, content_hash
 
 
@@ -36,6 +37,7 @@ class IndexReport:
     records_removed: int = 0
     seconds: float = 0.0
     generation: int | None = None  # None: nothing changed, nothing published
+    calibrated: bool = False  # the fusion weight was measured again for this generation
     dry_run: bool = False
 
     @property
@@ -55,7 +57,7 @@ class _Planned:
 
 async def index_documents(
     documents: Iterable[Document],
-    index: VectorIndex,
+    index: Collection,
     embedder: Embedder,
     *,
     chunker: Chunker | None = None,
@@ -65,7 +67,9 @@ async def index_documents(
     on_batch: Callable[[int], None] | None = None,
 ) -> IndexReport:
     """Embed and stage every new or changed document, delete `delete` (source document ids),
-    then publish one generation. With `dry_run`, count what would change and write nothing.
+    then publish one generation, with the fusion weight calibrated on it when the collection
+    has none yet or has doubled or halved since (`app.search.calibration`). With `dry_run`,
+    count what would change and write nothing.
 
     An id repeated anywhere in `documents` is indexed once, from its last occurrence (the
     earlier ones are counted in `report.duplicates`), so a re-run changes nothing. To know
@@ -113,7 +117,11 @@ async def index_documents(
         if doomed and not dry_run:
             await index.delete(doomed)
     if not dry_run:
-        report.generation = await index.publish()
+        calibration = None
+        if report.records_written or report.records_removed:
+            calibration = await calibrate(index, embedder)
+        report.calibrated = calibration is not None
+        report.generation = await index.publish(calibration=calibration)
     report.seconds = time.perf_counter() - started
     return report
 
@@ -121,7 +129,7 @@ async def index_documents(
 async def _plan(
     batch: list[Document],
     consumed: int,
-    index: VectorIndex,
+    index: Collection,
     chunker: Chunker | None,
     report: IndexReport,
 ) -> _Planned:
@@ -148,7 +156,7 @@ async def _plan(
 
 async def _commit(
     planned: _Planned,
-    index: VectorIndex,
+    index: Collection,
     on_batch: Callable[[int], None] | None,
     dry_run: bool,
 ) -> None:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
 from app.protocol.common import StrictRequest, Text
-from app.types import SearchQuery, SearchResult
+from app.types import FusionMethod, SearchMode, SearchQuery, SearchResult
 
 
 class SearchRequest(StrictRequest):
@@ -35,7 +35,24 @@ class SearchRequest(StrictRequest):
         None, ge=1, description="How many of the candidates the cross-encoder scores."
     )
     rerank_weight: float | None = Field(
-        None, ge=0, le=1, description="Blend of reranker and ANN scores (1: reranker only)."
+        None, ge=0, le=1, description="Blend of reranker and first-stage scores (1: reranker only)."
+    )
+    mode: SearchMode | None = Field(
+        None,
+        description="First stage: `hybrid` (BM25 and the dense model, fused), `dense` or "
+        "`lexical` (default: the gateway's, hybrid).",
+    )
+    fusion: FusionMethod | None = Field(
+        None,
+        description="Hybrid only: `blend` (weighted z-scores) or `rrf` (weighted reciprocal "
+        "rank fusion). Default: the gateway's, blend.",
+    )
+    fusion_weight: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Hybrid only: the lexical list's share (0: dense order, 1: BM25 order). "
+        "Default: the weight calibrated for the collection.",
     )
 
     @field_validator("query")
@@ -64,6 +81,9 @@ class SearchRequest(StrictRequest):
             filter=self.filter,
             rerank_depth=self.rerank_depth,
             rerank_weight=self.rerank_weight,
+            mode=self.mode,
+            fusion_method=self.fusion.value if self.fusion else None,
+            fusion_weight=self.fusion_weight,
         )
 
 
@@ -76,7 +96,17 @@ class SearchHit(BaseModel):
         "scores (z-scored per query; the reranker logit alone at rerank_weight 1), otherwise "
         "the ANN score."
     )
-    ann_score: float = Field(description="Cosine similarity of query and passage.")
+    ann_score: float | None = Field(
+        description="Cosine similarity of query and passage; null when the dense list did not "
+        "find it."
+    )
+    lexical_score: float | None = Field(
+        description="BM25 score of the passage for the query; null when the lexical list did "
+        "not find it."
+    )
+    found_by: list[Literal["dense", "lexical"]] = Field(
+        description="The first-stage lists that found it."
+    )
     rerank_score: float | None
     title: str
     text: str
@@ -94,8 +124,19 @@ class ModelsUsed(BaseModel):
     reranker: str | None
 
 
+class FusionUsed(BaseModel):
+    method: FusionMethod
+    weight: float = Field(description="The lexical list's share.")
+    rrf_k: int
+
+
 class SearchResponse(BaseModel):
     results: list[SearchHit]
+    mode: SearchMode = Field(
+        description="What the first stage was: the mode asked for, or what was left of it "
+        "(a hybrid search without a query vector is lexical, flagged degraded)."
+    )
+    fusion: FusionUsed | None = Field(description="How the two lists were fused (hybrid only).")
     reranked: bool
     degraded: list[str]
     cached: bool
@@ -113,7 +154,9 @@ class SearchResponse(BaseModel):
                     document_id=str(r.hit.metadata.get("parent_id", r.hit.id)),
                     rank=r.rank,
                     score=r.score,
-                    ann_score=r.hit.score,
+                    ann_score=r.hit.dense_score,
+                    lexical_score=r.hit.lexical_score,
+                    found_by=r.hit.found_by,
                     rerank_score=r.rerank_score,
                     title=r.hit.title,
                     text=r.hit.text,
@@ -121,6 +164,8 @@ class SearchResponse(BaseModel):
                 )
                 for r in result.results
             ],
+            mode=result.mode,
+            fusion=FusionUsed.model_validate(result.fusion) if result.fusion else None,
             reranked=result.reranked,
             degraded=result.degraded,
             cached=result.cached,

@@ -18,12 +18,12 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 from app import metrics
 from app.logs import get_logger
 from app.resilience import CircuitBreaker
-from app.types import Hit, RankedHit, SearchResult
+from app.types import Hit, RankedHit, SearchMode, SearchResult
 
 log = get_logger(__name__)
 T = TypeVar("T")
 
-CACHE_KEY_VERSION = "v1"  # bump when the cached payload's shape changes
+CACHE_KEY_VERSION = "v2"  # bump when the cached payload's shape changes
 
 
 @runtime_checkable
@@ -54,6 +54,8 @@ def cache_key(
     rerank_depth: int,
     rerank_weight: float = 1.0,
     filter: dict[str, Any] | None = None,
+    mode: str = "dense",
+    fusion: dict[str, object] | None = None,
 ) -> str:
     """Everything that changes the answer, hashed. `query` is the normalized text
     (`app.search.query.check_query`); `reranker_model` None means no reranking."""
@@ -68,6 +70,8 @@ def cache_key(
         "rerank_depth": rerank_depth if reranker_model else 0,
         "rerank_weight": rerank_weight if reranker_model else 0,
         "filter": filter or {},
+        "mode": mode,
+        "fusion": fusion,
     }
     digest = hashlib.sha256(json.dumps(parts, sort_keys=True, ensure_ascii=False).encode())
     return f"semsearch:search:{CACHE_KEY_VERSION}:{collection}:{digest.hexdigest()}"
@@ -201,7 +205,9 @@ def encode_result(result: SearchResult) -> bytes:
             "results": [
                 {
                     "id": r.hit.id,
-                    "ann_score": r.hit.score,
+                    "first_score": r.hit.score,
+                    "dense_score": r.hit.dense_score,
+                    "lexical_score": r.hit.lexical_score,
                     "text": r.hit.text,
                     "title": r.hit.title,
                     "metadata": r.hit.metadata,
@@ -217,6 +223,8 @@ def encode_result(result: SearchResult) -> bytes:
             "generation": result.generation,
             "embedder_model": result.embedder_model,
             "reranker_model": result.reranker_model,
+            "mode": result.mode.value,
+            "fusion": result.fusion,
         },
         ensure_ascii=False,
     ).encode()
@@ -228,7 +236,15 @@ def decode_result(payload: bytes) -> SearchResult:
     return SearchResult(
         results=[
             RankedHit(
-                Hit(r["id"], r["ann_score"], r["text"], r["title"], r["metadata"]),
+                Hit(
+                    r["id"],
+                    r["first_score"],
+                    r["text"],
+                    r["title"],
+                    r["metadata"],
+                    r["dense_score"],
+                    r["lexical_score"],
+                ),
                 r["rank"],
                 r["score"],
                 r["rerank_score"],
@@ -245,4 +261,6 @@ def decode_result(payload: bytes) -> SearchResult:
         reranker_model=data["reranker_model"],
         timings_ms={},
         request_id=None,
+        mode=SearchMode(data["mode"]),
+        fusion=data["fusion"],
     )

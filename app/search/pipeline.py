@@ -1,13 +1,17 @@
 """The search path, written once against the protocols.
 
-    admission (422 / 429) -> cache lookup -> embed query -> ANN candidates -> rerank top N
-        -> top_k -> cache store (only full answers)
+    admission (422 / 429) -> cache lookup -> first stage -> rerank top N -> top_k
+        -> cache store (only full answers)
+
+    first stage: lexical (BM25) ----------------------------\
+                 embed query -> dense ANN ------------------ fuse (hybrid) or one list
 
 Every search has one deadline; each stage spends from it. A stage that fails degrades the
-answer instead of failing it (no reranker: ANN order; primary index down: the fallback
-index), except the ones no answer can be made without: the query embedding (503
-`embedder_unavailable`) and an index (503 `index_unavailable`). Out of time before an answer
-exists: 504.
+answer instead of failing it: no reranker, first-stage order; primary index down, the fallback
+index; no query vector, the lexical list alone (`degraded: ["embedder"]`); lexical index
+failing, the dense list alone (`degraded: ["lexical"]`). No answer can be made only without an
+index, or without a query vector in a collection that has no lexical index (503). Out of time
+before an answer exists: 504.
 """
 
 from __future__ import annotations
@@ -32,8 +36,8 @@ from app.errors import (
     PayloadTooLarge,
     SemsearchError,
 )
+from app.index.base import AnnResult, Collection
 from app.index.collections import Collections
-from app.index.vector import AnnResult, VectorIndex
 from app.logs import current_request_id, get_logger
 from app.models import Embedder, Reranker
 from app.resilience import (
@@ -46,13 +50,17 @@ from app.resilience import (
     request_arrival,
 )
 from app.search.cache import ResultCache, cache_key, decode_result, encode_result
+from app.search.fusion import choose, fuse, single
 from app.search.query import QueryLimits, check_query
 from app.search.ranking import rank_results
 from app.types import (
     Filter,
     FloatArray,
+    Fusion,
+    FusionMethod,
     Hit,
     InputType,
+    SearchMode,
     SearchQuery,
     SearchResult,
     Truncate,
@@ -75,6 +83,9 @@ class PipelineConfig:
     timeout_ms: int
     min_rerank_budget_ms: int
     max_inflight: int
+    mode: SearchMode
+    fusion_method: FusionMethod
+    fusion_weight: float | None  # None: each collection's calibrated weight
 
     @classmethod
     def from_settings(cls, settings: GatewaySettings) -> PipelineConfig:
@@ -86,7 +97,20 @@ class PipelineConfig:
             timeout_ms=settings.search_timeout_ms,
             min_rerank_budget_ms=settings.min_rerank_budget_ms,
             max_inflight=settings.max_inflight_searches,
+            mode=SearchMode(settings.search_mode),
+            fusion_method=FusionMethod(settings.fusion_method),
+            fusion_weight=settings.fusion_weight,
         )
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one search will do, settled before the cache is asked."""
+
+    mode: SearchMode  # the first stage, given what the collection has
+    fusion: Fusion | None  # hybrid only
+    depth: int  # candidates the reranker scores
+    weight: float  # the reranker's share of the final score
 
 
 @dataclass
@@ -95,6 +119,7 @@ class Guards:
 
     embed: StageGuard
     index: StageGuard
+    lexical: StageGuard
     rerank: StageGuard
 
     @classmethod
@@ -107,6 +132,10 @@ class Guards:
             ),
             index=_guard(
                 "index", policy, settings.max_inflight_searches, settings.index_timeout_ms, retry
+            ),
+            # its own breaker: a failing lexical index must not stop dense searches
+            lexical=_guard(
+                "lexical", policy, settings.max_inflight_searches, settings.index_timeout_ms, retry
             ),
             rerank=_guard(
                 "reranker",
@@ -193,7 +222,12 @@ class SearchPipeline:
             "default_collection": self.default_collection,
             "circuits": {
                 guard.name: guard.breaker.state.name.lower()
-                for guard in (self.guards.embed, self.guards.index, self.guards.rerank)
+                for guard in (
+                    self.guards.embed,
+                    self.guards.index,
+                    self.guards.lexical,
+                    self.guards.rerank,
+                )
             },
             "inflight": self._inflight,
         }
@@ -236,24 +270,24 @@ class SearchPipeline:
             self._inflight -= 1
 
     async def _search(self, query: SearchQuery, deadline: Deadline) -> SearchResult:
-        text = query.query  # normalized by check_query
         started = time.perf_counter()
         timings: dict[str, float] = {}
         index = await self.collections.get(query.collection, deadline.remaining())
+        plan = self._plan(query, index)
         reranker_model = self.reranker.info.model_id if query.rerank else None
-        depth = min(query.rerank_depth or self.config.rerank_depth, query.candidates)
-        weight = self.config.rerank_weight if query.rerank_weight is None else query.rerank_weight
         key = cache_key(
             collection=query.collection,
             generation=index.generation,
             embedder_model=self.embedder.info.model_id,
             reranker_model=reranker_model,
-            query=text,
+            query=query.query,
             top_k=query.top_k,
             candidates=query.candidates,
-            rerank_depth=depth,
-            rerank_weight=weight,
+            rerank_depth=plan.depth,
+            rerank_weight=plan.weight,
             filter=query.filter,
+            mode=plan.mode.value,
+            fusion=plan.fusion.key() if plan.fusion else None,
         )
 
         with _stage(timings, "cache"):
@@ -266,32 +300,30 @@ class SearchPipeline:
             metrics.SEARCHES.labels("cached").inc()
             return result
 
-        with _stage(timings, "embed"):
-            vector = await self._embed(text, index, deadline)
-        with _stage(timings, "ann"):
-            ann = await self._ann(index, vector, query.candidates, query.filter, deadline)
-        hits = ann.hits[0]
-        degraded = ["index"] if ann.degraded else []
-
+        degraded: list[str] = []
+        first = await self._first_stage(query, index, plan, deadline, timings, degraded)
+        hits = first.hits
         scores: list[float] | None = None
         if query.rerank and hits:
             with _stage(timings, "rerank"):
-                scores = await self._rerank(text, hits[:depth], deadline)
+                scores = await self._rerank(query.query, hits[: plan.depth], deadline)
             if scores is None:
                 degraded.append("reranker")
 
         result = SearchResult(
-            results=rank_results(hits, scores, query.top_k, weight),
+            results=rank_results(hits, scores, query.top_k, plan.weight),
             reranked=scores is not None,
             degraded=degraded,
             cached=False,
             collection=query.collection,
-            index_backend=ann.backend,
-            generation=ann.generation,
+            index_backend=first.backend,
+            generation=first.generation,
             embedder_model=self.embedder.info.model_id,
             reranker_model=reranker_model if scores is not None else None,
             timings_ms={},
             request_id=current_request_id(),
+            mode=first.mode,
+            fusion=plan.fusion.key() if first.mode is SearchMode.HYBRID and plan.fusion else None,
         )
         if not degraded:
             with _stage(timings, "cache_store"):
@@ -300,15 +332,127 @@ class SearchPipeline:
         for stage in degraded:
             metrics.SEARCH_DEGRADED.labels(stage).inc()
         metrics.SEARCHES.labels("degraded" if degraded else "full").inc()
+        metrics.SEARCH_MODES.labels(first.mode.value).inc()
         return result
 
-    async def _embed(self, text: str, index: VectorIndex, deadline: Deadline) -> FloatArray:
-        if self.embedder.ready and self.embedder.info.model_id != index.model_id:
+    def _plan(self, query: SearchQuery, index: Collection) -> Plan:
+        mode = query.mode or self.config.mode
+        if mode is SearchMode.LEXICAL and not index.has_lexical:
+            raise InvalidInput(
+                f"collection {index.collection!r} has no lexical index (it was indexed before "
+                f"lexical search existed): run `semsearch rebuild --collection "
+                f"{index.collection}`, or search with mode dense",
+                field="mode",
+            )
+        if mode is SearchMode.HYBRID and not index.has_lexical:
+            mode = SearchMode.DENSE  # the collection has one list only; nothing failed
+        wrong_model = self.embedder.ready and self.embedder.info.model_id != index.model_id
+        if mode is not SearchMode.LEXICAL and wrong_model:
+            # a misconfigured gateway, not a failing embedder: say so, do not degrade
             raise EmbedderUnavailable(
                 f"collection {index.collection!r} was indexed with {index.model_id!r} but the "
                 f"embedder serves {self.embedder.info.model_id!r}; re-index the collection or "
                 "set SEMSEARCH_EMBEDDER_MODEL to the model it was built with"
             )
+        fusion = None
+        if mode is SearchMode.HYBRID:
+            fusion = choose(
+                FusionMethod(query.fusion_method or self.config.fusion_method),
+                self.config.fusion_weight if query.fusion_weight is None else query.fusion_weight,
+                index.calibration,
+            )
+        return Plan(
+            mode=mode,
+            fusion=fusion,
+            depth=min(query.rerank_depth or self.config.rerank_depth, query.candidates),
+            weight=self.config.rerank_weight
+            if query.rerank_weight is None
+            else query.rerank_weight,
+        )
+
+    async def _first_stage(
+        self,
+        query: SearchQuery,
+        index: Collection,
+        plan: Plan,
+        deadline: Deadline,
+        timings: dict[str, float],
+        degraded: list[str],
+    ) -> FirstStage:
+        """The candidates, best first: the dense list, the lexical list, or both fused. The
+        lexical search runs while the query is embedded. Without a query vector the lexical
+        list answers alone (503 only when there is none); without the lexical list, the dense
+        one does."""
+        lexical = (
+            asyncio.create_task(self._lexical(index, query, deadline, timings))
+            if plan.mode is not SearchMode.DENSE
+            else None
+        )
+        try:
+            dense: AnnResult | None = None
+            if plan.mode is not SearchMode.LEXICAL:
+                try:
+                    with _stage(timings, "embed"):
+                        vector = await self._embed(query.query, deadline)
+                except EmbedderUnavailable:
+                    if not index.has_lexical:
+                        raise
+                    degraded.append("embedder")
+                    if lexical is None:  # dense asked for: words are better than nothing
+                        lexical = asyncio.create_task(
+                            self._lexical(index, query, deadline, timings)
+                        )
+                else:
+                    with _stage(timings, "ann"):
+                        dense = await self._ann(
+                            index, vector, query.candidates, query.filter, deadline
+                        )
+            words: AnnResult | None = None
+            if lexical is not None:
+                try:
+                    words = await lexical
+                except (InvalidInput, Overloaded, DeadlineExceeded):
+                    raise
+                except SemsearchError as exc:
+                    if dense is None:
+                        raise
+                    log.warning("lexical_skipped", reason=exc.message)
+                    degraded.append("lexical")
+        finally:
+            if lexical is not None and not lexical.done():
+                lexical.cancel()
+        if (dense is not None and dense.degraded) or (words is not None and words.degraded):
+            degraded.append("index")
+        if dense is not None and words is not None:
+            assert plan.fusion is not None
+            fused = fuse(dense.hits[0], words.hits[0], plan.fusion)[: query.candidates]
+            return FirstStage(fused, SearchMode.HYBRID, dense.backend, dense.generation)
+        if dense is not None:
+            return FirstStage(single(dense.hits[0], "dense"), SearchMode.DENSE, *_where(dense))
+        assert words is not None
+        return FirstStage(single(words.hits[0], "lexical"), SearchMode.LEXICAL, *_where(words))
+
+    async def _lexical(
+        self, index: Collection, query: SearchQuery, deadline: Deadline, timings: dict[str, float]
+    ) -> AnnResult:
+        with _stage(timings, "lexical"):
+            try:
+                return await self.guards.lexical.run(
+                    lambda: index.lexical_search([query.query], query.candidates, query.filter),
+                    deadline,
+                )
+            except (InvalidInput, Overloaded, DeadlineExceeded):
+                raise
+            except CircuitOpen as exc:
+                raise IndexUnavailable(
+                    f"the lexical index is failing (circuit open): {exc.message}",
+                    retry_after_s=exc.retry_after_s,
+                ) from exc
+            except Exception as exc:
+                reason = exc.message if isinstance(exc, SemsearchError) else repr(exc)
+                raise IndexUnavailable(f"the lexical index cannot be searched: {reason}") from exc
+
+    async def _embed(self, text: str, deadline: Deadline) -> FloatArray:
         try:
             embeddings = await self.guards.embed.run(
                 lambda: self.embedder.embed([text], InputType.QUERY, Truncate.NONE), deadline
@@ -335,7 +479,7 @@ class SearchPipeline:
 
     async def _ann(
         self,
-        index: VectorIndex,
+        index: Collection,
         vector: FloatArray,
         k: int,
         filter: Filter | None,
@@ -376,6 +520,18 @@ class SearchPipeline:
             log.warning("rerank_skipped", reason="the reranker returned non-finite scores")
             return None
         return scores
+
+
+@dataclass(frozen=True)
+class FirstStage:
+    hits: list[Hit]
+    mode: SearchMode  # what it really was, after any degradation
+    backend: str
+    generation: int
+
+
+def _where(result: AnnResult) -> tuple[str, int]:
+    return result.backend, result.generation
 
 
 @contextmanager

@@ -25,6 +25,8 @@ def fuse(ann: Sequence[float], rerank: Sequence[float], weight: float) -> list[f
 
 def zscores(values: Sequence[float]) -> list[float]:
     """(v - mean) / standard deviation within `values`; all 0 when they are all equal."""
+    if not values:
+        return []
     mean = sum(values) / len(values)
     spread = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
     return [(v - mean) / spread if spread > 0 else 0.0 for v in values]

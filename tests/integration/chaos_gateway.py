@@ -17,8 +17,8 @@ import uvicorn
 from app.assembly import build_pipeline
 from app.config import EmbedderSettings, GatewaySettings, RerankerSettings
 from app.errors import IndexUnavailable
+from app.index.base import AnnResult, VectorIndex
 from app.index.fallback import FallbackIndex
-from app.index.vector import AnnResult, VectorIndex
 from app.logs import configure_logging
 from app.types import Filter, FloatArray
 from services.gateway.main import create_app

@@ -9,6 +9,7 @@ import pytest
 from app.config import GatewaySettings
 from app.models.fake import FakeEmbedder, FakeReranker
 from services.gateway.main import create_app
+from tests.conftest import drop_lexical
 from tests.services.conftest import asgi_client, assert_error
 
 
@@ -54,6 +55,8 @@ async def test_search_happy_path(gateway_env: GatewaySettings) -> None:
         "rank",
         "score",
         "ann_score",
+        "lexical_score",
+        "found_by",
         "rerank_score",
         "title",
         "text",
@@ -71,7 +74,10 @@ async def test_search_happy_path(gateway_env: GatewaySettings) -> None:
         "embedder": "fake:embedder",
         "reranker": "fake:cross-encoder/ms-marco-MiniLM-L-6-v2",
     }
-    assert set(body["timings_ms"]) >= {"cache", "embed", "ann", "rerank", "total"}
+    assert set(body["timings_ms"]) >= {"cache", "embed", "ann", "lexical", "rerank", "total"}
+    assert body["mode"] == "hybrid"
+    assert body["fusion"] == {"method": "blend", "weight": 0.3, "rrf_k": 60}  # uncalibrated
+    assert set(top["found_by"]) <= {"dense", "lexical"} and top["found_by"]
     assert body["request_id"] == reply.headers["x-request-id"]
 
 
@@ -155,7 +161,32 @@ async def test_reranker_that_cannot_load_degrades_every_answer(
     assert body["results"][0]["rerank_score"] is None
 
 
+class Down(FakeEmbedder):
+    async def embed(self, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        from app.errors import Unavailable
+
+        raise Unavailable("connection refused")
+
+
+async def test_embedder_down_answers_from_the_lexical_index(gateway_env: GatewaySettings) -> None:
+    from app.assembly import build_pipeline
+    from app.config import EmbedderSettings, RerankerSettings
+
+    pipeline = build_pipeline(gateway_env, EmbedderSettings(), RerankerSettings())
+    pipeline.embedder = Down(model_id="fake:embedder")
+    async with asgi_client(create_app(gateway_env, pipeline)) as client:
+        reply = await client.post("/v1/search", json={"query": "capital of France"})
+    body = reply.json()
+    assert reply.status_code == 200
+    assert body["degraded"] == ["embedder"] and body["mode"] == "lexical"
+    assert body["results"][0]["id"] == "paris" and body["results"][0]["found_by"] == ["lexical"]
+    assert body["results"][0]["ann_score"] is None and body["results"][0]["lexical_score"] > 0
+
+
 async def test_embedder_down_is_503_with_retry_after(gateway_env: GatewaySettings) -> None:
+    """...when the collection has no lexical index to answer from."""
+    drop_lexical(gateway_env.index_dir, "default")
+
     class Down(FakeEmbedder):
         async def embed(self, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
             from app.errors import Unavailable
@@ -313,7 +344,12 @@ async def test_timeout_ms_is_validated(gateway_env: GatewaySettings) -> None:
 async def test_ready_lists_the_circuits(gateway_env: GatewaySettings) -> None:
     async with asgi_client(create_app(gateway_env)) as client:
         ready = (await client.get("/ready")).json()["components"]
-    assert ready["circuits"] == {"embedder": "closed", "index": "closed", "reranker": "closed"}
+    assert ready["circuits"] == {
+        "embedder": "closed",
+        "index": "closed",
+        "lexical": "closed",
+        "reranker": "closed",
+    }
     assert ready["inflight"] == 0
 
 

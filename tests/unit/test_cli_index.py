@@ -142,3 +142,25 @@ def test_a_qdrant_folder_held_by_another_process_is_one_error_line(
         holder.close()
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
     assert "is in use by another process" in error_lines(result)[0]
+
+
+def test_the_fusion_weight_is_calibrated_and_kept(index_dir: Path) -> None:
+    first = index(str(DATA / "corpus.jsonl"), "--collection", "c1")
+    assert first.exit_code == 0, first.output
+    weight = summary(first)["fusion weight"]
+    assert "calibrated now" in weight and "pseudo-queries" in weight
+    again = index(str(DATA / "corpus.jsonl"), "--collection", "c1")
+    assert summary(again)["fusion weight"].replace("as calibrated before", "calibrated now") == (
+        weight
+    )
+
+
+def test_rebuild_gives_an_old_collection_its_lexical_index(index_dir: Path) -> None:
+    from tests.conftest import drop_lexical
+
+    assert index(str(DATA / "corpus.jsonl"), "--collection", "old").exit_code == 0
+    drop_lexical(index_dir, "old")
+    result = CliRunner().invoke(cli, ["rebuild", "--collection", "old"])
+    assert result.exit_code == 0, result.output
+    assert "generation 2, lexical index yes, fusion weight" in result.output
+    assert list((index_dir / "old" / "generations").glob("gen-000002/lexical"))

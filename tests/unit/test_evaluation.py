@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from app.cli import cli
 from app.errors import InvalidInput
-from app.evaluation import ann_recall, evaluate, load_beir
+from app.evaluation.beir import evaluate, load_beir
+from app.evaluation.search import ann_recall
 from app.index.qdrant.index import QdrantIndex
 from app.types import Document
 from tests.conftest import load_sample_documents, load_sample_queries, qdrant_options
@@ -73,14 +74,23 @@ def test_eval_command_reports_dense_rerank_sweep_and_recall(
     assert len(report["sweep"]) == 6
     zero = [s for s in report["sweep"] if s["weight"] == 0.0]
     assert all(
-        s["nDCG@10"] == pytest.approx(report["dense"]["nDCG@10"]) for s in zero
-    )  # w=0: ANN order
+        s["nDCG@10"] == pytest.approx(report["hybrid"]["nDCG@10"]) for s in zero
+    )  # w=0: the first stage's order
+    assert set(report["lexical"]) == set(report["hybrid"]) == set(report["dense"])
+    sweep = {(p["method"], p["weight"]): p["nDCG@10"] for p in report["fusion_sweep"]}
+    assert len(sweep) == 22  # blend and rrf, 0 to 1 by 0.1
+    assert sweep[("blend", 0.0)] == pytest.approx(report["dense"]["nDCG@10"])
+    assert sweep[("blend", 1.0)] == pytest.approx(report["lexical"]["nDCG@10"], abs=0.02)
+    weight = report["calibration"]["weight"]
+    assert sweep[("blend", weight)] == pytest.approx(report["hybrid"]["nDCG@10"])
     assert report["ann_recall@10"] == pytest.approx(1.0)  # flat index: exact
     assert report["indexing"]["added"] == 120
     again = CliRunner().invoke(cli, args)  # the corpus is reused, not re-embedded
     assert again.exit_code == 0
     assert json.loads(out.read_text())["indexing"]["unchanged"] == 120
-    assert "nDCG@10" in first.output and "w=0.5" in first.output
+    assert (
+        "nDCG@10" in first.output and "w=0.5" in first.output and "lexical (BM25)" in first.output
+    )
 
 
 async def test_ann_recall_is_measured_on_qdrant_too(tmp_path: Path) -> None:

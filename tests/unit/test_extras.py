@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from app.evaluation import evaluate
+from app.evaluation.beir import evaluate
 from app.extras import Extra, MissingExtra
 from app.index.qdrant.index import QdrantIndex
 from tests.conftest import ROOT, qdrant_options

@@ -7,13 +7,17 @@ import json
 import sqlite3
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any
 
 import faiss
 import numpy as np
 
+from app.errors import IndexUnavailable
 from app.index.faiss.build import FaissOptions, on_gpu, refine, set_search_params
 from app.index.faiss.layout import CollectionLayout
+from app.index.faiss.lexical import DIRNAME as LEXICAL_DIRNAME
+from app.index.faiss.lexical import LexicalReader
 from app.types import Filter, FloatArray, Hit
 
 # faiss ships partial stubs without the search-parameter classes and index attributes
@@ -54,10 +58,28 @@ class Generation:
         self._local = threading.local()
         self._filters: OrderedDict[str, np.ndarray] = OrderedDict()
         self._filters_lock = threading.Lock()
+        lexical = path / LEXICAL_DIRNAME
+        # generations published before lexical search existed have none: dense only
+        self.lexical = LexicalReader(lexical) if lexical.is_dir() else None
 
     @property
     def count(self) -> int:
         return len(self.seqs)
+
+    def lexical_search(
+        self, texts: Sequence[str], k: int, filter: Filter | None
+    ) -> list[list[Hit]]:
+        """BM25 top `k` per text from the generation's tantivy index (see faiss/lexical.py)."""
+        if self.lexical is None:
+            raise IndexUnavailable("this generation has no lexical index")
+        allowed = None if filter is None else self.allowed(filter)
+        found = [self.lexical.search(text, k, allowed) for text in texts]
+        width = max((len(ids) for _, ids in found), default=0)
+        scores = np.full((len(texts), width), -np.inf, dtype=np.float32)
+        ids = np.full((len(texts), width), -1, dtype=np.int64)
+        for row, (row_scores, row_ids) in enumerate(found):
+            scores[row, : len(row_ids)], ids[row, : len(row_ids)] = row_scores, row_ids
+        return self.hits(scores, ids)
 
     def _docs(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)

@@ -17,25 +17,29 @@ import asyncio
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
 
 from app.errors import InvalidInput, NotFound, SemsearchError
+from app.index.base import AnnResult, check_dimension
 from app.index.faiss.build import FaissOptions, build_index
 from app.index.faiss.generation import Generation
 from app.index.faiss.layout import CollectionLayout, Manifest
+from app.index.faiss.lexical import DIRNAME as LEXICAL_DIRNAME
+from app.index.faiss.lexical import write_lexical
 from app.index.faiss.store import DocumentStore
-from app.index.vector import AnnResult, check_dimension
 from app.logs import get_logger
-from app.types import Document, Filter, FloatArray, Hit, content_hash
+from app.types import Calibration, Document, Filter, FloatArray, Hit, content_hash
 
 log = get_logger(__name__)
 
 
 class FaissIndex:
-    """A collection on local disk, searched with FAISS. See `app.index.VectorIndex`."""
+    """A collection on local disk, searched with FAISS. See `app.index.base.VectorIndex`."""
 
     backend = "faiss"
 
@@ -133,6 +137,19 @@ class FaissIndex:
         hits = await asyncio.to_thread(generation.search, vectors, k, filter)
         return AnnResult(hits, self.backend, generation.number)
 
+    @property
+    def has_lexical(self) -> bool:
+        return self._generation is not None and self._generation.lexical is not None
+
+    async def lexical_search(
+        self, texts: Sequence[str], k: int, filter: Filter | None = None
+    ) -> AnnResult:
+        generation = self._generation
+        if generation is None:
+            return AnnResult([[] for _ in texts], self.backend, 0)
+        hits = await asyncio.to_thread(generation.lexical_search, texts, k, filter)
+        return AnnResult(hits, self.backend, generation.number)
+
     async def exact_ids(self, vectors: FloatArray, k: int) -> list[list[str]]:
         """Record ids of the exact top-k (brute force): the reference for ANN recall, which
         compares them with what `search` returns."""
@@ -159,6 +176,14 @@ class FaissIndex:
             documents=self._generation.count,
             index_type=self._generation.kind,
         )
+        if self._generation.lexical is None:
+            log.warning(
+                "no_lexical_index",
+                collection=self.collection,
+                serving="dense only",
+                hint=f"`semsearch rebuild --collection {self.collection}` adds it from the "
+                "stored documents without re-embedding anything",
+            )
         return True
 
     # -- writes -----------------------------------------------------------------------------
@@ -195,14 +220,25 @@ class FaissIndex:
     async def delete(self, ids: Sequence[str]) -> int:
         return await asyncio.to_thread(self._writable_store().delete, ids)
 
-    async def publish(self) -> int | None:
-        return await asyncio.to_thread(self._publish)
+    @property
+    def calibration(self) -> Calibration | None:
+        found = self._generation.manifest.calibration if self._generation else None
+        return Calibration(**found) if found else None
 
-    def _publish(self) -> int | None:
+    async def sample(self, n: int, seed: int = 0) -> list[tuple[Document, FloatArray]]:
+        return await asyncio.to_thread(self._writable_store().sample, n, seed)
+
+    async def publish(
+        self, rebuild: bool = False, calibration: Calibration | None = None
+    ) -> int | None:
+        return await asyncio.to_thread(self._publish, rebuild, calibration)
+
+    def _publish(self, rebuild: bool, calibration: Calibration | None) -> int | None:
         store = self._writable_store()
         current = self._layout.current_generation()
         version = store.version
-        if current and self._layout.read_manifest(current).store_version == version:
+        unchanged = current and self._layout.read_manifest(current).store_version == version
+        if unchanged and not rebuild:
             return None
         if not current and version == 0:
             return None
@@ -224,6 +260,7 @@ class FaissIndex:
         index, kind, params = build_index(vectors, seqs, self._options)
         faiss.write_index(index, str(staging / "index.faiss"))
         store.write_snapshot(staging / "docs.sqlite")
+        write_lexical(staging / LEXICAL_DIRNAME, store.iter_passages())
         manifest = Manifest(
             generation=number,
             count=count,
@@ -232,6 +269,9 @@ class FaissIndex:
             index_params=params,
             created_at=time.time(),
             build_seconds=round(time.perf_counter() - started, 3),
+            lexical=True,
+            # a calibration carries over until a new one is made
+            calibration=asdict(calibration) if calibration else self._carried_calibration(current),
         )
         del vectors
         self._layout.commit_generation(staging, manifest)
@@ -246,6 +286,9 @@ class FaissIndex:
             seconds=manifest.build_seconds,
         )
         return number
+
+    def _carried_calibration(self, current: int) -> dict[str, Any] | None:
+        return self._layout.read_manifest(current).calibration if current else None
 
     def _write_vectors(self, store: DocumentStore, staging: Path) -> int:
         """Stream the store's vectors to vectors.f32 / seqs.i64 in FAISS-id order."""

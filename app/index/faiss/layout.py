@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from app.errors import InvalidInput, SemsearchError
 
@@ -50,6 +50,8 @@ class Manifest:
     index_params: dict[str, int]
     created_at: float
     build_seconds: float
+    lexical: bool = False  # has a lexical index (generations before lexical search do not)
+    calibration: dict[str, Any] | None = None  # the fusion weight chosen for it (types.Calibration)
 
 
 def validate_collection_name(name: str) -> str:
@@ -124,8 +126,10 @@ class CollectionLayout:
     def commit_generation(self, staging: Path, manifest: Manifest) -> None:
         """Seal a fully written staging directory and point CURRENT at it."""
         atomic_write_text(staging / "manifest.json", json.dumps(asdict(manifest), indent=2))
-        for file in staging.iterdir():
-            _fsync_file(file)
+        for folder, _, files in os.walk(staging):  # the lexical index is a folder of its own
+            for name in files:
+                _fsync_file(Path(folder) / name)
+            _fsync_dir(Path(folder))
         final = self.generation_path(manifest.generation)
         os.rename(staging, final)
         _fsync_dir(self.generations_dir)

@@ -146,6 +146,41 @@ class DocumentStore:
             yield ids, vectors.reshape(len(rows), dimension)
             last = int(ids[-1])
 
+    def sample(self, n: int, seed: int) -> list[tuple[Document, FloatArray]]:
+        """Up to `n` staged records, drawn at random (the same ones for the same seed and
+        contents), with their vectors."""
+        seqs = np.fromiter(
+            (r[0] for r in self._db.execute("SELECT seq FROM docs ORDER BY seq")), dtype=np.int64
+        )
+        if len(seqs) > n:
+            seqs = np.sort(np.random.default_rng(seed).choice(seqs, size=n, replace=False))
+        out: list[tuple[Document, FloatArray]] = []
+        for chunk in _chunks([str(s) for s in seqs], 500):
+            rows = self._db.execute(
+                "SELECT id, parent, title, text, metadata, vector FROM docs "
+                f"WHERE seq IN ({','.join('?' * len(chunk))}) ORDER BY seq",
+                chunk,
+            )
+            for doc_id, parent, title, text, metadata, vector in rows:
+                doc = Document(doc_id, text, title, json.loads(metadata), parent)
+                out.append((doc, np.frombuffer(vector, dtype=np.float32)))
+        return out
+
+    def iter_passages(self, batch: int = 8192) -> Iterator[tuple[int, str]]:
+        """(FAISS id, passage) in FAISS-id order: the text the lexical index is built from,
+        title and body as the models see them (`Document.passage`)."""
+        last = -1
+        while True:
+            rows = self._db.execute(
+                "SELECT seq, title, text FROM docs WHERE seq > ? ORDER BY seq LIMIT ?",
+                (last, batch),
+            ).fetchall()
+            if not rows:
+                return
+            for seq, title, text in rows:
+                yield seq, Document(id="", text=text, title=title).passage
+            last = int(rows[-1][0])
+
     def write_snapshot(self, target: Path) -> None:
         """Copy ids, texts and metadata (not vectors) into a new SQLite file for a generation."""
         self._db.execute("ATTACH DATABASE ? AS snap", (str(target),))

@@ -13,6 +13,7 @@ from app.extras import require
 
 META_KEY = "semsearch"
 FORMAT = 2  # versioned points; format 1 wrote in place
+LEXICAL = "lexical"  # the sparse vector holding a point's BM25 term weights
 
 
 def qdrant_client() -> Any:
@@ -112,13 +113,45 @@ async def list_collections(options: QdrantOptions) -> list[str]:
         found = []
         for name in names:
             meta = (await client.get_collection(name)).config.metadata or {}
-            if META_KEY in meta:
+            ours = meta.get(META_KEY)
+            if isinstance(ours, dict) and "migrating" not in ours:  # not a copy in the making
                 found.append(name)
         return sorted(found)
     except Exception as exc:
         raise IndexUnavailable(f"qdrant at {options.where}: {exc!r}") from exc
     finally:
         await clients.release(options)
+
+
+async def create_collection(
+    client: Any, options: QdrantOptions, name: str, meta: dict[str, Any]
+) -> None:
+    """A Qdrant collection for a semsearch collection: the dense vectors (dot product, HNSW as
+    configured), the sparse lexical vectors with Qdrant's IDF modifier, our metadata, and (on a
+    server) payload indexes for the fields every search filters on."""
+    models = qdrant_models()
+    await client.create_collection(
+        name,
+        vectors_config=models.VectorParams(
+            size=int(meta["dimension"]),
+            distance=models.Distance.DOT,  # unit vectors: the same scores as FAISS IP
+            hnsw_config=models.HnswConfigDiff(
+                m=options.hnsw_m, ef_construct=options.hnsw_ef_construction
+            ),
+        ),
+        sparse_vectors_config={LEXICAL: models.SparseVectorParams(modifier=models.Modifier.IDF)},
+        shard_number=options.shards,
+        replication_factor=options.replication_factor,
+        metadata={META_KEY: meta},
+    )
+    if options.url:  # local mode scans payloads; it has no payload indexes
+        for field, schema in (
+            ("id", models.PayloadSchemaType.KEYWORD),
+            ("parent", models.PayloadSchemaType.KEYWORD),
+            ("added", models.PayloadSchemaType.INTEGER),
+            ("retired", models.PayloadSchemaType.INTEGER),
+        ):
+            await client.create_payload_index(name, field_name=field, field_schema=schema)
 
 
 async def read_meta(client: Any, name: str) -> dict[str, Any] | None:

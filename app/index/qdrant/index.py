@@ -20,36 +20,36 @@ use. Requires Qdrant and qdrant-client >= 1.16 (collection metadata).
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
+from dataclasses import asdict
 from typing import Any
 
 from app.errors import IndexUnavailable, InvalidInput, NotFound, SemsearchError
+from app.index.analyzer import query_vector, terms
+from app.index.base import AnnResult, check_dimension
 from app.index.qdrant.connection import (
     FORMAT,
+    LEXICAL,
     META_KEY,
     QdrantOptions,
     clients,
+    create_collection,
     qdrant_models,
     read_meta,
 )
-from app.index.vector import AnnResult, check_dimension
+from app.index.qdrant.migrate import add_lexical
+from app.index.qdrant.points import hit, point_id, point_vectors, record, view
 from app.logs import get_logger
-from app.types import Document, Filter, FloatArray, Hit, content_hash
+from app.types import Calibration, Document, Filter, FloatArray, Hit, content_hash
 
 log = get_logger(__name__)
 
-_NAMESPACE = uuid.UUID("7c4d2b1e-5a34-4f0e-9a57-1f3d1f6c2b90")
 _UPSERT_BATCH = 256
 _LOOKUP_BATCH = 256
 
 
-def point_id(record_id: str, generation: int) -> str:
-    return str(uuid.uuid5(_NAMESPACE, f"{record_id}\x00{generation}"))
-
-
 class QdrantIndex:
-    """A collection in Qdrant. See `app.index.VectorIndex`."""
+    """A collection in Qdrant. See `app.index.base.VectorIndex`."""
 
     backend = "qdrant"
 
@@ -62,6 +62,10 @@ class QdrantIndex:
         self._model_id = str(meta["model"])
         self._dimension = int(meta["dimension"])
         self._generation = int(meta["generation"])
+        # collections written before lexical search have no sparse vectors: dense only
+        self._lexical = bool(meta.get("lexical"))
+        self._avg_terms: float | None = meta.get("avg_terms")
+        self._calibration: dict[str, Any] | None = meta.get("calibration")
         self._closed = False
 
     @classmethod
@@ -86,8 +90,6 @@ class QdrantIndex:
         Raises:
             InvalidInput: it exists with vectors of another model.
         """
-        models = qdrant_models()
-
         client = clients.acquire(options)
         try:
             meta = await read_meta(client, name)
@@ -97,30 +99,9 @@ class QdrantIndex:
                     "dimension": dimension,
                     "generation": 0,
                     "format": FORMAT,
+                    "lexical": True,
                 }
-                await client.create_collection(
-                    name,
-                    vectors_config=models.VectorParams(
-                        size=dimension,
-                        distance=models.Distance.DOT,  # unit vectors: the same scores as FAISS IP
-                        hnsw_config=models.HnswConfigDiff(
-                            m=options.hnsw_m, ef_construct=options.hnsw_ef_construction
-                        ),
-                    ),
-                    shard_number=options.shards,
-                    replication_factor=options.replication_factor,
-                    metadata={META_KEY: meta},
-                )
-                for field, schema in (
-                    ("id", models.PayloadSchemaType.KEYWORD),
-                    ("parent", models.PayloadSchemaType.KEYWORD),
-                    ("added", models.PayloadSchemaType.INTEGER),
-                    ("retired", models.PayloadSchemaType.INTEGER),
-                ):
-                    if options.url:  # local mode scans payloads; it has no payload indexes
-                        await client.create_payload_index(
-                            name, field_name=field, field_schema=schema
-                        )
+                await create_collection(client, options, name, meta)
             elif (meta["model"], int(meta["dimension"])) != (model_id, dimension):
                 raise InvalidInput(
                     f"collection {name!r} holds vectors of {meta['model']!r} "
@@ -149,6 +130,28 @@ class QdrantIndex:
         return self._dimension
 
     @property
+    def has_lexical(self) -> bool:
+        return self._lexical
+
+    @property
+    def calibration(self) -> Calibration | None:
+        return Calibration(**self._calibration) if self._calibration else None
+
+    async def sample(self, n: int, seed: int = 0) -> list[tuple[Document, FloatArray]]:
+        """Up to `n` staged records at random, with their dense vectors (Qdrant draws them:
+        `seed` is not used)."""
+        models = qdrant_models()
+        found = await self._client.query_points(
+            self._name,
+            query=models.SampleQuery(sample=models.Sample.RANDOM),
+            query_filter=view(self._staged),
+            limit=n,
+            with_payload=True,
+            with_vectors=True,
+        )
+        return [record(point) for point in found.points]
+
+    @property
     def _staged(self) -> int:
         """The generation this writer's changes will become."""
         return self._generation + 1
@@ -156,7 +159,7 @@ class QdrantIndex:
     async def count(self) -> int:
         try:
             found = await self._client.count(
-                self._name, count_filter=_view(self._generation), exact=True
+                self._name, count_filter=view(self._generation), exact=True
             )
         except Exception as exc:
             raise IndexUnavailable(f"qdrant at {self._options.where}: {exc!r}") from exc
@@ -178,7 +181,7 @@ class QdrantIndex:
             models.QueryRequest(
                 query=vector.tolist(),
                 limit=k,
-                filter=_view(generation, filter),
+                filter=view(generation, filter),
                 params=params,
                 with_payload=True,
             )
@@ -190,7 +193,39 @@ class QdrantIndex:
             raise
         except Exception as exc:
             raise IndexUnavailable(f"qdrant at {self._options.where}: {exc!r}") from exc
-        hits = [[_hit(point) for point in response.points] for response in responses]
+        hits = [[hit(point) for point in response.points] for response in responses]
+        return AnnResult(hits, self.backend, generation)
+
+    async def lexical_search(
+        self, texts: Sequence[str], k: int, filter: Filter | None = None
+    ) -> AnnResult:
+        """BM25 through Qdrant's sparse vectors: our analyzer's term weights on the points,
+        the collection's IDF modifier, the query's distinct terms (see app/index/lexical.py)."""
+        models = qdrant_models()
+
+        if not self._lexical:
+            raise IndexUnavailable(f"collection {self._name!r} has no lexical index")
+        generation = self._generation
+        wanted = [(i, query_vector(text)) for i, text in enumerate(texts)]
+        wanted = [(i, vector) for i, vector in wanted if vector.indices]  # no term: no hit
+        requests = [
+            models.QueryRequest(
+                query=models.SparseVector(indices=vector.indices, values=vector.values),
+                using=LEXICAL,
+                limit=k,
+                filter=view(generation, filter),
+                with_payload=True,
+            )
+            for _, vector in wanted
+        ]
+        hits: list[list[Hit]] = [[] for _ in texts]
+        if requests:
+            try:
+                responses = await self._client.query_batch_points(self._name, requests=requests)
+            except Exception as exc:
+                raise IndexUnavailable(f"qdrant at {self._options.where}: {exc!r}") from exc
+            for (i, _), response in zip(wanted, responses, strict=True):
+                hits[i] = [hit(point) for point in response.points]
         return AnnResult(hits, self.backend, generation)
 
     async def exact_ids(self, vectors: FloatArray, k: int) -> list[list[str]]:
@@ -205,7 +240,7 @@ class QdrantIndex:
             models.QueryRequest(
                 query=vector.tolist(),
                 limit=k,
-                filter=_view(self._generation),
+                filter=view(self._generation),
                 params=params,
                 with_payload=["id"],
             )
@@ -231,11 +266,13 @@ class QdrantIndex:
         # Retire the versions these replace before writing the new ones: a crash in between
         # leaves the records missing from the staged view, so the re-run writes them again.
         await self._retire(list(dict.fromkeys(doc.id for doc in documents)))
+        if self._lexical and self._avg_terms is None:
+            await self._fix_avg_terms(documents)
         for start in range(0, len(documents), _UPSERT_BATCH):
             points = [
                 models.PointStruct(
                     id=point_id(doc.id, self._staged),
-                    vector=vector.tolist(),
+                    vector=point_vectors(vector, doc, self._avg_terms if self._lexical else None),
                     payload={
                         "id": doc.id,
                         "parent": doc.parent_id,
@@ -254,11 +291,48 @@ class QdrantIndex:
             ]
             await self._client.upsert(self._name, points=points, wait=True)
 
+    async def _fix_avg_terms(self, documents: Sequence[Document]) -> None:
+        """BM25 normalizes a passage's length by the average: fixed from the first passages
+        written (term weights are stored on the points, so it cannot follow the collection)."""
+        meta = await read_meta(self._client, self._name)
+        if meta is None:
+            raise NotFound(f"collection {self._name!r} does not exist", field="collection")
+        if meta.get("avg_terms") is None:
+            lengths = [len(terms(doc.passage)) for doc in documents] or [1]
+            meta["avg_terms"] = max(1.0, sum(lengths) / len(lengths))
+            await self._client.update_collection(self._name, metadata={META_KEY: meta})
+        self._avg_terms = float(meta["avg_terms"])
+
     async def delete(self, ids: Sequence[str]) -> int:
         return await self._retire(list(dict.fromkeys(ids)))
 
-    async def publish(self) -> int | None:
-        """Make generation G + 1 current if this or a crashed earlier run staged anything."""
+    async def publish(
+        self, rebuild: bool = False, calibration: Calibration | None = None
+    ) -> int | None:
+        """Make generation G + 1 current if this or a crashed earlier run staged anything.
+        `rebuild` also adds the lexical index to a collection written before it existed
+        (copying the collection: see migrate.py), as one more generation."""
+        published = await self._publish_staged(calibration)
+        if not rebuild:
+            return published
+        changes: dict[str, Any] = {}
+        if calibration is not None:
+            changes["calibration"] = asdict(calibration)
+        if not self._lexical:  # copied with its lexical index: one generation further
+            self._apply(await add_lexical(self._client, self._options, self._name, changes))
+        elif published is None:  # nothing was staged: one more generation, the rebuild's
+            await self._write_meta(generation=self._generation + 1, **changes)
+        return self._generation
+
+    async def _write_meta(self, **changes: Any) -> None:
+        meta = await read_meta(self._client, self._name)
+        if meta is None:
+            raise NotFound(f"collection {self._name!r} does not exist", field="collection")
+        meta.update(changes)
+        await self._client.update_collection(self._name, metadata={META_KEY: meta})
+        self._apply(meta)
+
+    async def _publish_staged(self, calibration: Calibration | None) -> int | None:
         models = qdrant_models()
 
         staged = self._staged
@@ -279,8 +353,10 @@ class QdrantIndex:
                 "run the indexer again"
             )
         meta["generation"] = staged
+        if calibration is not None:  # published with the generation it was measured on
+            meta["calibration"] = asdict(calibration)
         await self._client.update_collection(self._name, metadata={META_KEY: meta})
-        self._generation = staged
+        self._apply(meta)
         log.info(
             "generation_published", collection=self._name, generation=staged, backend=self.backend
         )
@@ -301,11 +377,16 @@ class QdrantIndex:
         meta = await read_meta(self._client, self._name)
         if meta is None:
             return False
-        generation = int(meta["generation"])
-        if generation == self._generation:
+        if int(meta["generation"]) == self._generation:
             return False
-        self._generation = generation
+        self._apply(meta)
         return True
+
+    def _apply(self, meta: dict[str, Any]) -> None:
+        self._generation = int(meta["generation"])
+        self._lexical = bool(meta.get("lexical"))
+        self._avg_terms = meta.get("avg_terms")
+        self._calibration = meta.get("calibration")
 
     async def close(self) -> None:
         if not self._closed:
@@ -327,7 +408,7 @@ class QdrantIndex:
             while True:
                 points, offset = await self._client.scroll(
                     self._name,
-                    scroll_filter=_view(self._staged, extra=[condition]),
+                    scroll_filter=view(self._staged, extra=[condition]),
                     limit=1024,
                     offset=offset,
                     with_payload=fields,
@@ -362,49 +443,3 @@ class QdrantIndex:
                 self._name, points_selector=models.PointIdsList(points=unpublished), wait=True
             )
         return len({v["id"] for v in versions})
-
-
-def _view(generation: int, filter: Filter | None = None, extra: list[Any] | None = None) -> Any:
-    """The points generation `generation` sees, narrowed by a metadata filter."""
-    models = qdrant_models()
-
-    return models.Filter(
-        must=[
-            models.FieldCondition(key="added", range=models.Range(lte=generation)),
-            *_metadata_conditions(filter),
-            *(extra or []),
-        ],
-        must_not=[models.FieldCondition(key="retired", range=models.Range(lte=generation))],
-    )
-
-
-def _metadata_conditions(filter: Filter | None) -> list[Any]:
-    """Our filter as Qdrant conditions, with the same meaning as on FAISS: equality or "any
-    of", matching a scalar field or any element of an array field."""
-    if not filter:
-        return []
-    models = qdrant_models()
-
-    must: list[Any] = []
-    for field, value in filter.items():
-        key = f"metadata.{field}"
-        values = value if isinstance(value, list) else [value]
-        options: list[Any] = []
-        for v in values:
-            if isinstance(v, int | float) and not isinstance(v, bool):  # 2 and 2.0 alike
-                options.append(models.FieldCondition(key=key, range=models.Range(gte=v, lte=v)))
-            else:
-                options.append(models.FieldCondition(key=key, match=models.MatchValue(value=v)))
-        must.append(options[0] if len(options) == 1 else models.Filter(should=options))
-    return must
-
-
-def _hit(point: Any) -> Hit:
-    payload = point.payload or {}
-    return Hit(
-        id=str(payload.get("id")),
-        score=float(point.score),
-        text=str(payload.get("text", "")),
-        title=str(payload.get("title", "")),
-        metadata=dict(payload.get("metadata") or {}),
-    )

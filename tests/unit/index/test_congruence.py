@@ -9,19 +9,22 @@ also run against that server.
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+from qdrant_client import models
 
 from app.config import GatewaySettings
 from app.errors import IndexUnavailable, InvalidInput
+from app.index.base import Collection, VectorIndex
 from app.index.faiss.index import FaissIndex
 from app.index.fallback import FallbackIndex
+from app.index.qdrant.connection import META_KEY, QdrantOptions, clients, read_meta
 from app.index.qdrant.index import QdrantIndex
-from app.index.vector import VectorIndex
 from app.resilience import BreakerPolicy, CircuitBreaker
 from app.types import Document, Filter, content_hash
 from tests.conftest import faiss_options, qdrant_options
@@ -295,3 +298,165 @@ async def test_a_qdrant_folder_in_use_by_another_process_is_a_clear_error(tmp_pa
     index = await QdrantIndex.create(options, "docs", "m", DIM)  # free again: it opens
     assert index.generation == 0
     await index.close()
+
+
+# -- the lexical side: the same analyzer and BM25 on every backend ------------------------------
+
+WORDS = (
+    *("protein", "cell", "tumour", "growth", "signal", "receptor", "membrane", "enzyme"),
+    *("gene", "therapy", "vaccine", "virus", "immune", "response", "brain", "neuron"),
+    *("memory", "sleep", "heart", "blood", "pressure", "liver", "kidney", "bone", "muscle"),
+    *("diet", "obesity", "insulin", "glucose", "fat", "exercise", "infection", "bacteria"),
+)
+
+
+def worded(n: int = 120, seed: int = 5) -> tuple[list[Document], np.ndarray]:
+    """Documents of a dozen words from a small vocabulary (and the metadata of `corpus`)."""
+    docs, vectors = corpus(n, seed)
+    rng = np.random.default_rng(seed)
+    texts = [" ".join(rng.choice(WORDS, size=12)) for _ in range(n)]
+    return [
+        Document(d.id, text, f"title {i}", d.metadata)
+        for i, (d, text) in enumerate(zip(docs, texts, strict=True))
+    ], vectors
+
+
+async def test_lexical_search_goes_through_the_analyzer(make_index: Factory) -> None:
+    docs, vectors = corpus(20)
+    docs[3] = Document("d3", "The cats were running quickly", "", docs[3].metadata)
+    docs[4] = Document("d4", "A dog sleeps", "Naïve résumé", docs[4].metadata)
+    index = await make_index("docs")
+    await index.upsert(docs, vectors)
+    await index.publish()
+    assert index.has_lexical
+    (hits,) = (await index.lexical_search(["cat runs"], 5)).hits  # stemmed, case folded
+    assert [h.id for h in hits] == ["d3"] and hits[0].score > 0 and hits[0].text == docs[3].text
+    (title,) = (await index.lexical_search(["RÉSUMÉ"], 5)).hits  # the title is indexed too
+    assert [h.id for h in title] == ["d4"]
+    empty = (await index.lexical_search(["the and of", "", "zzzz"], 5)).hits
+    assert empty == [[], [], []]  # stop words only, nothing, or no such word
+
+
+@pytest.mark.parametrize(
+    "filter",
+    [{"lang": "de"}, {"public": True}, {"tags": ["t1", "t4"]}, {"half": 1}, {"lang": "xx"}],
+)
+async def test_lexical_filters_mean_what_vector_filters_mean(
+    make_index: Factory, filter: Filter
+) -> None:
+    docs, vectors = worded()
+    docs = [Document(d.id, d.text + " common", d.title, d.metadata) for d in docs]
+    index = await make_index("docs")
+    await index.upsert(docs, vectors)
+    await index.publish()
+    # every document holds "common": the filter alone decides which are found
+    words = {h.id for h in (await index.lexical_search(["common"], 200, filter)).hits[0]}
+    vectors_found = {h.id for h in (await index.search(vectors[:1], 200, filter)).hits[0]}
+    assert words == vectors_found
+
+
+async def test_lexical_writes_are_published_with_the_vectors(make_index: Factory) -> None:
+    index, _docs, vectors = await filled(make_index, n=10)
+    await index.upsert([Document("new", "glacier moraine", "", {})], vectors[:1])
+    await index.upsert([Document("d2", "glacier", "", {})], vectors[2:3])
+    assert await index.delete(["d5"]) == 1
+    assert (await index.lexical_search(["glacier"], 5)).hits == [[]]  # staged, not published
+    assert [h.id for h in (await index.lexical_search(["text 5"], 20)).hits[0]].count("d5") == 1
+    assert await index.publish() == 2
+    found = (await index.lexical_search(["glacier moraine"], 5)).hits[0]
+    assert [h.id for h in found] == ["new", "d2"] and found[1].text == "glacier"
+    assert "d5" not in {h.id for h in (await index.lexical_search(["text 5"], 20)).hits[0]}
+
+
+async def test_faiss_and_qdrant_rank_words_alike(tmp_path: Path) -> None:
+    """tantivy's BM25 and Qdrant's (our term weights, its IDF) over the same analyzer: the same
+    scores, so the same ranking up to the order of equal scores."""
+    docs, vectors = worded(300, seed=6)
+    faiss_index = await FaissIndex.create(tmp_path / "faiss", "docs", "m", DIM, faiss_options())
+    qdrant_index = await QdrantIndex.create(
+        qdrant_options(qdrant_path=tmp_path / "q", qdrant_exact=True), "docs", "m", DIM
+    )
+    for index in (faiss_index, qdrant_index):
+        await index.upsert(docs, vectors)
+        await index.publish()
+    rng = np.random.default_rng(7)
+    queries = [" ".join(rng.choice(WORDS, size=int(rng.integers(1, 4)))) for _ in range(40)]
+    for filter in (None, {"lang": "fr"}):
+        a = (await faiss_index.lexical_search(queries, 10, filter)).hits
+        b = (await qdrant_index.lexical_search(queries, 10, filter)).hits
+        for left, right in zip(a, b, strict=True):
+            np.testing.assert_allclose([h.score for h in left], [h.score for h in right], rtol=1e-4)
+            if left:  # the same documents above the last score; equal scores in any order
+                last = left[-1].score
+                above = {h.id for h in left if h.score > last + 1e-4}
+                assert above == {h.id for h in right if h.score > last + 1e-4}
+    await faiss_index.close()
+    await qdrant_index.close()
+
+
+async def test_an_old_collection_gets_its_lexical_index_without_re_embedding(
+    make_index: Factory, tmp_path: Path
+) -> None:
+    index = await make_index("docs")
+    docs, vectors = worded(40)
+    await index.upsert(docs, vectors)
+    await index.publish()
+    await index.close()
+    index = await _as_before_lexical_search(index, tmp_path, make_index)
+    assert not index.has_lexical
+    with pytest.raises(IndexUnavailable):
+        await index.lexical_search(["protein"], 5)
+    generation = index.generation
+    assert await index.publish() is None  # nothing staged
+    assert await index.publish(rebuild=True) == generation + 1  # no vectors asked for
+    assert index.has_lexical and await index.count() == 40
+    (hits,) = (await index.lexical_search([docs[7].text], 1)).hits
+    assert hits[0].id == "d7"
+    (near,) = (await index.search(vectors[7:8], 1)).hits
+    assert near[0].id == "d7"  # the vectors are the ones written before
+
+
+async def _as_before_lexical_search(index: VectorIndex, root: Path, make: Factory) -> Collection:
+    """The same collection as an older semsearch wrote it: no lexical index (FAISS: its
+    generations without one; Qdrant: no sparse vectors, no lexical flag)."""
+    parts = [index.primary, index.fallback] if isinstance(index, FallbackIndex) else [index]
+    for part in parts:
+        if isinstance(part, FaissIndex):
+            for folder in (root / "faiss" / "docs" / "generations").glob("gen-*/lexical"):
+                shutil.rmtree(folder)
+        else:
+            assert isinstance(part, QdrantIndex)
+            await _rewrite_without_sparse(part._options, part.collection)
+    return await make("docs")
+
+
+async def _rewrite_without_sparse(options: QdrantOptions, name: str) -> None:
+    client = clients.acquire(options)
+    try:
+        meta = await read_meta(client, name)
+        assert meta is not None
+        points, offset = [], None
+        while True:
+            page, offset = await client.scroll(
+                name, limit=256, offset=offset, with_payload=True, with_vectors=True
+            )
+            points += page
+            if offset is None:
+                break
+        await client.delete_collection(name)
+        await client.create_collection(
+            name,
+            vectors_config=models.VectorParams(size=DIM, distance=models.Distance.DOT),
+            metadata={
+                META_KEY: {k: v for k, v in meta.items() if k not in ("lexical", "avg_terms")}
+            },
+        )
+        await client.upsert(
+            name,
+            points=[
+                models.PointStruct(id=p.id, vector=p.vector[""], payload=p.payload) for p in points
+            ],
+            wait=True,
+        )
+    finally:
+        await clients.release(options)

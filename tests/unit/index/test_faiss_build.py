@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from app.errors import SemsearchError
-from app.evaluation import ann_recall
+from app.evaluation.search import ann_recall
 from app.index.faiss.build import build_index
 from app.index.faiss.index import FaissIndex
 from app.index.faiss.layout import CollectionLayout

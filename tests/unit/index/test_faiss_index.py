@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from app.errors import InvalidInput, NotFound, SemsearchError
+from app.index.base import VectorIndex
 from app.index.faiss.index import FaissIndex
 from app.index.faiss.layout import KEEP_GENERATIONS, CollectionLayout
-from app.index.vector import VectorIndex
 from app.models.fake import FakeEmbedder
 from app.types import Document, InputType, content_hash
 from tests.conftest import SMALL_DOCS, build_collection, faiss_options

@@ -37,6 +37,8 @@ BASE: dict[str, Any] = {
         ("candidates", 50),
         ("rerank_depth", 20),
         ("filter", {"lang": "en"}),
+        ("mode", "hybrid"),
+        ("fusion", {"method": "blend", "weight": 0.4, "rrf_k": 60}),
     ],
 )
 def test_every_input_of_the_answer_is_in_the_key(field: str, value: object) -> None:
@@ -53,7 +55,7 @@ def test_equivalent_queries_and_filters_share_a_key() -> None:
     # without a reranker the rerank depth does not matter
     no_rerank = {**BASE, "reranker_model": None}
     assert cache_key(**no_rerank) == cache_key(**{**no_rerank, "rerank_depth": 5})
-    assert cache_key(**BASE).startswith("semsearch:search:v1:docs:")
+    assert cache_key(**BASE).startswith("semsearch:search:v2:docs:")
 
 
 async def test_lru_evicts_least_recently_used_and_expires() -> None:

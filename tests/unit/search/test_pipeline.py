@@ -10,6 +10,7 @@ import pytest
 from app.config import GatewaySettings
 from app.errors import (
     EmbedderUnavailable,
+    IndexUnavailable,
     InvalidInput,
     NotFound,
     RerankerUnavailable,
@@ -19,7 +20,7 @@ from app.index.collections import Collections
 from app.models.fake import FakeEmbedder, FakeReranker
 from app.search.cache import LRUCache, SafeCache
 from app.search.pipeline import Guards, PipelineConfig, SearchPipeline
-from app.types import Document, InputType, SearchQuery, Truncate
+from app.types import Document, InputType, SearchMode, SearchQuery, Truncate
 from tests.conftest import SMALL_DOCS, build_collection
 
 
@@ -168,10 +169,11 @@ async def test_reranker_down_degrades_to_ann_order_and_is_not_cached(
 
 
 async def test_embedder_down_is_a_clear_503(
-    small_collection: Path, fake_reranker: FakeReranker
+    dense_only_collection: Path, fake_reranker: FakeReranker
 ) -> None:
+    """Without a lexical index there is no answer without a query vector."""
     pipeline = await make_pipeline(
-        small_collection, BrokenEmbedder(model_id="fake-embedder"), fake_reranker
+        dense_only_collection, BrokenEmbedder(model_id="fake-embedder"), fake_reranker
     )
     with pytest.raises(EmbedderUnavailable, match="no search is possible"):
         await pipeline.search(query("anything"))
@@ -333,3 +335,77 @@ async def test_metadata_filter_restricts_and_is_part_of_the_cache_key(
     with pytest.raises(InvalidInput) as raised:
         await pipeline.search(query("x", filter={"bad key!": 1}))
     assert raised.value.field == "filter"
+
+
+# -- hybrid retrieval -------------------------------------------------------------------------
+
+
+async def test_hybrid_fuses_both_lists_and_says_what_found_each_hit(
+    small_collection: Path, fake_embedder: FakeEmbedder, fake_reranker: FakeReranker
+) -> None:
+    pipeline = await make_pipeline(small_collection, fake_embedder, fake_reranker)
+    result = await pipeline.search(query("capital of France", rerank=False))
+    assert result.mode is SearchMode.HYBRID and result.degraded == []
+    assert result.fusion == {"method": "blend", "weight": 0.3, "rrf_k": 60}  # uncalibrated
+    top = result.results[0].hit
+    assert top.id == "paris" and top.found_by == ["dense", "lexical"]
+    assert top.dense_score is not None and top.lexical_score is not None
+    assert {"embed", "ann", "lexical"} <= set(result.timings_ms)
+    # another fusion is another answer: no cached one is reused for it
+    rrf = await pipeline.search(query("capital of France", rerank=False, fusion_method="rrf"))
+    assert not rrf.cached and rrf.fusion == {"method": "rrf", "weight": 0.5, "rrf_k": 60}
+
+
+async def test_lexical_mode_needs_no_query_vector_and_dense_mode_no_words(
+    small_collection: Path, fake_embedder: FakeEmbedder, fake_reranker: FakeReranker
+) -> None:
+    pipeline = await make_pipeline(small_collection, fake_embedder, fake_reranker)
+    calls = len(fake_embedder.calls)
+    words = await pipeline.search(query("Python readability", mode=SearchMode.LEXICAL))
+    assert len(fake_embedder.calls) == calls  # nothing embedded
+    assert words.mode is SearchMode.LEXICAL and words.results[0].hit.id == "python"
+    assert all(r.hit.found_by == ["lexical"] for r in words.results)
+    assert "embed" not in words.timings_ms and "lexical" in words.timings_ms
+    meaning = await pipeline.search(query("Python readability", mode=SearchMode.DENSE))
+    assert not meaning.cached  # the mode is part of the cache key
+    assert all(r.hit.found_by == ["dense"] for r in meaning.results)
+    assert "lexical" not in meaning.timings_ms
+
+
+async def test_filters_apply_to_both_lists(
+    small_collection: Path, fake_embedder: FakeEmbedder, fake_reranker: FakeReranker
+) -> None:
+    pipeline = await make_pipeline(small_collection, fake_embedder, fake_reranker)
+    for mode in SearchMode:
+        result = await pipeline.search(
+            query("capital programming language", mode=mode, filter={"topic": "software"})
+        )
+        assert {r.hit.id for r in result.results} <= {"rust", "python"}, mode
+
+
+async def test_a_failing_lexical_index_leaves_the_dense_answer(
+    small_collection: Path, fake_embedder: FakeEmbedder, fake_reranker: FakeReranker
+) -> None:
+    pipeline = await make_pipeline(small_collection, fake_embedder, fake_reranker)
+    index = await pipeline.collections.get("default")
+
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("segment file gone")
+
+    index.lexical_search = broken  # type: ignore[method-assign]
+    result = await pipeline.search(query("capital of France"))
+    assert result.degraded == ["lexical"] and result.mode is SearchMode.DENSE
+    assert result.results[0].hit.id == "paris"
+    with pytest.raises(IndexUnavailable, match="segment file gone"):
+        await pipeline.search(query("capital of France", mode=SearchMode.LEXICAL))
+
+
+async def test_a_collection_without_a_lexical_index_is_dense(
+    dense_only_collection: Path, fake_embedder: FakeEmbedder, fake_reranker: FakeReranker
+) -> None:
+    pipeline = await make_pipeline(dense_only_collection, fake_embedder, fake_reranker)
+    result = await pipeline.search(query("capital of France"))
+    assert result.mode is SearchMode.DENSE and result.degraded == [] and result.fusion is None
+    with pytest.raises(InvalidInput, match="semsearch rebuild --collection default") as raised:
+        await pipeline.search(query("capital of France", mode=SearchMode.LEXICAL))
+    assert raised.value.field == "mode"

@@ -19,12 +19,12 @@ from app.errors import (
     PayloadTooLarge,
     Unavailable,
 )
+from app.index.base import AnnResult, VectorIndex
 from app.index.collections import Collections
-from app.index.vector import AnnResult, VectorIndex
 from app.models.fake import FakeEmbedder, FakeReranker
 from app.search.cache import LRUCache, SafeCache
 from app.search.pipeline import Guards, PipelineConfig, SearchPipeline
-from app.types import SearchQuery, Truncate
+from app.types import SearchMode, SearchQuery, Truncate
 from tests.conftest import SMALL_DOCS, build_collection, faiss_options
 
 
@@ -151,9 +151,11 @@ async def test_the_deadline_counts_from_the_requests_arrival(small_collection: P
         request_arrival.reset(token)
 
 
-async def test_embedder_failures_open_its_breaker_and_answer_fast(small_collection: Path) -> None:
+async def test_embedder_failures_open_its_breaker_and_answer_fast(
+    dense_only_collection: Path,
+) -> None:
     settings = GatewaySettings(
-        index_dir=small_collection, breaker_failure_threshold=2, retry_attempts=1
+        index_dir=dense_only_collection, breaker_failure_threshold=2, retry_attempts=1
     )
     DownEmbedder.calls = 0
     pipeline = await pipeline_for(
@@ -169,8 +171,30 @@ async def test_embedder_failures_open_its_breaker_and_answer_fast(small_collecti
     assert pipeline.status()[1]["circuits"] == {
         "embedder": "open",
         "index": "closed",
+        "lexical": "closed",
         "reranker": "closed",
     }
+
+
+async def test_without_a_query_vector_the_lexical_list_answers(small_collection: Path) -> None:
+    """Embedder down, its circuit open: 200 from BM25 alone, flagged, never cached."""
+    settings = GatewaySettings(
+        index_dir=small_collection, breaker_failure_threshold=2, retry_attempts=1
+    )
+    DownEmbedder.calls = 0
+    pipeline = await pipeline_for(
+        settings, DownEmbedder(model_id="fake-embedder"), FakeReranker(model_id="fake-reranker")
+    )
+    for _ in range(4):  # the breaker opens after two failures; the answers do not change
+        result = await pipeline.search(q("capital of Germany"))
+        assert result.degraded == ["embedder"]
+        assert result.mode is SearchMode.LEXICAL and not result.cached
+        top = result.results[0].hit
+        assert top.id == "berlin" and top.found_by == ["lexical"] and top.dense_score is None
+    assert DownEmbedder.calls == 2
+    assert pipeline.status()[1]["circuits"]["embedder"] == "open"
+    dense = await pipeline.search(q("capital of Germany", mode=SearchMode.DENSE))
+    assert dense.degraded == ["embedder"] and dense.mode is SearchMode.LEXICAL
 
 
 async def test_transient_embedder_fault_is_retried_inside_the_deadline(
@@ -244,7 +268,11 @@ async def test_failing_primary_index_falls_back(
             raise IndexUnavailable("qdrant is down")
         return await real_search(vectors, k, filter)
 
+    async def failing_words(texts, k, filter=None):  # type: ignore[no-untyped-def]
+        raise IndexUnavailable("qdrant is down")
+
     primary.search = failing
+    primary.lexical_search = failing_words  # the primary is down: neither list answers
     for i in range(4):
         result = await pipeline.search(q(f"Berlin Germany {i}"))
         assert result.degraded == ["index"]
@@ -285,7 +313,11 @@ async def test_a_hanging_primary_index_fails_over_to_the_fallback_in_time(
     async def hangs(vectors, k, filter=None):  # type: ignore[no-untyped-def]
         await asyncio.sleep(3600)  # Qdrant stopped, or a network partition: no answer at all
 
+    async def hangs_too(texts, k, filter=None):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(3600)
+
     index.primary.search = hangs  # type: ignore[attr-defined]
+    index.primary.lexical_search = hangs_too  # type: ignore[attr-defined]
     loop = asyncio.get_running_loop()
     for i in range(4):
         started = loop.time()

@@ -1,4 +1,5 @@
-"""The `VectorIndex` seam: ANN search over one collection, plus the writes that feed it.
+"""The index seams: `VectorIndex` (ANN search over one collection, plus the writes that feed
+it), `LexicalIndex` (BM25 over the same passages) and `Collection` (both, published together).
 
 Writes (`upsert`, `delete`) are staged and become visible to searches only at `publish()`,
 which makes a new immutable generation and swaps it in atomically. The generation number is
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from app.errors import InvalidInput
-from app.types import Document, Filter, FloatArray, Hit
+from app.types import Calibration, Document, Filter, FloatArray, Hit
 
 
 @dataclass(frozen=True)
@@ -86,8 +87,11 @@ class VectorIndex(Protocol):
         """Stage deletions; returns how many of `ids` existed."""
         ...
 
-    async def publish(self) -> int | None:
-        """Make staged writes searchable as a new generation; None when nothing changed."""
+    async def publish(self, rebuild: bool = False) -> int | None:
+        """Make staged writes searchable as a new generation; None when nothing changed.
+        `rebuild`: a new generation even with nothing staged, every derived index rebuilt
+        from what is stored (how a collection from before lexical search gets its lexical
+        index, with nothing re-embedded)."""
         ...
 
     async def reload(self) -> bool:
@@ -95,6 +99,50 @@ class VectorIndex(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class LexicalIndex(Protocol):
+    """BM25 over the same passages the vectors were made from, in the same generations."""
+
+    @property
+    def has_lexical(self) -> bool:
+        """False for a collection indexed before lexical search existed: dense only."""
+        ...
+
+    async def lexical_search(
+        self, texts: Sequence[str], k: int, filter: Filter | None = None
+    ) -> AnnResult:
+        """The `k` best passages by BM25 for each of `texts`, best first, among those whose
+        metadata matches `filter`; a hit's score is its BM25 score. A text with no indexed
+        term finds nothing.
+
+        Raises:
+            IndexUnavailable: the lexical index cannot be searched (or there is none).
+        """
+        ...
+
+
+@runtime_checkable
+class Collection(VectorIndex, LexicalIndex, Protocol):
+    """What a gateway searches and the indexer writes: one collection's vectors and words,
+    published together as generations."""
+
+    @property
+    def calibration(self) -> Calibration | None:
+        """The fusion weight chosen when the published generation was made; None for a
+        collection published before calibration existed."""
+        ...
+
+    async def sample(self, n: int, seed: int = 0) -> list[tuple[Document, FloatArray]]:
+        """Up to `n` staged records at random, with their vectors (what calibration uses)."""
+        ...
+
+    async def publish(
+        self, rebuild: bool = False, calibration: Calibration | None = None
+    ) -> int | None:
+        """As `VectorIndex.publish`, with the calibration made for the new generation."""
+        ...
 
 
 def check_dimension(vectors: FloatArray, dimension: int, collection: str) -> None:
