@@ -175,6 +175,12 @@ class GatewaySettings(ServiceSettings):
         "the reranked candidates. 1: the cross-encoder alone; 0: ANN order. 0.5 was best on "
         "SciFact train (see bench/README.md); `semsearch eval` sweeps it on your data.",
     )
+    lexical_index: bool = Field(
+        True,
+        description="Give new generations (FAISS) and new collections (Qdrant) a lexical "
+        "(BM25) index, published with the vectors. Off: dense only, less disk and a faster "
+        "publish.",
+    )
     search_mode: Literal["hybrid", "dense", "lexical"] = Field(
         "hybrid",
         description="First stage when a request does not say: `hybrid` (BM25 and the dense "
