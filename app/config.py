@@ -257,7 +257,7 @@ class GatewaySettings(ServiceSettings):
     )
     rerank_timeout_ms: int = Field(4000, ge=1, description="Cap of one rerank try.")
     rerank_budget_fraction: float = Field(
-        0.3,
+        0.4,
         gt=0,
         le=1,
         description="Reranking must end within this fraction of a search's deadline (from its "
