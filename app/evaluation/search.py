@@ -155,6 +155,8 @@ async def evaluate_search(
             "rerank_timeout_ms": settings.max_timeout_ms,
             "embed_timeout_ms": settings.max_timeout_ms,
             "max_inflight_searches": 1024,
+            "rerank_budget_fraction": 1.0,
+            "admission_target_fraction": 1.0,
             "max_top_k": max(settings.max_top_k, CANDIDATES),
             "default_collection": name,
         }

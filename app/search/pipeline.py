@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from app import metrics
+from app.admission import AdaptiveLimit, LimitPolicy
 from app.config import GatewaySettings
 from app.errors import (
     CircuitOpen,
@@ -45,6 +46,7 @@ from app.resilience import (
     Bulkhead,
     CircuitBreaker,
     Deadline,
+    Probe,
     RetryPolicy,
     StageGuard,
     request_arrival,
@@ -82,7 +84,8 @@ class PipelineConfig:
     cache_ttl_s: int
     timeout_ms: int
     min_rerank_budget_ms: int
-    max_inflight: int
+    rerank_budget_fraction: float
+    admission: LimitPolicy
     mode: SearchMode
     fusion_method: FusionMethod
     fusion_weight: float | None  # None: each collection's calibrated weight
@@ -96,7 +99,8 @@ class PipelineConfig:
             cache_ttl_s=settings.cache_ttl_s,
             timeout_ms=settings.search_timeout_ms,
             min_rerank_budget_ms=settings.min_rerank_budget_ms,
-            max_inflight=settings.max_inflight_searches,
+            rerank_budget_fraction=settings.rerank_budget_fraction,
+            admission=LimitPolicy.from_settings(settings),
             mode=SearchMode(settings.search_mode),
             fusion_method=FusionMethod(settings.fusion_method),
             fusion_weight=settings.fusion_weight,
@@ -123,12 +127,23 @@ class Guards:
     rerank: StageGuard
 
     @classmethod
-    def from_settings(cls, settings: GatewaySettings) -> Guards:
+    def from_settings(
+        cls,
+        settings: GatewaySettings,
+        embed_probe: Probe | None = None,
+        rerank_probe: Probe | None = None,
+    ) -> Guards:
+        """`*_probe`: how to ask a remote model service whether it answers (see StageGuard)."""
         policy = BreakerPolicy.from_settings(settings)
         retry = RetryPolicy.from_settings(settings)
         return cls(
             embed=_guard(
-                "embedder", policy, settings.embedder_concurrency, settings.embed_timeout_ms, retry
+                "embedder",
+                policy,
+                settings.embedder_concurrency,
+                settings.embed_timeout_ms,
+                retry,
+                embed_probe,
             ),
             index=_guard(
                 "index", policy, settings.max_inflight_searches, settings.index_timeout_ms, retry
@@ -143,16 +158,28 @@ class Guards:
                 settings.reranker_concurrency,
                 settings.rerank_timeout_ms,
                 RetryPolicy(attempts=1, base_delay_s=0.0),
+                rerank_probe,
+                wait_for_slot=False,  # reranking is optional: with no slot free, skip it now
             ),
         )
 
+    async def stop(self) -> None:
+        for guard in (self.embed, self.index, self.rerank):
+            await guard.breaker.stop()
+
 
 def _guard(
-    name: str, policy: BreakerPolicy, limit: int, timeout_ms: int, retry: RetryPolicy
+    name: str,
+    policy: BreakerPolicy,
+    limit: int,
+    timeout_ms: int,
+    retry: RetryPolicy,
+    probe: Probe | None = None,
+    wait_for_slot: bool = True,
 ) -> StageGuard:
-    return StageGuard(
-        name, CircuitBreaker(name, policy), Bulkhead(name, limit), timeout_ms / 1000, retry
-    )
+    breaker = CircuitBreaker(name, policy, probe=probe)
+    bulkhead = Bulkhead(name, limit)
+    return StageGuard(name, breaker, bulkhead, timeout_ms / 1000, retry, wait_for_slot)
 
 
 class SearchPipeline:
@@ -176,7 +203,7 @@ class SearchPipeline:
         self.config = config
         self.guards = guards
         self.default_collection = default_collection
-        self._inflight = 0
+        self.admission = AdaptiveLimit(config.admission)
         self._loading: list[asyncio.Task[None]] = []
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -204,6 +231,7 @@ class SearchPipeline:
     async def stop(self) -> None:
         for task in self._loading:
             task.cancel()
+        await self.guards.stop()
         await self.embedder.stop()
         await self.reranker.stop()
         await self.collections.close()
@@ -229,7 +257,8 @@ class SearchPipeline:
                     self.guards.rerank,
                 )
             },
-            "inflight": self._inflight,
+            "inflight": self.admission.inflight,
+            "admission_limit": self.admission.limit,
         }
 
     def unhealthy(self) -> str | None:
@@ -246,28 +275,35 @@ class SearchPipeline:
 
         Raises:
             InvalidInput: a value is out of range (422) -- before any work.
-            Overloaded: too many searches in progress (429) -- before any work.
+            Overloaded: over the adaptive admission limit (429) -- before any work; or a
+                dependency refused the search as too busy (429).
             NotFound: the collection does not exist (404).
             EmbedderUnavailable / IndexUnavailable: no answer can be made (503).
             DeadlineExceeded: the deadline passed before an answer existed (504).
         """
         query = check_query(query, self.config.limits)
-        if self._inflight >= self.config.max_inflight:
-            metrics.SHED_REQUESTS.labels("inflight").inc()
-            raise Overloaded(f"{self._inflight} searches in progress", retry_after_s=1.0)
-        self._inflight += 1
+        budget_s = (query.timeout_ms or self.config.timeout_ms) / 1000
+        ticket = self.admission.admit(budget_s)
+        # The stages stop a little before the client's deadline, so that an answer cut
+        # short (reranking abandoned) is still written back within it.
+        margin_s = min(RESPONSE_MARGIN_S, budget_s / 5)
+        deadline = Deadline(budget_s - margin_s, started_at=request_arrival.get())
         try:
-            budget_s = (query.timeout_ms or self.config.timeout_ms) / 1000
-            # The stages stop a little before the client's deadline, so that an answer cut
-            # short (reranking abandoned) is still written back within it.
-            margin_s = min(RESPONSE_MARGIN_S, budget_s / 5)
-            deadline = Deadline(budget_s - margin_s, started_at=request_arrival.get())
-            return await self._search(query, deadline)
+            result = await self._search(query, deadline)
         except SemsearchError as exc:
+            # Refused downstream or out of time: cut the limit. Other errors are answers too:
+            # how long they took is the signal.
+            shed = isinstance(exc, Overloaded | DeadlineExceeded)
+            self.admission.done(ticket, time.monotonic() - deadline.started_at, shed)
             metrics.SEARCHES.labels(exc.type).inc()
             raise
-        finally:
-            self._inflight -= 1
+        except BaseException:
+            self.admission.done(ticket, None)
+            raise
+        # Reranking has its own budget and is skipped first under load: not counted here.
+        reranking_s = result.timings_ms.get("rerank", 0.0) / 1000
+        self.admission.done(ticket, time.monotonic() - deadline.started_at - reranking_s)
+        return result
 
     async def _search(self, query: SearchQuery, deadline: Deadline) -> SearchResult:
         started = time.perf_counter()
@@ -499,9 +535,17 @@ class SearchPipeline:
             raise IndexUnavailable(f"the index cannot be searched: {reason}") from exc
 
     async def _rerank(self, text: str, hits: list[Hit], deadline: Deadline) -> list[float] | None:
-        """Scores, or None when reranking was skipped: the answer is then in ANN order."""
+        """Scores, or None when reranking was skipped: the answer is then in first-stage order.
+
+        Reranking is what a search can do without: while other searches are in progress it
+        gets only part of the deadline, and the reranker service hears how long that leaves
+        and refuses at once (429) when its queue would make it later, so under load searches
+        degrade before any is refused. A search alone may spend its whole deadline on it."""
+        if self.admission.inflight > 1:
+            deadline = deadline.portion(self.config.rerank_budget_fraction)
         if deadline.remaining() * 1000 < self.config.min_rerank_budget_ms:
-            log.info("rerank_skipped", reason="deadline", remaining_ms=deadline.remaining() * 1000)
+            metrics.RERANK_SKIPPED.labels("budget").inc()
+            log.debug("rerank_skipped", reason="budget", remaining_ms=deadline.remaining() * 1000)
             return None
         try:
             scores = await self.guards.rerank.run(
@@ -509,14 +553,17 @@ class SearchPipeline:
                 deadline,
             )
         except Exception as exc:
+            cause = _skip_reason(exc)
+            metrics.RERANK_SKIPPED.labels(cause).inc()
             reason = exc.message if isinstance(exc, SemsearchError) else repr(exc)
-            # A reranker known to be down was already reported once (model_load_failed, or
-            # the breaker opening); a failure of a working one is news.
-            down = not self.reranker.ready or isinstance(exc, CircuitOpen)
-            (log.debug if down else log.warning)("rerank_skipped", reason=reason)
+            # Busy, slow or known to be down (model_load_failed, the breaker opening) was
+            # reported already or is expected under load; a failure of a working one is news.
+            news = cause == "error" and self.reranker.ready
+            (log.warning if news else log.debug)("rerank_skipped", reason=reason)
             return None
         if not all(math.isfinite(score) for score in scores):
             # an overflowing half-precision model, a broken export: no order can be made of it
+            metrics.RERANK_SKIPPED.labels("not_finite").inc()
             log.warning("rerank_skipped", reason="the reranker returned non-finite scores")
             return None
         return scores
@@ -532,6 +579,16 @@ class FirstStage:
 
 def _where(result: AnnResult) -> tuple[str, int]:
     return result.backend, result.generation
+
+
+def _skip_reason(error: Exception) -> str:
+    if isinstance(error, Overloaded):
+        return "busy"
+    if isinstance(error, CircuitOpen):
+        return "circuit_open"
+    if isinstance(error, DeadlineExceeded):
+        return "timeout"
+    return "error"
 
 
 @contextmanager

@@ -321,7 +321,8 @@ async def test_a_hanging_primary_index_fails_over_to_the_fallback_in_time(
     loop = asyncio.get_running_loop()
     for i in range(4):
         started = loop.time()
-        result = await pipeline.search(q(f"Berlin Germany {i}", timeout_ms=1000))
+        # 2 s: reranking (40% of the deadline, from arrival) still fits after the 200 ms wait
+        result = await pipeline.search(q(f"Berlin Germany {i}", timeout_ms=2000))
         assert loop.time() - started < 0.6
         assert result.degraded == ["index"] and result.results[0].hit.id == "berlin"
     circuits = pipeline.status()[1]["circuits"]
@@ -421,3 +422,49 @@ async def test_non_finite_rerank_scores_degrade_instead_of_breaking_the_answer(
     result = await pipeline.search(q())
     assert result.degraded == ["reranker"] and result.results[0].hit.id == "berlin"
     assert all(math.isfinite(r.score) for r in result.results)
+
+
+async def test_reranking_gets_only_its_share_of_the_deadline(small_collection: Path) -> None:
+    settings = GatewaySettings(index_dir=small_collection)
+    pipeline = await pipeline_for(
+        settings, FakeEmbedder(model_id="fake-embedder"), SlowReranker(0.6)
+    )
+    started = asyncio.get_running_loop().time()
+    result = await pipeline.search(q(timeout_ms=1000))  # 1 s, of which reranking gets 40%
+    assert asyncio.get_running_loop().time() - started < 0.7
+    assert result.degraded == ["reranker"] and result.results[0].hit.id == "berlin"
+
+
+async def test_a_busy_reranker_degrades_the_answer_without_counting_against_it(
+    small_collection: Path,
+) -> None:
+    class Busy(FakeReranker):
+        async def score(
+            self, query: str, passages: Sequence[str], truncate: Truncate = Truncate.END
+        ) -> list[float]:
+            raise Overloaded("reranker queue would answer too late", retry_after_s=2)
+
+    settings = GatewaySettings(index_dir=small_collection, breaker_failure_threshold=1)
+    pipeline = await pipeline_for(
+        settings, FakeEmbedder(model_id="fake-embedder"), Busy(model_id="fake-reranker")
+    )
+    for i in range(3):
+        result = await pipeline.search(q(f"Berlin {i}"))
+        assert result.degraded == ["reranker"] and result.results[0].hit.id == "berlin"
+    assert pipeline.status()[1]["circuits"]["reranker"] == "closed"
+
+
+async def test_searches_slower_than_their_target_shrink_the_admission_limit(
+    small_collection: Path,
+) -> None:
+    settings = GatewaySettings(index_dir=small_collection)
+    pipeline = await pipeline_for(
+        settings,
+        SlowEmbedder(0.25),  # over 20% of a 1 s deadline
+        FakeReranker(model_id="fake-reranker"),
+        max_inflight_searches=8,
+    )
+    assert pipeline.status()[1]["admission_limit"] == 8
+    for i in range(3):
+        await pipeline.search(q(f"Berlin {i}", timeout_ms=1000))
+    assert pipeline.status()[1]["admission_limit"] < 8
