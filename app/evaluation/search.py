@@ -168,9 +168,12 @@ async def evaluate_search(
     await pipeline.wait_ready(600)
     try:
         query_ids = list(dataset.queries)
-        semaphore = asyncio.Semaphore(config.concurrency)
 
         async def run(mode: SearchMode, rerank: bool = False) -> list[SearchResult]:
+            # the reranker computes one batch at a time: more searches at once would only
+            # wait longer in its queue, some past even an evaluation's deadline
+            semaphore = asyncio.Semaphore(2 if rerank else config.concurrency)
+
             async def one(query_id: str) -> SearchResult:
                 async with semaphore:
                     result = await pipeline.search(
