@@ -15,7 +15,8 @@ from app.models import Embedder, Reranker, build_embedder, build_reranker
 from app.models.http import HttpEmbedder, HttpReranker
 from app.resilience import BreakerPolicy, CircuitBreaker, Probe
 from app.search.cache import build_cache
-from app.search.pipeline import Guards, PipelineConfig, SearchPipeline
+from app.search.config import Guards, PipelineConfig
+from app.search.pipeline import SearchPipeline
 
 
 def embedder_for(settings: GatewaySettings, model: EmbedderSettings) -> Embedder:

@@ -205,6 +205,14 @@ class GatewaySettings(ServiceSettings):
         description="The lexical list's share. Unset: a blend uses the weight calibrated for "
         "each collection when it was published (0.3 if it could not be), rrf uses 0.5.",
     )
+    group_by: Literal["document", "chunk"] = Field(
+        "document",
+        description="What a result is when a request does not say: a source `document` (its "
+        "matching chunks gathered under it; `top_k` counts documents) or one `chunk`.",
+    )
+    snippet_chars: int = Field(
+        240, ge=20, le=10_000, description="Length of a result's snippet, in characters."
+    )
     max_query_chars: int = Field(2048, ge=1, description="Longest query accepted (422 above).")
     model_timeout_s: float = Field(
         30.0, gt=0, description="Timeout of one call to a remote embedder/reranker service."

@@ -100,7 +100,8 @@ async def latencies(name: str, root: Path, queries: list[str]) -> dict[str, dict
     from app.index.collections import Collections
     from app.models.fake import FakeEmbedder, FakeReranker
     from app.search.cache import LRUCache, SafeCache
-    from app.search.pipeline import Guards, PipelineConfig, SearchPipeline
+    from app.search.config import Guards, PipelineConfig
+    from app.search.pipeline import SearchPipeline
     from app.types import SearchMode, SearchQuery
 
     settings = GatewaySettings(index_dir=root, default_collection=name)

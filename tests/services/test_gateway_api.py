@@ -61,6 +61,9 @@ async def test_search_happy_path(gateway_env: GatewaySettings) -> None:
         "title",
         "text",
         "metadata",
+        "chunks",
+        "snippet",
+        "title_highlights",
     }
     assert top["rerank_score"] is not None
     assert [r["score"] for r in body["results"]] == sorted(

@@ -23,7 +23,8 @@ from app.index.base import AnnResult, VectorIndex
 from app.index.collections import Collections
 from app.models.fake import FakeEmbedder, FakeReranker
 from app.search.cache import LRUCache, SafeCache
-from app.search.pipeline import Guards, PipelineConfig, SearchPipeline
+from app.search.config import Guards, PipelineConfig
+from app.search.pipeline import SearchPipeline
 from app.types import SearchMode, SearchQuery, Truncate
 from tests.conftest import SMALL_DOCS, build_collection, faiss_options
 
@@ -105,7 +106,7 @@ async def test_too_little_time_left_skips_the_reranker_without_calling_it(
 ) -> None:
     settings = GatewaySettings(index_dir=small_collection)
     reranker = FakeReranker(model_id="fake-reranker")
-    pipeline = await pipeline_for(settings, SlowEmbedder(0.15), reranker, min_rerank_budget_ms=100)
+    pipeline = await pipeline_for(settings, SlowEmbedder(0.1), reranker, min_rerank_budget_ms=100)
     result = await pipeline.search(q(timeout_ms=200))
     assert result.degraded == ["reranker"]
     assert reranker.calls == []
