@@ -80,13 +80,18 @@ def test_three_services_as_processes_with_redis(
     assert ready["cache"] == "redis"
 
     for query in load_sample_queries():
-        dense = search(gateway.url, {"query": query["text"], "rerank": False, "top_k": 5})
+        dense = search(
+            gateway.url, {"query": query["text"], "mode": "dense", "rerank": False, "top_k": 5}
+        )
         assert dense["results"][0]["document_id"] == query["expected_id"], query  # type: ignore[index]
-        reranked = search(gateway.url, {"query": query["text"], "top_k": 5})
+        reranked = search(gateway.url, {"query": query["text"], "mode": "dense", "top_k": 5})
         assert reranked["reranked"] is True
         assert reranked["degraded"] == []
-        if reranker_dir == TRAINED_RERANKER:  # the sample queries were picked to survive it
+        if reranker_dir == TRAINED_RERANKER:  # the sample queries were picked on dense pools
             assert reranked["results"][0]["document_id"] == query["expected_id"], query  # type: ignore[index]
+        hybrid = search(gateway.url, {"query": query["text"], "top_k": 5})
+        assert (hybrid["reranked"], hybrid["degraded"]) == (True, [])
+        assert query["expected_id"] in [hit["document_id"] for hit in hybrid["results"]], query  # type: ignore[index]
 
     # the request id given to the gateway reaches the model services' logs
     first = load_sample_queries()[0]["text"]
@@ -146,9 +151,12 @@ def test_embedded_default_as_one_process(
         log_dir,
     )
     services.append(gateway)
+    # with a lexical index the gateway is ready (answering from words) while its embedder loads:
+    # wait for both models to settle
     for _ in range(600):  # the hub lookup fails fast offline
-        status = httpx.get(f"{gateway.url}/ready").json()["components"]["reranker"]["status"]
-        if status != "loading":
+        components = httpx.get(f"{gateway.url}/ready").json()["components"]
+        status = components["reranker"]["status"]
+        if status != "loading" and components["embedder"]["status"] != "loading":
             break
         import time
 
@@ -156,10 +164,13 @@ def test_embedded_default_as_one_process(
     assert status.startswith("failed")
 
     for query in load_sample_queries():
-        result = search(gateway.url, {"query": query["text"]})
+        result = search(gateway.url, {"query": query["text"], "mode": "dense"})
         assert result["results"][0]["document_id"] == query["expected_id"], query  # type: ignore[index]
         assert result["reranked"] is False
         assert result["degraded"] == ["reranker"]
+        hybrid = search(gateway.url, {"query": query["text"]})  # the default mode
+        assert (hybrid["reranked"], hybrid["degraded"]) == (False, ["reranker"])
+        assert query["expected_id"] in [hit["document_id"] for hit in hybrid["results"]], query  # type: ignore[index]
 
     failures = [
         json.loads(line)
