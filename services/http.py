@@ -41,6 +41,7 @@ from app.logs import (
     new_request_id,
 )
 from app.models.batching import RequestTiming, request_timing
+from app.models.priority import PRIORITY_HEADER, priority_from_header, work_priority
 from app.protocol.common import ErrorResponse, HealthResponse, ReadyResponse, field_name
 from app.resilience import request_arrival
 
@@ -185,6 +186,7 @@ class RequestContext:
         bind_request_id(request_id)
         timing = RequestTiming()
         request_timing.set(timing)
+        work_priority.set(priority_from_header(headers.get(PRIORITY_HEADER)))
         request_arrival.set(time.monotonic())
         started = time.perf_counter()
         status = 500

@@ -26,6 +26,7 @@ from app import metrics
 from app.config import ModelSettings
 from app.errors import Overloaded, Unavailable
 from app.logs import get_logger
+from app.models.priority import BULK_BATCH_SHARE, Priority, work_priority
 
 log = get_logger(__name__)
 
@@ -50,6 +51,7 @@ class _Entry(Generic[T, R]):
     item: T
     size: int
     future: asyncio.Future[R]
+    priority: Priority = Priority.INTERACTIVE  # bulk items wait while interactive ones do
     enqueued: float = field(default_factory=time.perf_counter)
     queued: bool = True  # waiting in `_pending` (not yet taken into a batch)
     request: list[_Entry[T, R]] = field(default_factory=list, repr=False)  # all its items
@@ -175,7 +177,10 @@ class BatchQueue(Generic[T, R]):
 
     async def _submit(self, items: Sequence[T]) -> list[R]:
         loop = asyncio.get_running_loop()
-        entries = [_Entry(item, self._size_of(item), loop.create_future()) for item in items]
+        priority = work_priority.get()
+        entries = [
+            _Entry(item, self._size_of(item), loop.create_future(), priority) for item in items
+        ]
         for entry in entries:
             entry.request = entries
             entry.future.add_done_callback(partial(self._left, entry))
@@ -284,13 +289,18 @@ class BatchQueue(Generic[T, R]):
         if not live:
             self._pending = []
             return []
-        anchor = live[0]
-        by_length = sorted(live, key=lambda e: e.size)
+        # Only the most urgent class waiting makes the batch (app.models.priority).
+        urgent = min(e.priority for e in live)
+        eligible = [e for e in live if e.priority == urgent]
+        anchor = eligible[0]
+        by_length = sorted(eligible, key=lambda e: e.size)
         at = next(i for i, e in enumerate(by_length) if e is anchor)
         batch = [anchor]
         longest = anchor.size
         lo, hi = at - 1, at + 1
         budget = self.limits.max_batch_tokens
+        if urgent is Priority.BULK:
+            budget = max(budget // BULK_BATCH_SHARE, anchor.size)
         while len(batch) < self.limits.max_batch_size and (lo >= 0 or hi < len(by_length)):
             take_lo = hi >= len(by_length) or (
                 lo >= 0 and anchor.size - by_length[lo].size <= by_length[hi].size - anchor.size
