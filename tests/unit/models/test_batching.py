@@ -289,3 +289,25 @@ def test_token_budget_defaults_by_device_and_an_explicit_one_wins() -> None:
     assert resolve_batch_tokens(0, "cpu") == 4_096
     assert resolve_batch_tokens(0, "cuda:0") == 16_384
     assert resolve_batch_tokens(8_192, "cpu") == 8_192
+
+
+async def test_bulk_items_wait_while_interactive_ones_do(make_queue) -> None:  # type: ignore[no-untyped-def]
+    """Passages of writes (bulk) queued first; a query (interactive) arriving later still goes
+    into the next batch, alone; bulk batches take a quarter of the token budget."""
+    from app.models.priority import bulk_work
+
+    queue, recorder = make_queue(size_of=lambda i: 10, max_batch_tokens=80)
+    recorder.gate.clear()
+    blocker = asyncio.ensure_future(queue.submit([0]))
+    await asyncio.to_thread(recorder.entered.wait, 5)
+    with bulk_work():
+        passages = asyncio.ensure_future(queue.submit(list(range(100, 108))))
+    await asyncio.sleep(0.01)
+    query = asyncio.ensure_future(queue.submit([7]))
+    await asyncio.sleep(0.01)
+    recorder.gate.set()
+    assert await query == [14]
+    assert await passages == [2 * i for i in range(100, 108)]
+    await blocker
+    assert recorder.batches[1] == [7]  # the query jumped the queue of passages
+    assert recorder.batches[2:] == [[100, 101], [102, 103], [104, 105], [106, 107]]
