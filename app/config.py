@@ -332,6 +332,12 @@ class GatewaySettings(ServiceSettings):
         description="How long the status of a finished write (searchable or failed) stays "
         "queryable at /v1/collections/{name}/writes/{id}.",
     )
+    write_drain_s: float = Field(
+        20.0,
+        ge=0,
+        description="On shutdown, how long the gateway keeps applying and publishing the writes "
+        "it acknowledged before it exits (what is left is applied at its next start).",
+    )
     writer_lease_ttl_s: float = Field(
         30.0,
         gt=0,

@@ -58,6 +58,7 @@ class WriterOptions:
     batch_size: int
     journal_max_bytes: int
     status_ttl_s: float
+    drain_s: float
 
     @classmethod
     def from_settings(cls, settings: GatewaySettings) -> WriterOptions:
@@ -66,6 +67,7 @@ class WriterOptions:
             batch_size=settings.index_batch_size,
             journal_max_bytes=settings.write_journal_max_bytes,
             status_ttl_s=settings.write_status_ttl_s,
+            drain_s=settings.write_drain_s,
         )
 
 
@@ -129,11 +131,27 @@ class Writes:
             self._writer(name).wake()
 
     async def stop(self) -> None:
+        """Apply and publish what was acknowledged, for up to `drain_s` (what is left stays
+        journaled for the next start), then stop."""
+        await self._drain(self.options.drain_s)
         for writer in list(self._writers.values()):
             await writer.stop()
         self._writers.clear()
         await self.leases.close()
         self.journal.close()
+
+    async def _drain(self, limit_s: float) -> None:
+        deadline = time.monotonic() + limit_s
+        while self.journal.pending_writes and time.monotonic() < deadline:
+            for name in await asyncio.to_thread(self.journal.pending_collections):
+                self._writer(name).wake(urgent=True)
+            await asyncio.sleep(0.05)
+        if self.journal.pending_writes:
+            log.warning(
+                "writes_left_pending",
+                writes=self.journal.pending_writes,
+                hint="they are applied when the gateway starts again",
+            )
 
     # -- writes -----------------------------------------------------------------------------
 
