@@ -37,22 +37,40 @@ from harness.loadgen import LoadResult, run_load
 from harness.processes import ROOT, child_env, free_port, start_service
 
 SEMSEARCH = str(Path(sys.executable).with_name("semsearch"))
-WORDS = ["seizures", "macrophages", "bone marrow", "HIV", "anthrax", "glioblastoma",
-         "stem cells", "gluten", "open access", "passerine birds", "insulin", "T cells"]
+WORDS = [
+    "seizures",
+    "macrophages",
+    "bone marrow",
+    "HIV",
+    "anthrax",
+    "glioblastoma",
+    "stem cells",
+    "gluten",
+    "open access",
+    "passerine birds",
+    "insulin",
+    "T cells",
+]
 
 
-def queries(n: int) -> list[dict[str, Any]]:
+def queries(offset: int, n: int) -> list[dict[str, Any]]:
+    """Distinct texts (numbered from `offset`): no answer comes from the cache."""
     return [
         {"query": f"{WORDS[i % len(WORDS)]} study {i}", "top_k": 10, "rerank": False}
-        for i in range(n)
+        for i in range(offset, offset + n)
     ]
 
 
 def search_load(url: str, seconds: float, concurrency: int, offset: int) -> LoadResult:
-    bodies = queries(100_000)[offset:]
+    bodies = queries(offset, 20_000)
     return asyncio.run(
-        run_load(f"{url}/v1/search", bodies, concurrency=concurrency, duration_s=seconds,
-                 warmup_requests=0)
+        run_load(
+            f"{url}/v1/search",
+            bodies,
+            concurrency=concurrency,
+            duration_s=seconds,
+            warmup_requests=0,
+        )
     )
 
 
@@ -69,8 +87,9 @@ def ingest_http(url: str, documents: list[dict[str, Any]], batch: int = 100) -> 
         with httpx.Client(timeout=120) as http:
             for docs in part:
                 while True:
-                    reply = http.post(f"{url}/v1/collections/ingest/documents",
-                                      json={"documents": docs})
+                    reply = http.post(
+                        f"{url}/v1/collections/ingest/documents", json={"documents": docs}
+                    )
                     if reply.status_code == 429:  # a full journal: come back as told
                         refused += 1
                         time.sleep(float(reply.headers.get("retry-after", "1")))
@@ -88,9 +107,10 @@ def ingest_http(url: str, documents: list[dict[str, Any]], batch: int = 100) -> 
     acknowledged = time.perf_counter() - started
     with httpx.Client(timeout=30) as http:
         for write_id in write_ids:
-            while http.get(f"{url}/v1/collections/ingest/writes/{write_id}").json()[
-                "status"
-            ] == "pending":
+            while (
+                http.get(f"{url}/v1/collections/ingest/writes/{write_id}").json()["status"]
+                == "pending"
+            ):
                 time.sleep(0.2)
     seconds = time.perf_counter() - started
     info = httpx.get(f"{url}/v1/collections/ingest").json()
@@ -108,7 +128,11 @@ def ingest_http(url: str, documents: list[dict[str, Any]], batch: int = 100) -> 
 def ingest_cli(corpus: Path, index_dir: Path) -> dict[str, Any]:
     run = subprocess.run(
         [SEMSEARCH, "index", str(corpus), "--collection", "cli", "--index-dir", str(index_dir)],
-        env=child_env(COLUMNS="200"), cwd=ROOT, capture_output=True, text=True, check=True,
+        env=child_env(COLUMNS="200"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     rate = float(re.search(r"rate\s*│\s*([\d.]+) docs/s", run.stdout).group(1))  # type: ignore[union-attr]
     seconds = float(re.search(r"time\s*│\s*([\d.]+) s", run.stdout).group(1))  # type: ignore[union-attr]
@@ -141,23 +165,36 @@ def main() -> None:
         documents = []
         for line in lines:
             raw = json.loads(line)
-            documents.append({"id": str(raw.get("_id", raw.get("id"))), "text": raw["text"],
-                              "title": raw.get("title") or ""})
+            documents.append(
+                {
+                    "id": str(raw.get("_id", raw.get("id"))),
+                    "text": raw["text"],
+                    "title": raw.get("title") or "",
+                }
+            )
         corpus = root / "batch.jsonl"
         corpus.write_text("\n".join(json.dumps(d) for d in documents) + "\n")
 
         served = root / "index"
-        subprocess.run([SEMSEARCH, "index", str(ROOT / "data" / "corpus.jsonl"),
-                        "--index-dir", str(served)], env=child_env(), cwd=ROOT, check=True,
-                       capture_output=True)
+        subprocess.run(
+            [SEMSEARCH, "index", str(ROOT / "data" / "corpus.jsonl"), "--index-dir", str(served)],
+            env=child_env(),
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
         port = free_port()
-        env = child_env(SEMSEARCH_INDEX_DIR=str(served), SEMSEARCH_RERANKER_BACKEND="fake",
-                        SEMSEARCH_LOG_LEVEL="warning")
-        gateway = start_service("gateway", [SEMSEARCH, "serve", "gateway", "--port", str(port)],
-                                port, env, root)
+        env = child_env(
+            SEMSEARCH_INDEX_DIR=str(served),
+            SEMSEARCH_RERANKER_BACKEND="fake",
+            SEMSEARCH_LOG_LEVEL="warning",
+        )
+        gateway = start_service(
+            "gateway", [SEMSEARCH, "serve", "gateway", "--port", str(port)], port, env, root
+        )
         try:
             httpx.put(f"{gateway.url}/v1/collections/ingest", json={}, timeout=60)
-            search_load(gateway.url, 5, args.concurrency, 90_000)  # warm up
+            search_load(gateway.url, 5, args.concurrency, 10_000_000)  # warm up
             idle = search_load(gateway.url, args.idle_seconds, args.concurrency, 0)
             ingest: dict[str, Any] = {}
 
@@ -167,10 +204,10 @@ def main() -> None:
             writer = threading.Thread(target=run_ingest)
             writer.start()
             searched: list[LoadResult] = []
-            offset = 20_000
+            offset = 100_000
             while writer.is_alive():  # searches for as long as the ingest runs
                 searched.append(search_load(gateway.url, 5, args.concurrency, offset))
-                offset += 5_000
+                offset += 20_000
             writer.join()
         finally:
             gateway.stop()
@@ -183,21 +220,32 @@ def main() -> None:
         cli = ingest_cli(corpus, root / "cli-index")
 
     rows = [summary("idle", idle), summary(f"while {args.documents} docs ingest", during)]
-    print(table(rows, ["phase", "searches", "errors", "p50_ms", "p90_ms", "p99_ms",
-                       "searches_per_s"]))
+    print(
+        table(rows, ["phase", "searches", "errors", "p50_ms", "p90_ms", "p99_ms", "searches_per_s"])
+    )
     ratio = ingest["docs_per_s"] / cli["docs_per_s"]
     ingest_rows = [
-        {"path": "HTTP (acknowledged -> searchable)", "docs_per_s": ingest["docs_per_s"],
-         "seconds": ingest["searchable_s"]},
+        {
+            "path": "HTTP (acknowledged -> searchable)",
+            "docs_per_s": ingest["docs_per_s"],
+            "seconds": ingest["searchable_s"],
+        },
         {"path": "semsearch index", "docs_per_s": cli["docs_per_s"], "seconds": cli["seconds"]},
     ]
     print(table(ingest_rows, ["path", "docs_per_s", "seconds"]))
     print(f"HTTP / CLI: {ratio:.2f} (target >= 0.8); HTTP details: {ingest}")
-    path = write_json("writes", {
-        "documents": args.documents, "search": rows, "ingest_http": ingest, "ingest_cli": cli,
-        "http_over_cli": ratio, "load_average": os.getloadavg(),
-        "machine": {"cpus": len(os.sched_getaffinity(0))},
-    })
+    path = write_json(
+        "writes",
+        {
+            "documents": args.documents,
+            "search": rows,
+            "ingest_http": ingest,
+            "ingest_cli": cli,
+            "http_over_cli": ratio,
+            "load_average": os.getloadavg(),
+            "machine": {"cpus": len(os.sched_getaffinity(0))},
+        },
+    )
     print(f"wrote {path}")
 
 

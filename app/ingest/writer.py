@@ -246,7 +246,7 @@ class Writes:
 
         Raises:
             Conflict: it exists with another model.
-            InvalidInput: `model` is not the gateway's embedder.
+            Conflict: `model` is not the gateway's embedder.
             EmbedderUnavailable: the embedder has not said which model it is yet.
         """
         info = self.embedder.info
@@ -261,7 +261,8 @@ class Writes:
                 "for its model and dimension"
             )
         if found is None and wanted != info.model_id:
-            raise InvalidInput(
+            # a well-formed request the gateway's configuration cannot serve: a conflict
+            raise Conflict(
                 f"this gateway embeds with {info.model_id!r}; a collection of {wanted!r} could "
                 "not be written or searched through it",
                 field="model",

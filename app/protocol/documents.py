@@ -6,7 +6,14 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    Field,
+    WithJsonSchema,
+    field_validator,
+)
 
 from app.errors import PayloadTooLarge
 from app.ingest.journal import WriteStatus
@@ -29,15 +36,27 @@ def _no_chunk_mark(value: str) -> str:
 
 DocId = Annotated[
     Text,
-    BeforeValidator(_doc_id, json_schema_input_type=str | int),
+    BeforeValidator(_doc_id),
     Field(min_length=1, max_length=512),
     AfterValidator(_no_chunk_mark),
+    # what the validators accept, said in the schema (clients and schemathesis read it)
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "minLength": 1, "maxLength": 512, "pattern": "^[^#]*$"},
+                {"type": "integer"},
+            ]
+        }
+    ),
 ]
 
 
 class DocumentIn(StrictRequest):
     id: DocId = Field(description="Stable id; writing it again replaces the document.")
-    text: Text = Field(description="The text to index (long texts are cut into chunks).")
+    text: Text = Field(
+        pattern=r"\S",
+        description="The text to index (long texts are cut into chunks); not blank.",
+    )
     title: Text = Field("", description="Optional title, searched with the text.")
     metadata: dict[str, Any] = Field(
         default_factory=dict, description="Optional JSON object, for filters."

@@ -4,14 +4,13 @@ and shapes the answer."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Path, Query, Request
 from fastapi.responses import JSONResponse
 
 from app.auth import Scope
 from app.config import GatewaySettings
-from app.errors import InvalidInput
 from app.index.faiss.layout import COLLECTION_NAME
 from app.index.fallback import FallbackIndex
 from app.ingest.journal import JournaledWrite, WriteState
@@ -97,21 +96,17 @@ async def get_collection(name: Name, request: Request) -> CollectionInfo:
 @router.delete(
     "/v1/collections/{name}",
     response_model=CollectionDeleted,
-    summary="Delete a collection, every copy of it; needs `?confirm=<name>`.",
+    summary="Delete a collection, every copy of it; needs `?confirm=true`.",
     **protected(Scope.ADMIN, CONFLICT),
 )
 async def delete_collection(
     name: Name,
     request: Request,
     confirm: Annotated[
-        str | None, Query(description="The collection's name again: deleting is for good.")
-    ] = None,
+        Literal["true"],
+        Query(description="Must be `true`: deleting a collection cannot be undone."),
+    ],
 ) -> CollectionDeleted:
-    if confirm != name:
-        raise InvalidInput(
-            f"deleting a collection needs ?confirm={name} (its name again): it cannot be undone",
-            field="confirm",
-        )
     failed = await _writes(request).delete_collection(name)
     return CollectionDeleted(name=name, deleted=True, failed_writes=failed)
 

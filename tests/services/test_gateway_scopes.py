@@ -49,7 +49,7 @@ async def test_scopes(scoped: GatewaySettings) -> None:
             assert reply.status_code == 202, reply.text
             assert (await client.post("/v1/search", json=search, headers=key(writer))).is_success
             assert_error(
-                await client.delete("/v1/collections/default?confirm=default", headers=key(writer)),
+                await client.delete("/v1/collections/default?confirm=true", headers=key(writer)),
                 403,
                 "forbidden",
             )
@@ -82,6 +82,6 @@ async def test_scopes(scoped: GatewaySettings) -> None:
             403,
             "forbidden",
         )
-        deleted = await client.delete("/v1/collections/notes?confirm=notes", headers=key("admin"))
+        deleted = await client.delete("/v1/collections/notes?confirm=true", headers=key("admin"))
         assert deleted.status_code == 200, deleted.text
         assert_error(await client.post("/admin/reload", headers=key("reader")), 403, "forbidden")

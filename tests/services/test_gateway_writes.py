@@ -66,10 +66,10 @@ async def test_collection_lifecycle(settings: GatewaySettings) -> None:
         assert (info["model"], info["generation"], info["documents"]) == ("fake:embedder", 0, 0)
         again = await client.put("/v1/collections/notes", json={"model": "fake:embedder"})
         assert again.status_code == 200 and again.json()["uid"] == info["uid"]  # idempotent
-        assert_error(
+        assert_error(  # a model this gateway cannot embed with
             await client.put("/v1/collections/other", json={"model": "another/model"}),
-            422,
-            "invalid_request",
+            409,
+            "conflict",
             "model",
         )
         assert_error(
@@ -79,16 +79,16 @@ async def test_collection_lifecycle(settings: GatewaySettings) -> None:
             "model",
         )
         assert_error(
-            await client.delete("/v1/collections/notes"), 422, "invalid_request", "confirm"
+            await client.delete("/v1/collections/notes"), 422, "invalid_request", "query.confirm"
         )
         assert_error(
-            await client.delete("/v1/collections/notes?confirm=note"), 422, "invalid_request"
+            await client.delete("/v1/collections/notes?confirm=false"), 422, "invalid_request"
         )
-        gone = await client.delete("/v1/collections/notes?confirm=notes")
+        gone = await client.delete("/v1/collections/notes?confirm=true")
         assert gone.status_code == 200, gone.text
         assert gone.json() == {"name": "notes", "deleted": True, "failed_writes": 0}
         assert_error(await client.get("/v1/collections/notes"), 404, "not_found")
-        assert_error(await client.delete("/v1/collections/notes?confirm=notes"), 404, "not_found")
+        assert_error(await client.delete("/v1/collections/notes?confirm=true"), 404, "not_found")
         assert_error(await client.put("/v1/collections/.bad", json={}), 422, "invalid_request")
 
 
@@ -270,7 +270,7 @@ async def test_a_recreated_collection_is_never_answered_from_the_old_one(
         first = (await client.post("/v1/search", json=query)).json()
         assert (await client.post("/v1/search", json=query)).json()["cached"] is True
         uid = (await client.get("/v1/collections/zoo")).json()["uid"]
-        await client.delete("/v1/collections/zoo?confirm=zoo")
+        await client.delete("/v1/collections/zoo?confirm=true")
         recreated = (await client.put("/v1/collections/zoo", json={})).json()
         assert recreated["uid"] != uid and recreated["generation"] == 0
         await client.post(
