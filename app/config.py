@@ -338,6 +338,13 @@ class GatewaySettings(ServiceSettings):
         description="On shutdown, how long the gateway keeps applying and publishing the writes "
         "it acknowledged before it exits (what is left is applied at its next start).",
     )
+    fallback_sync_interval_s: float = Field(
+        30.0,
+        gt=0,
+        description="With a Qdrant primary and a FAISS fallback copy: how often a gateway "
+        "brings its copy up to what Qdrant published (writes other replicas applied), when "
+        "Qdrant published since. Each time reads every id of the collection.",
+    )
     writer_lease_ttl_s: float = Field(
         30.0,
         gt=0,

@@ -295,9 +295,13 @@ class Collections:
                 log.error("generation_reload_failed", collection=name, error=repr(exc))
         return changed
 
-    def add(self, name: str, index: Collection) -> None:
-        """Serve `index` (just created by this process) as collection `name`."""
+    async def replace(self, name: str, index: Collection) -> None:
+        """Serve `index` (just created or opened anew by this process) as collection `name`,
+        closing the instance it replaces."""
+        old = self._open.get(name)
         self._open[name] = index
+        if old is not None and old is not index:
+            await old.close()
 
     def opened(self, name: str) -> Collection | None:
         """Collection `name` if it is open, without opening it."""

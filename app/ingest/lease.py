@@ -54,6 +54,11 @@ class WriterLeases:
         """True when replicas coordinate through Redis."""
         return self._redis is not None
 
+    def local(self, collection: str) -> asyncio.Lock:
+        """This process's turn alone (for work on its own copies, like following the primary
+        into its fallback copy): keeps this process's writer out, not other replicas."""
+        return self._locks.setdefault(collection, asyncio.Lock())
+
     @asynccontextmanager
     async def hold(self, collection: str) -> AsyncIterator[None]:
         """Hold collection `collection`'s writer lease for the block.
@@ -62,8 +67,7 @@ class WriterLeases:
             Unavailable: another replica kept it past `wait_s`, or Redis did not answer (the
                 writes stay journaled and are tried again).
         """
-        lock = self._locks.setdefault(collection, asyncio.Lock())
-        async with lock:
+        async with self.local(collection):
             if self._redis is None:
                 yield
                 return

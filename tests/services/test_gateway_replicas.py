@@ -32,6 +32,8 @@ def replica_settings(
         GatewaySettings(
             index_dir=tmp_path / f"replica-{n}",
             write_journal_dir=tmp_path / f"journal-{n}",
+            fallback_index_dir=tmp_path / f"fallback-{n}",  # each replica's own disk
+            fallback_sync_interval_s=0.2,
             **shared,  # type: ignore[arg-type]
         )
         for n in range(2)
@@ -95,3 +97,19 @@ async def test_every_replica_accepts_writes_and_sees_all_of_them(
             )
             ids = [hit["id"] for hit in reply.json()["results"]]
             assert len(ids) == len(set(ids)) and {f"b-5-{i}" for i in range(5)} <= set(ids)
+        # each replica's fallback copy follows Qdrant: it gets what the other one wrote too
+        for settings in (first, second):
+            await until_followed(settings, 60)
+
+
+async def until_followed(settings: GatewaySettings, records: int) -> None:
+    from app.index.faiss.layout import CollectionLayout
+
+    assert settings.fallback_index_dir is not None
+    layout = CollectionLayout(settings.fallback_index_dir, "shared")
+    for _ in range(100):
+        generation = layout.current_generation()
+        if generation and layout.read_manifest(generation).count == records:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the fallback copy in {layout.root} did not follow Qdrant")

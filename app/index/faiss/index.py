@@ -237,6 +237,10 @@ class FaissIndex:
     async def delete(self, ids: Sequence[str]) -> int:
         return await asyncio.to_thread(self._writable_store().delete, ids)
 
+    async def staged_hashes(self) -> dict[str, str]:
+        """Every staged record's content hash, by id (what following another copy diffs)."""
+        return await asyncio.to_thread(lambda: self._writable_store().hashes())
+
     @property
     def calibration(self) -> Calibration | None:
         found = self._generation.manifest.calibration if self._generation else None

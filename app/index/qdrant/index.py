@@ -438,6 +438,48 @@ class QdrantIndex:
             records.sort(key=lambda doc: int(doc.metadata.get("chunk", 0)))
         return found
 
+    async def published_hashes(self) -> dict[str, str]:
+        """Every record of the published generation: its content hash, by id."""
+        found: dict[str, str] = {}
+        offset = None
+        while True:
+            points, offset = await self._client.scroll(
+                self._name,
+                scroll_filter=view(self._generation),
+                limit=2048,
+                offset=offset,
+                with_payload=["id", "hash"],
+                with_vectors=False,
+            )
+            for point in points:
+                payload = point.payload or {}
+                found[str(payload["id"])] = str(payload["hash"])
+            if offset is None:
+                return found
+
+    async def published_records(self, ids: Sequence[str]) -> list[tuple[Document, FloatArray]]:
+        """Records `ids` of the published generation, with their dense vectors."""
+        models = qdrant_models()
+        out: list[tuple[Document, FloatArray]] = []
+        for start in range(0, len(ids), _LOOKUP_BATCH):
+            condition = models.FieldCondition(
+                key="id", match=models.MatchAny(any=list(ids[start : start + _LOOKUP_BATCH]))
+            )
+            offset = None
+            while True:
+                points, offset = await self._client.scroll(
+                    self._name,
+                    scroll_filter=view(self._generation, extra=[condition]),
+                    limit=1024,
+                    offset=offset,
+                    with_payload=True,
+                    with_vectors=True,
+                )
+                out += [record(point) for point in points]
+                if offset is None:
+                    break
+        return out
+
     async def stats(self) -> CollectionStats:
         models = qdrant_models()
         later_chunk = models.FieldCondition(key="metadata.chunk", range=models.Range(gt=0))
