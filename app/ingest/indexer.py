@@ -153,8 +153,14 @@ async def _plan(
     """What of `batch` must be (re-)embedded and which chunks are gone; counts into `report`."""
     known = await index.children([doc.id for doc in batch])
     planned = _Planned([], [], consumed)
-    for doc in batch:
-        records = chunker.split(doc) if chunker else [doc]
+    # tokenizing a batch for its chunks takes a while: off the event loop, which in the
+    # gateway answers searches meanwhile
+    split = (
+        await asyncio.to_thread(lambda: [chunker.split(doc) for doc in batch])
+        if chunker
+        else [[doc] for doc in batch]
+    )
+    for doc, records in zip(batch, split, strict=True):
         before = known.get(doc.id, {})
         changed = [r for r in records if before.get(r.id) != content_hash(r)]
         gone = [record for record in before if record not in {r.id for r in records}]

@@ -116,6 +116,7 @@ class BatchQueue(Generic[T, R]):
         self._task: asyncio.Task[None] | None = None
         self._items_per_s = 0.0  # smoothed throughput, for Retry-After
         self._batches = 0
+        self._last_priority = Priority.BULK  # the class of the batch cut last
 
     @property
     def depth(self) -> int:
@@ -289,8 +290,13 @@ class BatchQueue(Generic[T, R]):
         if not live:
             self._pending = []
             return []
-        # Only the most urgent class waiting makes the batch (app.models.priority).
-        urgent = min(e.priority for e in live)
+        # One class makes a batch (app.models.priority): the more urgent one, except that
+        # when both wait they take turns, so steady queries cannot starve the bulk work.
+        waiting = {e.priority for e in live}
+        urgent = min(waiting)
+        if len(waiting) > 1 and self._last_priority == urgent:
+            urgent = max(waiting)
+        self._last_priority = urgent
         eligible = [e for e in live if e.priority == urgent]
         anchor = eligible[0]
         by_length = sorted(eligible, key=lambda e: e.size)

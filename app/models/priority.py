@@ -1,9 +1,11 @@
 """Which model work goes first: a person waiting for a search, or documents being indexed.
 
 A search's query embedding is interactive; passages embedded for writes (`app.ingest.writer`)
-are bulk. The batch queue (`app.models.batching`) cuts a batch from the most urgent class
-waiting, so a query never waits behind queued passages, only behind the one bulk batch the
-model may be computing, which is kept small for that reason. The class travels in a context
+are bulk. The batch queue (`app.models.batching`) cuts each batch from one class: the
+interactive one, except that when both wait they take turns batch by batch (steady searches
+must not starve indexing). So a query waits behind no queued passages, only behind at most one
+bulk batch, which is kept small for that reason (a quarter of the token budget), while
+indexing keeps at least half of the batches when both are busy. The class travels in a context
 variable within a process and as the `x-semsearch-priority` header to a model service.
 """
 

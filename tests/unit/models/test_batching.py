@@ -298,9 +298,9 @@ async def test_bulk_items_wait_while_interactive_ones_do(make_queue) -> None:  #
 
     queue, recorder = make_queue(size_of=lambda i: 10, max_batch_tokens=80)
     recorder.gate.clear()
-    blocker = asyncio.ensure_future(queue.submit([0]))
-    await asyncio.to_thread(recorder.entered.wait, 5)
-    with bulk_work():
+    with bulk_work():  # a bulk batch computing, more passages queued behind it
+        blocker = asyncio.ensure_future(queue.submit([0]))
+        await asyncio.to_thread(recorder.entered.wait, 5)
         passages = asyncio.ensure_future(queue.submit(list(range(100, 108))))
     await asyncio.sleep(0.01)
     query = asyncio.ensure_future(queue.submit([7]))
@@ -311,3 +311,22 @@ async def test_bulk_items_wait_while_interactive_ones_do(make_queue) -> None:  #
     await blocker
     assert recorder.batches[1] == [7]  # the query jumped the queue of passages
     assert recorder.batches[2:] == [[100, 101], [102, 103], [104, 105], [106, 107]]
+
+
+async def test_queries_and_bulk_work_take_turns_when_both_wait(make_queue) -> None:  # type: ignore[no-untyped-def]
+    """Steady queries must not starve indexing: with both classes waiting, batches alternate."""
+    from app.models.priority import bulk_work
+
+    queue, recorder = make_queue(size_of=lambda i: 10, max_batch_tokens=80, max_batch_size=2)
+    recorder.gate.clear()
+    blocker = asyncio.ensure_future(queue.submit([0]))
+    await asyncio.to_thread(recorder.entered.wait, 5)
+    with bulk_work():
+        passages = asyncio.ensure_future(queue.submit([100, 101, 102, 103]))
+    await asyncio.sleep(0.01)
+    queries = asyncio.ensure_future(queue.submit([1, 2, 3, 4]))
+    await asyncio.sleep(0.01)
+    recorder.gate.set()
+    await asyncio.gather(blocker, passages, queries)
+    # after the blocker (a query batch), the passages' turn, then the queries', ...
+    assert recorder.batches[1:] == [[100, 101], [1, 2], [102, 103], [3, 4]]
