@@ -13,9 +13,10 @@ from app.config import EmbedderSettings, GatewaySettings, RerankerSettings
 from app.index.collections import Collections
 from app.models import Embedder, Reranker, build_embedder, build_reranker
 from app.models.http import HttpEmbedder, HttpReranker
-from app.resilience import BreakerPolicy, CircuitBreaker
+from app.resilience import BreakerPolicy, CircuitBreaker, Probe
 from app.search.cache import build_cache
-from app.search.pipeline import Guards, PipelineConfig, SearchPipeline
+from app.search.config import Guards, PipelineConfig
+from app.search.pipeline import SearchPipeline
 
 
 def embedder_for(settings: GatewaySettings, model: EmbedderSettings) -> Embedder:
@@ -37,9 +38,11 @@ def build_pipeline(
 ) -> SearchPipeline:
     """The gateway's search pipeline, not started: models in-process or remote, collections
     as configured, Redis or the in-process cache, one breaker and bulkhead per dependency."""
+    embedding = embedder_for(settings, embedder)
+    reranking = reranker_for(settings, reranker)
     return SearchPipeline(
-        embedder=embedder_for(settings, embedder),
-        reranker=reranker_for(settings, reranker),
+        embedder=embedding,
+        reranker=reranking,
         collections=Collections.from_settings(settings),
         cache=build_cache(
             settings.redis_url,
@@ -48,6 +51,12 @@ def build_pipeline(
             CircuitBreaker("cache", BreakerPolicy.from_settings(settings)),
         ),
         config=PipelineConfig.from_settings(settings),
-        guards=Guards.from_settings(settings),
+        guards=Guards.from_settings(settings, _probe(embedding), _probe(reranking)),
         default_collection=settings.default_collection,
     )
+
+
+def _probe(model: Embedder | Reranker) -> Probe | None:
+    """A model service can be asked whether it answers (`GET /info`, served by its event loop
+    even while its model is busy); an in-process model has nothing to ask."""
+    return model.probe if isinstance(model, HttpEmbedder | HttpReranker) else None

@@ -77,6 +77,13 @@ class ModelSettings(ServiceSettings):
     max_chars_per_item: int = Field(
         32_000, ge=1, description="Longest text accepted, in characters (413 above)."
     )
+    threads: int = Field(
+        0,
+        ge=0,
+        description="CPU threads of one forward pass; 0: every core the process may use. When "
+        "model services share few cores, give each fewer: a thread waiting for a peer the OS "
+        "descheduled turned a 2 ms forward pass into 150 ms on 2 busy cores.",
+    )
     onnx_cache_dir: Path = _shared(
         "onnx_cache_dir",
         Path.home() / ".cache" / "semsearch" / "onnx",
@@ -175,6 +182,12 @@ class GatewaySettings(ServiceSettings):
         "the reranked candidates. 1: the cross-encoder alone; 0: ANN order. 0.5 was best on "
         "SciFact train (see bench/README.md); `semsearch eval` sweeps it on your data.",
     )
+    lexical_index: bool = Field(
+        True,
+        description="Give new generations (FAISS) and new collections (Qdrant) a lexical "
+        "(BM25) index, published with the vectors. Off: dense only, less disk and a faster "
+        "publish.",
+    )
     search_mode: Literal["hybrid", "dense", "lexical"] = Field(
         "hybrid",
         description="First stage when a request does not say: `hybrid` (BM25 and the dense "
@@ -191,6 +204,14 @@ class GatewaySettings(ServiceSettings):
         le=1,
         description="The lexical list's share. Unset: a blend uses the weight calibrated for "
         "each collection when it was published (0.3 if it could not be), rrf uses 0.5.",
+    )
+    group_by: Literal["document", "chunk"] = Field(
+        "document",
+        description="What a result is when a request does not say: a source `document` (its "
+        "matching chunks gathered under it; `top_k` counts documents) or one `chunk`.",
+    )
+    snippet_chars: int = Field(
+        240, ge=20, le=10_000, description="Length of a result's snippet, in characters."
     )
     max_query_chars: int = Field(2048, ge=1, description="Longest query accepted (422 above).")
     model_timeout_s: float = Field(
@@ -266,6 +287,16 @@ class GatewaySettings(ServiceSettings):
         "answers (keep it under index_timeout_ms, so the fallback has time).",
     )
     rerank_timeout_ms: int = Field(4000, ge=1, description="Cap of one rerank try.")
+    rerank_budget_fraction: float = Field(
+        0.4,
+        gt=0,
+        le=1,
+        description="While other searches are in progress, reranking must end within this "
+        "fraction of a search's deadline (from its arrival); the reranker service is told so "
+        "and refuses at once when its queue would make it later. Answers are then in "
+        "first-stage order, so searches under load end well inside their deadline. A search "
+        "alone may rerank until its deadline.",
+    )
     # -- failure handling ----------------------------------------------------------------------
     retry_attempts: int = Field(
         2, ge=1, le=5, description="Tries per idempotent call, the first included."
@@ -284,10 +315,32 @@ class GatewaySettings(ServiceSettings):
         20, ge=1, description="Calls in the window before the error rate counts."
     )
     breaker_recovery_s: float = Field(
-        10.0, gt=0, description="How long a breaker stays open before a probe is let through."
+        10.0,
+        gt=0,
+        description="How long an open breaker refuses before one trial call is let through.",
+    )
+    breaker_probe_interval_s: float = Field(
+        1.0,
+        gt=0,
+        description="An open breaker of a model service asks it `GET /info` in the background "
+        "(first after a tenth of this, doubling up to this) and closes as soon as it answers.",
     )
     max_inflight_searches: int = Field(
-        64, ge=1, description="Searches in progress per process; more are refused with 429."
+        64,
+        ge=1,
+        description="Ceiling of the adaptive admission limit (searches in progress per "
+        "process); searches over the limit are refused with 429.",
+    )
+    min_inflight_searches: int = Field(
+        2, ge=1, description="Floor of the adaptive admission limit."
+    )
+    admission_target_fraction: float = Field(
+        0.2,
+        gt=0,
+        le=1,
+        description="The admission limit shrinks (x0.9, once per round trip) while searches "
+        "take longer than this fraction of their deadline to answer, reranking not counted, or "
+        "are shed downstream; it grows while they are faster and the limit is in use.",
     )
     embedder_concurrency: int = Field(
         32, ge=1, description="Concurrent calls to the embedder (a bulkhead)."
@@ -400,6 +453,8 @@ class GatewaySettings(ServiceSettings):
     def _consistent(self) -> GatewaySettings:
         if self.search_timeout_ms > self.max_timeout_ms:
             raise ValueError("search_timeout_ms must not exceed max_timeout_ms")
+        if self.min_inflight_searches > self.max_inflight_searches:
+            raise ValueError("min_inflight_searches must not exceed max_inflight_searches")
         return self
 
     @property

@@ -17,8 +17,9 @@ HTTP_REQUESTS = Counter(
 )
 HTTP_LATENCY = Histogram(
     "semsearch_http_request_duration_seconds",
-    "Time to answer an HTTP request, by service and route template.",
-    ["service", "route", "method"],
+    "Time to answer an HTTP request, by service, route template and status (so that fast "
+    "refusals under overload do not hide how long admitted requests take).",
+    ["service", "route", "method", "status"],
     buckets=LATENCY_BUCKETS,
 )
 SEARCH_STAGE_LATENCY = Histogram(
@@ -121,6 +122,13 @@ CIRCUIT_TRANSITIONS = Counter(
     "Circuit breaker state changes, by dependency and new state.",
     ["name", "to"],
 )
+CIRCUIT_CALLS = Counter(
+    "semsearch_circuit_calls_total",
+    "Calls through a circuit breaker, by dependency and outcome: ok, busy (429), rejected "
+    "(4xx), deadline (ours ran out: no verdict), slow (timed out but alive), hang, error "
+    "(the last two count toward opening), refused (the breaker was open).",
+    ["name", "outcome"],
+)
 RETRIES = Counter(
     "semsearch_retries_total",
     "Retried calls to a dependency (idempotent calls only, inside the deadline).",
@@ -133,7 +141,31 @@ BULKHEAD_REJECTIONS = Counter(
 )
 SHED_REQUESTS = Counter(
     "semsearch_shed_requests_total",
-    "Requests refused with 429 before any work, by reason (inflight, rate_limit).",
+    "Requests refused with 429 before any work, by reason: limit (the gateway's adaptive "
+    "admission limit), rate_limit (an API key over its rate), queue_wait (a model service "
+    "expects to answer after the caller's deadline), queue_full (a model queue's item bound).",
+    ["reason"],
+)
+ADMISSION_LIMIT = Gauge(
+    "semsearch_admission_limit",
+    "The gateway's adaptive limit on searches in progress.",
+)
+ADMISSION_INFLIGHT = Gauge(
+    "semsearch_admission_inflight",
+    "Searches in progress in the gateway.",
+)
+ADMISSION_ADJUSTMENTS = Counter(
+    "semsearch_admission_adjustments_total",
+    "Changes of the admission limit, by direction (up, down) and cause: fast (a search "
+    "answered within its target), slow (it took longer), shed (a dependency refused it or its "
+    "deadline passed).",
+    ["direction", "cause"],
+)
+RERANK_SKIPPED = Counter(
+    "semsearch_rerank_skipped_total",
+    "Searches answered without reranking, by reason: budget (too little of the reranking "
+    "budget left), busy (the reranker refused: its queue would finish too late), "
+    "circuit_open, timeout, error, not_finite.",
     ["reason"],
 )
 AUTH_FAILURES = Counter(

@@ -3,18 +3,28 @@
 Small and dependency-free on purpose: the clock is injected (tests step time instead of
 sleeping), everything is asyncio-native, and the breaker's state is a Prometheus gauge.
 `StageGuard` composes them for one stage of the search path.
+
+A breaker opens on what means a dependency is broken, never on a busy one. Each call ends in
+a `Verdict`: an answer of any kind (a result, 429 busy, 4xx) proves the dependency works; a
+refused or dropped connection, a 5xx or a garbled answer is a fault. A call that times out is
+slow, not dead, when the dependency answered other calls while it waited; otherwise it is a
+hang only if the dependency also fails a liveness probe (a model service's `GET /info`,
+answered by its event loop even while its model thread is busy) -- or, for a dependency with
+no probe, when the try used its whole stage cap. Our own deadline cutting a call says nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
 import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from dataclasses import dataclass
-from enum import IntEnum
+from dataclasses import dataclass, field
+from enum import Enum, IntEnum
 from typing import TypeVar
 
 from app import metrics
@@ -27,6 +37,7 @@ from app.errors import (
     NotFound,
     Overloaded,
     PayloadTooLarge,
+    SemsearchError,
     Unauthorized,
     Unavailable,
 )
@@ -35,6 +46,16 @@ from app.logs import get_logger
 log = get_logger(__name__)
 T = TypeVar("T")
 Clock = Callable[[], float]
+# "Does the dependency answer now?" -- a cheap call that no model work queues behind.
+Probe = Callable[[], Awaitable[bool]]
+
+# The caller's remaining budget travels with each call to a model service, in milliseconds from
+# when the request is sent (relative, as gRPC's grpc-timeout, so no clocks need agree).
+TIMEOUT_HEADER = "x-request-timeout-ms"
+# When the caller of the current call stops waiting (time.monotonic): set by the StageGuard
+# around a call, and in the model services from TIMEOUT_HEADER. The HTTP clients send it on;
+# the batch queues refuse work that would finish after it.
+call_deadline: ContextVar[float | None] = ContextVar("call_deadline", default=None)
 
 # Errors that say "your request is wrong" or "busy right now", not "this component is broken".
 NOT_A_FAULT: tuple[type[BaseException], ...] = (
@@ -49,6 +70,39 @@ NOT_A_FAULT: tuple[type[BaseException], ...] = (
 _NOT_RETRIED: tuple[type[BaseException], ...] = (DeadlineExceeded, CircuitOpen, *NOT_A_FAULT)
 
 
+class Verdict(Enum):
+    """What one call says about the dependency (the `outcome` label of CIRCUIT_CALLS)."""
+
+    OK = "ok"  # it answered
+    BUSY = "busy"  # it answered 429: working, at capacity
+    REJECTED = "rejected"  # it refused the request (4xx): working, the request was wrong
+    DEADLINE = "deadline"  # our deadline ran out first, or it said so: says nothing
+    SLOW = "slow"  # timed out while it answered other calls (or its probe): behind, not dead
+    HANG = "hang"  # timed out, answered nothing meanwhile, and failed its probe
+    ERROR = "error"  # refused or dropped the connection, 5xx, an answer we cannot read
+    REFUSED = "refused"  # not attempted: the breaker was open
+
+    @property
+    def fault(self) -> bool:
+        return self in (Verdict.HANG, Verdict.ERROR)
+
+    @property
+    def answered(self) -> bool:
+        """The dependency itself said something (evidence that it is alive)."""
+        return self in (Verdict.OK, Verdict.BUSY, Verdict.REJECTED)
+
+
+def verdict_of(error: BaseException) -> Verdict:
+    """The verdict of a call that raised `error` (not a timeout of ours: see StageGuard)."""
+    if isinstance(error, Overloaded):
+        return Verdict.BUSY
+    if isinstance(error, NOT_A_FAULT):
+        return Verdict.REJECTED
+    if isinstance(error, DeadlineExceeded | asyncio.CancelledError):
+        return Verdict.DEADLINE
+    return Verdict.ERROR
+
+
 class BreakerState(IntEnum):
     CLOSED = 0
     OPEN = 1
@@ -61,7 +115,8 @@ class BreakerPolicy:
     window_s: float  # ... or this error rate over this window
     error_rate: float
     min_calls: int  # calls in the window before the rate counts
-    recovery_s: float  # open this long, then let probes through
+    recovery_s: float  # open this long, then let one trial call through
+    probe_interval_s: float  # with a probe: ask this often at most while open
     half_open_probes: int = 1  # concurrent trial calls while half-open
 
     @classmethod
@@ -72,6 +127,7 @@ class BreakerPolicy:
             error_rate=settings.breaker_error_rate,
             min_calls=settings.breaker_min_calls,
             recovery_s=settings.breaker_recovery_s,
+            probe_interval_s=settings.breaker_probe_interval_s,
         )
 
 
@@ -86,18 +142,33 @@ class Permit:
 
 
 class CircuitBreaker:
-    """Closed -> (failures) -> open -> (recovery_s) -> half-open -> (probe ok) -> closed."""
+    """Closed -> (faults) -> open -> (probe answers, or recovery_s then a trial call succeeds)
+    -> closed.
 
-    def __init__(self, name: str, policy: BreakerPolicy, clock: Clock = time.monotonic) -> None:
+    With a `probe`, an open breaker asks the dependency in the background (after a tenth of
+    `probe_interval_s`, doubling up to it) and closes as soon as it answers, instead of
+    refusing for a fixed window.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        policy: BreakerPolicy,
+        clock: Clock = time.monotonic,
+        probe: Probe | None = None,
+    ) -> None:
         self.name = name
         self.policy = policy
+        self.probe = probe
         self._clock = clock
         self._state = BreakerState.CLOSED
         self._epoch = 0  # bumped on every state change
         self._opened_at = 0.0
+        self._next_probe_at = 0.0
         self._consecutive = 0
         self._events: deque[tuple[float, bool]] = deque()
         self._probes = 0
+        self._prober: asyncio.Task[None] | None = None
         self._publish()
 
     @property
@@ -121,8 +192,20 @@ class CircuitBreaker:
         if state is BreakerState.HALF_OPEN and self._probes < self.policy.half_open_probes:
             self._probes += 1
             return Permit(self._epoch, probe=True)
-        wait = max(0.0, self.policy.recovery_s - (self._clock() - self._opened_at))
+        metrics.CIRCUIT_CALLS.labels(self.name, Verdict.REFUSED.value).inc()
+        now = self._clock()
+        wait = self.policy.recovery_s - (now - self._opened_at)
+        if self._prober is not None and not self._prober.done():
+            wait = min(wait, self._next_probe_at - now)
         raise CircuitOpen(f"{self.name} circuit is open", retry_after_s=max(1.0, wait))
+
+    def settle(self, permit: Permit, verdict: Verdict) -> None:
+        """Count the verdict of a call that `allow` let through."""
+        metrics.CIRCUIT_CALLS.labels(self.name, verdict.value).inc()
+        if verdict is Verdict.DEADLINE:
+            self.release(permit)
+        else:
+            self.record(permit, not verdict.fault)
 
     def record(self, permit: Permit, ok: bool) -> None:
         """The outcome of a call that `allow` let through."""
@@ -132,8 +215,7 @@ class CircuitBreaker:
         if permit.probe:
             self._probes = max(0, self._probes - 1)
             if ok:
-                self._reset()
-                self._move(BreakerState.CLOSED)
+                self._close()
             else:
                 self._trip(now)
             return
@@ -153,16 +235,10 @@ class CircuitBreaker:
         permit = self.allow()
         try:
             result = await work()
-        except NOT_A_FAULT:
-            self.record(permit, True)  # the component answered; the request was the problem
+        except BaseException as exc:
+            self.settle(permit, verdict_of(exc))
             raise
-        except (BudgetExhausted, asyncio.CancelledError):
-            self.release(permit)  # cut short by the caller: says nothing about the dependency
-            raise
-        except BaseException:
-            self.record(permit, False)
-            raise
-        self.record(permit, True)
+        self.settle(permit, Verdict.OK)
         return result
 
     def release(self, permit: Permit) -> None:
@@ -170,10 +246,48 @@ class CircuitBreaker:
         if permit.probe and permit.epoch == self._epoch:
             self._probes = max(0, self._probes - 1)
 
+    async def stop(self) -> None:
+        """Stop probing in the background."""
+        if self._prober is not None:
+            self._prober.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._prober
+            self._prober = None
+
     def _trip(self, now: float) -> None:
         self._opened_at = now
         self._reset()
         self._move(BreakerState.OPEN)
+        if self.probe is not None and (self._prober is None or self._prober.done()):
+            with contextlib.suppress(RuntimeError):  # no event loop: trial calls only
+                self._prober = asyncio.get_running_loop().create_task(
+                    self._probe_until_answered(self.probe), name=f"breaker-probe-{self.name}"
+                )
+
+    async def _probe_until_answered(self, probe: Probe) -> None:
+        delay = self.policy.probe_interval_s / 10
+        while True:
+            self._next_probe_at = self._clock() + delay
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))  # no herd of gateways
+            if self._closed():
+                return  # a trial call closed it meanwhile
+            try:
+                answered = await probe()
+            except Exception as exc:  # a probe that raises has not answered
+                log.debug("breaker_probe_failed", circuit=self.name, error=repr(exc))
+                answered = False
+            if answered:
+                log.info("breaker_probe_answered", circuit=self.name)
+                self._close()
+                return
+            delay = min(2 * delay, self.policy.probe_interval_s)
+
+    def _closed(self) -> bool:
+        return self._state is BreakerState.CLOSED
+
+    def _close(self) -> None:
+        self._reset()
+        self._move(BreakerState.CLOSED)
 
     def _reset(self) -> None:
         self._consecutive = 0
@@ -206,10 +320,15 @@ class Deadline:
     ) -> None:
         self._clock = clock
         self.budget_s = budget_s
-        self.expires_at = (clock() if started_at is None else started_at) + budget_s
+        self.started_at = clock() if started_at is None else started_at
+        self.expires_at = self.started_at + budget_s
 
     def remaining(self) -> float:
         return max(0.0, self.expires_at - self._clock())
+
+    def portion(self, fraction: float) -> Deadline:
+        """The deadline by which `fraction` of this budget is spent (0 < fraction <= 1)."""
+        return Deadline(self.budget_s * fraction, self._clock, self.started_at)
 
     def cap(self, seconds: float) -> float:
         """`seconds`, or what is left of the budget if that is less."""
@@ -241,13 +360,18 @@ class Bulkhead:
         self._semaphore = asyncio.Semaphore(limit)
 
     async def run(self, work: Callable[[], Awaitable[T]], wait_s: float) -> T:
-        """Run `work` in a slot, waiting at most `wait_s` for one.
+        """Run `work` in a slot, waiting at most `wait_s` for one (0: only a free one).
 
         Raises:
             Overloaded: no slot freed up in time.
         """
         try:
-            await asyncio.wait_for(self._semaphore.acquire(), timeout=max(wait_s, 0.0))
+            if wait_s > 0:
+                await asyncio.wait_for(self._semaphore.acquire(), timeout=wait_s)
+            elif self._semaphore.locked():
+                raise TimeoutError
+            else:
+                await self._semaphore.acquire()  # free: returns at once
         except TimeoutError:
             metrics.BULKHEAD_REJECTIONS.labels(self.name).inc()
             raise Overloaded(f"too many concurrent {self.name} calls", retry_after_s=1.0) from None
@@ -266,7 +390,13 @@ class StageGuard:
     bulkhead: Bulkhead
     timeout_s: float
     retry: RetryPolicy
+    # Optional work skips at once when every slot is taken; needed work waits within its budget.
+    wait_for_slot: bool = True
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    clock: Clock = time.monotonic
+    # When the dependency last answered a call (any verdict that proves it alive).
+    _answered_at: float = field(default=-math.inf, init=False)
+    _judging: set[asyncio.Task[None]] = field(default_factory=set, init=False)
 
     async def run(self, work: Callable[[], Awaitable[T]], deadline: Deadline) -> T:
         """`work()` under the guard, inside `deadline`.
@@ -274,7 +404,8 @@ class StageGuard:
         Raises:
             DeadlineExceeded: the budget ran out (each try is cut to what remains).
             CircuitOpen: the breaker refused the call.
-            Overloaded: the bulkhead had no slot within the budget.
+            Overloaded: the bulkhead had no slot within the budget, the dependency answered
+                429, or it was too busy to answer within the stage cap.
             whatever `work` raised on its last try.
         """
         attempt = 0
@@ -283,8 +414,8 @@ class StageGuard:
                 raise DeadlineExceeded(f"no time left for {self.name}")
             try:
                 return await self.bulkhead.run(
-                    lambda: self.breaker.call(lambda: self._timed(work, deadline)),
-                    wait_s=deadline.remaining(),
+                    lambda: self._try(work, deadline),
+                    wait_s=deadline.remaining() if self.wait_for_slot else 0.0,
                 )
             except _NOT_RETRIED:
                 raise
@@ -296,14 +427,49 @@ class StageGuard:
                 metrics.RETRIES.labels(self.name).inc()
                 await self.sleep(delay)
 
-    async def _timed(self, work: Callable[[], Awaitable[T]], deadline: Deadline) -> T:
+    async def _try(self, work: Callable[[], Awaitable[T]], deadline: Deadline) -> T:
+        permit = self.breaker.allow()
         budget = deadline.cap(self.timeout_s)
+        started = self.clock()
+        token = call_deadline.set(started + budget)  # the dependency is told (TIMEOUT_HEADER)
         try:
-            return await asyncio.wait_for(work(), timeout=budget)
+            result = await asyncio.wait_for(work(), timeout=budget)
         except TimeoutError:
-            if budget < self.timeout_s:  # the request's deadline, not the stage cap, ran out
-                raise BudgetExhausted(
-                    f"{self.name} did not answer within the request's deadline"
-                ) from None
-            # one slow try, with budget left: a fault of the dependency, worth a retry
-            raise Unavailable(f"{self.name} timed out after {budget:.2f}s") from None
+            raise self._timed_out(permit, started, budget) from None
+        except BaseException as exc:
+            verdict = verdict_of(exc)
+            # A deadline error raised by `work` is the dependency's own answer (its 504).
+            if verdict.answered or isinstance(exc, DeadlineExceeded):
+                self._answered_at = self.clock()
+            self.breaker.settle(permit, verdict)
+            raise
+        finally:
+            call_deadline.reset(token)
+        self._answered_at = self.clock()
+        self.breaker.settle(permit, Verdict.OK)
+        return result
+
+    def _timed_out(self, permit: Permit, started: float, budget: float) -> SemsearchError:
+        """Tell a slow dependency from a hung one; the error for the caller."""
+        capped = budget >= self.timeout_s  # else the request's own deadline ran out first
+        if self._answered_at >= started:
+            self.breaker.settle(permit, Verdict.SLOW)
+        elif self.breaker.probe is not None:
+            task = asyncio.create_task(self._judge(permit, self.breaker.probe))
+            self._judging.add(task)
+            task.add_done_callback(self._judging.discard)
+        else:  # nothing to ask: a whole stage cap without an answer is taken for a hang
+            self.breaker.settle(permit, Verdict.HANG if capped else Verdict.DEADLINE)
+        if not capped:
+            return BudgetExhausted(f"{self.name} did not answer within the request's deadline")
+        if self._answered_at >= started:  # it works, but is behind: try again later
+            return Overloaded(f"{self.name} is busy: no answer within {budget:.2f}s")
+        return Unavailable(f"{self.name} timed out after {budget:.2f}s")
+
+    async def _judge(self, permit: Permit, probe: Probe) -> None:
+        """The verdict of a timed-out call: slow if the dependency answers its probe."""
+        try:
+            alive = await probe()
+        except Exception:
+            alive = False
+        self.breaker.settle(permit, Verdict.SLOW if alive else Verdict.HANG)

@@ -155,6 +155,16 @@ class ModelInfo:
     device: str
 
 
+class GroupBy(StrEnum):
+    """What one result is: a source document (its chunks gathered) or one indexed chunk."""
+
+    DOCUMENT = "document"
+    CHUNK = "chunk"
+
+
+Span = tuple[int, int]  # [start, end) in characters
+
+
 @dataclass(frozen=True, slots=True)
 class SearchQuery:
     """One search, as the pipeline sees it (already validated and defaulted)."""
@@ -171,16 +181,49 @@ class SearchQuery:
     mode: SearchMode | None = None  # None: the gateway's default
     fusion_method: str | None = None  # None: the collection's (calibrated) fusion
     fusion_weight: float | None = None  # lexical share; None: the collection's
+    group_by: GroupBy | None = None  # what a result is (top_k counts them); None: the default
+    offset: int = 0  # results to skip: the next page starts where the last one ended
+    min_score: float | None = None  # results scoring less are dropped
+    diversity: float = 0.0  # MMR: 0 off, up to 1 (novelty weighs as much as the score)
+    highlight_html: bool = False  # snippets also as escaped HTML with <em>
+    generation: int | None = None  # the generation earlier pages came from
+
+
+@dataclass(frozen=True, slots=True)
+class Snippet:
+    """The window of a passage that best shows why it matched (`app.search.snippets`)."""
+
+    text: str
+    start: int  # where the window begins in the passage's text, in characters
+    highlights: tuple[Span, ...]  # the query's words, relative to `text`
+    html: str | None = None  # on request: escaped, the words in <em>
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkMatch:
+    """One chunk of a document result that matched: its score and its rank among chunks."""
+
+    id: str
+    score: float
+    rank: int
 
 
 @dataclass(frozen=True, slots=True)
 class RankedHit:
-    """A final result: the ANN hit, its reranker score when reranked, and its rank (1-based)."""
+    """A final result: the passage (for a document, its best chunk), its reranker score when
+    reranked, its rank (1-based, counted over every page), and what shaping added."""
 
     hit: Hit
     rank: int
     score: float
     rerank_score: float | None
+    chunks: tuple[ChunkMatch, ...] = ()  # grouped by document: its chunks that matched
+    snippet: Snippet | None = None
+    title_highlights: tuple[Span, ...] = ()
+
+    @property
+    def document_id(self) -> str:
+        return str(self.hit.metadata.get("parent_id", self.hit.id))
 
 
 @dataclass(slots=True)
@@ -200,6 +243,10 @@ class SearchResult:
     request_id: str | None
     mode: SearchMode = SearchMode.DENSE  # what the first stage really was
     fusion: dict[str, object] | None = None  # how the two lists were fused (hybrid only)
+    group_by: GroupBy = GroupBy.CHUNK
+    offset: int = 0
+    next_offset: int | None = None  # where the next page starts; None: this is the last
+    generation_changed: bool = False  # asked for a page of another generation than this
 
 
 def lone_surrogate_at(text: str) -> int | None:

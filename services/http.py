@@ -54,6 +54,13 @@ _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse} for status in (404, 413, 422, 429, 503, 504)
 }
+for _status in (429, 503):  # "come back later": when, in whole seconds
+    ERROR_RESPONSES[_status]["headers"] = {
+        "Retry-After": {
+            "description": "Seconds to wait before trying again.",
+            "schema": {"type": "integer", "minimum": 1},
+        }
+    }
 
 
 def install(app: FastAPI, service: str, max_request_bytes: int) -> None:
@@ -251,7 +258,9 @@ class RequestContext:
             template = getattr(route, "path", "unmatched")
             method = scope["method"]
             metrics.HTTP_REQUESTS.labels(self.service, template, method, str(status)).inc()
-            metrics.HTTP_LATENCY.labels(self.service, template, method).observe(elapsed)
+            metrics.HTTP_LATENCY.labels(self.service, template, method, str(status)).observe(
+                elapsed
+            )
             if template not in ("/health", "/metrics", "/ready"):
                 log.info(
                     "request",

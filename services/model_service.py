@@ -5,10 +5,12 @@ model a request names."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Annotated
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi.responses import JSONResponse
 
 from app import __version__
@@ -17,6 +19,7 @@ from app.errors import InvalidInput, Unavailable
 from app.models import Embedder, Reranker
 from app.models.batching import resolve_batch_tokens
 from app.protocol.common import InfoResponse
+from app.resilience import TIMEOUT_HEADER, call_deadline, request_arrival
 from services.http import ERROR_RESPONSES, install, ready_response
 
 common_routes = APIRouter(responses=ERROR_RESPONSES)
@@ -67,6 +70,25 @@ async def ready(request: Request) -> JSONResponse:
     return ready_response(model.ready, {"model": model.info.model_id, "status": model.status})
 
 
+async def caller_deadline(
+    timeout_ms: Annotated[
+        int | None,
+        Header(
+            alias=TIMEOUT_HEADER,
+            ge=0,
+            description="How long the caller waits for the answer, in ms from sending the "
+            "request (as gRPC's grpc-timeout). A request the queue would answer later is "
+            "refused at once with 429 and Retry-After, instead of being computed for nobody.",
+        ),
+    ] = None,
+) -> None:
+    """The caller's deadline, for the batch queue (a dependency of the model routes, so it is
+    in their OpenAPI description)."""
+    if timeout_ms is not None:
+        arrived = request_arrival.get() or time.monotonic()
+        call_deadline.set(arrived + timeout_ms / 1000)
+
+
 def check_model_name(requested: str | None, served: str) -> None:
     """A request naming another model must not silently get this one's output."""
     if requested and requested not in (served, served.rstrip("/").rsplit("/", 1)[-1]):
@@ -93,6 +115,6 @@ def create_model_app(
     app.state.model = model
     app.state.unhealthy = lambda: None if model.healthy else f"{service} model: {model.status}"
     install(app, service, settings.max_request_bytes)
-    app.include_router(router)
+    app.include_router(router, dependencies=[Depends(caller_deadline)])
     app.include_router(common_routes)
     return app

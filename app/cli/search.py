@@ -150,14 +150,14 @@ def eval_command(
     for label, values in rows:
         table.add_row(label, *(f"{values[m]:.4f}" for m in measures))
     console.print(table)
-    fusion = Table(title="hybrid nDCG@10 by fusion method (rows) and lexical weight (columns)")
-    fusion.add_column("method")
-    lexical_weights = sorted({p.weight for p in report.fusion_sweep})
-    for share in lexical_weights:
-        fusion.add_column(f"{share:g}", justify="right")
-    for method in dict.fromkeys(p.method for p in report.fusion_sweep):
-        by = {p.weight: p.scores["nDCG@10"] for p in report.fusion_sweep if p.method == method}
-        fusion.add_row(method, *(f"{by[w]:.4f}" for w in lexical_weights))
+    fusion = Table(title="hybrid nDCG@10 by lexical weight (rows) and fusion method (columns)")
+    fusion.add_column("weight")
+    methods = list(dict.fromkeys(p.method for p in report.fusion_sweep))
+    for method in methods:
+        fusion.add_column(method, justify="right")
+    for share in sorted({p.weight for p in report.fusion_sweep}):
+        by = {p.method: p.scores["nDCG@10"] for p in report.fusion_sweep if p.weight == share}
+        fusion.add_row(f"{share:g}", *(f"{by[m]:.4f}" for m in methods))
     console.print(fusion)
     if report.sweep:
         sweep = Table(title="hybrid + rerank nDCG@10 by depth (rows) and rerank weight (columns)")

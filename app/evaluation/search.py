@@ -155,6 +155,8 @@ async def evaluate_search(
             "rerank_timeout_ms": settings.max_timeout_ms,
             "embed_timeout_ms": settings.max_timeout_ms,
             "max_inflight_searches": 1024,
+            "rerank_budget_fraction": 1.0,
+            "admission_target_fraction": 1.0,
             "max_top_k": max(settings.max_top_k, CANDIDATES),
             "default_collection": name,
         }
@@ -166,9 +168,12 @@ async def evaluate_search(
     await pipeline.wait_ready(600)
     try:
         query_ids = list(dataset.queries)
-        semaphore = asyncio.Semaphore(config.concurrency)
 
         async def run(mode: SearchMode, rerank: bool = False) -> list[SearchResult]:
+            # the reranker computes one batch at a time: more searches at once would only
+            # wait longer in its queue, some past even an evaluation's deadline
+            semaphore = asyncio.Semaphore(2 if rerank else config.concurrency)
+
             async def one(query_id: str) -> SearchResult:
                 async with semaphore:
                     result = await pipeline.search(

@@ -322,10 +322,13 @@ class Collections:
     def status(self) -> dict[str, dict[str, object]]:
         out: dict[str, dict[str, object]] = {}
         for name, index in sorted(self._open.items()):
+            calibration = index.calibration
             entry: dict[str, object] = {
                 "backend": index.backend,
                 "generation": index.generation,
                 "model": index.model_id,
+                "lexical": index.has_lexical,
+                "fusion_weight": calibration.weight if calibration else None,
             }
             if isinstance(index, FallbackIndex):
                 entry["fallback"] = index.fallback.backend

@@ -4,10 +4,12 @@ Every item of every request gets a future. A single batcher task cuts batches by
 by a padded-token budget (longest item x items, which is what a forward pass really costs) and
 by a short maximum wait, grouping items of similar length so little compute is spent on padding.
 The model runs on a worker thread while the next batch accumulates; the queue is bounded and a
-request that does not fit is refused at once (429) instead of waiting. Items whose caller went
-away (its task was cancelled, e.g. on client disconnect) are dropped before compute, and stop
-counting toward the bound at once. A request larger than the whole queue is admitted only when
-nothing else waits, and is fed in pieces that fit.
+request that does not fit is refused at once (429) instead of waiting. A request whose caller
+said how long it waits (`call_deadline`) is refused at once too when the queue ahead of it,
+costed by the compute time measured per token, would answer it later. Items whose caller went
+away (its task was cancelled, e.g. on client disconnect) or whose deadline passed are dropped
+before compute, and stop counting toward the bound at once. A request larger than the whole
+queue is admitted only when nothing else waits, and is fed in pieces that fit.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from typing import Generic, TypeVar
 
 from app import metrics
 from app.config import ModelSettings
-from app.errors import Overloaded, Unavailable
+from app.errors import DeadlineExceeded, Overloaded, Unavailable
 from app.logs import get_logger
 from app.models.priority import BULK_BATCH_SHARE, Priority, work_priority
+from app.resilience import call_deadline
 
 log = get_logger(__name__)
 
@@ -51,6 +54,7 @@ class _Entry(Generic[T, R]):
     item: T
     size: int
     future: asyncio.Future[R]
+    deadline: float | None = None  # time.monotonic() after which nobody waits for it
     priority: Priority = Priority.INTERACTIVE  # bulk items wait while interactive ones do
     enqueued: float = field(default_factory=time.perf_counter)
     queued: bool = True  # waiting in `_pending` (not yet taken into a batch)
@@ -115,6 +119,10 @@ class BatchQueue(Generic[T, R]):
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._items_per_s = 0.0  # smoothed throughput, for Retry-After
+        self._s_per_token = 0.0  # smoothed compute time per token, for the expected wait
+        # tokens of the live queued items, by class: a query waits behind queries only
+        self._queued_tokens = {Priority.INTERACTIVE: 0, Priority.BULK: 0}
+        self._computing: tuple[int, float] = (0, 0.0)  # tokens of the batch on the model, since
         self._batches = 0
         self._last_priority = Priority.BULK  # the class of the batch cut last
 
@@ -140,6 +148,21 @@ class BatchQueue(Generic[T, R]):
         self._inflight = []
         self._pending.clear()
 
+    def expected_wait(self, tokens: int, priority: Priority = Priority.INTERACTIVE) -> float:
+        """Seconds until `tokens` more tokens of class `priority` would be computed, at the
+        measured cost per token of recent batches: the rest of the batch on the model, then
+        the queue ahead of them (for a query: the queries, and the one bulk batch that may
+        take its turn first), then them."""
+        computing, since = self._computing
+        rest = max(0.0, computing * self._s_per_token - (time.monotonic() - since))
+        bulk = self._queued_tokens[Priority.BULK]
+        ahead = self._queued_tokens[Priority.INTERACTIVE]
+        if priority is Priority.BULK:
+            ahead += bulk
+        else:
+            ahead += min(bulk, self.limits.max_batch_tokens // BULK_BATCH_SHARE)
+        return rest + (ahead + tokens) * self._s_per_token
+
     async def submit(self, items: Sequence[T]) -> list[R]:
         """Results for `items`, in order.
 
@@ -148,7 +171,9 @@ class BatchQueue(Generic[T, R]):
         in-process callers can submit any number of items and the queue stays bounded.
 
         Raises:
-            Overloaded: the queue cannot take `len(items)` more items right now (nothing queued).
+            Overloaded: the queue cannot take `len(items)` more items right now (nothing queued),
+                or the work ahead would answer after the caller's `call_deadline`.
+            DeadlineExceeded: the deadline passed while the items waited.
             Unavailable: the batcher is not running, or stopped before the answer.
         """
         if self._task is None or self._task.done():
@@ -157,10 +182,12 @@ class BatchQueue(Generic[T, R]):
         waiting = self._queued + self._reserved
         oversized = len(items) > room
         if waiting > 0 if oversized else waiting + len(items) > room:
+            metrics.SHED_REQUESTS.labels("queue_full").inc()
             raise Overloaded(
                 f"{self.kind} queue is full ({waiting} items waiting)",
                 retry_after_s=self._retry_after(len(items)),
             )
+        self._refuse_if_too_late(items)
         if not oversized:
             return await self._submit(items)
         results: list[R] = []
@@ -176,17 +203,37 @@ class BatchQueue(Generic[T, R]):
             self._reserved -= unqueued
         return results
 
+    def _refuse_if_too_late(self, items: Sequence[T]) -> None:
+        """429 now rather than an answer nobody waits for. Only with work ahead: a lone request
+        is never refused on an estimate (it may be worth trying, and nothing else is slowed)."""
+        deadline = call_deadline.get()
+        if deadline is None or not (self._queued or self._inflight):
+            return
+        left = deadline - time.monotonic()
+        wait = self.expected_wait(
+            sum(self._size_of(item) for item in items), work_priority.get()
+        )
+        if wait > left:
+            metrics.SHED_REQUESTS.labels("queue_wait").inc()
+            raise Overloaded(
+                f"{self.kind} queue would answer in about {wait * 1000:.0f} ms; the caller "
+                f"waits {max(left, 0.0) * 1000:.0f} ms",
+                retry_after_s=self.expected_wait(0),
+            )
+
     async def _submit(self, items: Sequence[T]) -> list[R]:
         loop = asyncio.get_running_loop()
-        priority = work_priority.get()
+        deadline, priority = call_deadline.get(), work_priority.get()
         entries = [
-            _Entry(item, self._size_of(item), loop.create_future(), priority) for item in items
+            _Entry(item, self._size_of(item), loop.create_future(), deadline, priority)
+            for item in items
         ]
         for entry in entries:
             entry.request = entries
             entry.future.add_done_callback(partial(self._left, entry))
         self._pending.extend(entries)
         self._queued += len(entries)
+        self._queued_tokens[priority] += sum(entry.size for entry in entries)
         self._report_depth()
         self._wakeup.set()
         started = time.perf_counter()
@@ -212,6 +259,7 @@ class BatchQueue(Generic[T, R]):
         if entry.queued:
             entry.queued = False
             self._queued -= 1
+            self._queued_tokens[entry.priority] -= entry.size
             self._report_depth()
 
     def _report_depth(self) -> None:
@@ -241,6 +289,8 @@ class BatchQueue(Generic[T, R]):
         metrics.BATCH_TOKENS.labels(self.kind).observe(max(e.size for e in batch) * len(batch))
         # stop() fails these too if it cancels us mid-compute (so no `finally` clears them).
         self._inflight = batch
+        tokens = sum(e.size for e in batch)
+        self._computing = (tokens, time.monotonic())
         try:
             results = await loop.run_in_executor(
                 self._executor, self._compute, [e.item for e in batch]
@@ -249,6 +299,7 @@ class BatchQueue(Generic[T, R]):
                 raise RuntimeError(f"compute returned {len(results)} results for {len(batch)}")
         except Exception as exc:
             self._inflight = []
+            self._computing = (0, 0.0)
             log.error("batch_failed", kind=self.kind, items=len(batch), error=repr(exc))
             for entry in batch:
                 if not entry.future.done():
@@ -260,10 +311,13 @@ class BatchQueue(Generic[T, R]):
                     sibling.future.cancel()
             return
         self._inflight = []
+        self._computing = (0, 0.0)
         elapsed = time.perf_counter() - started
         metrics.BATCH_COMPUTE_SECONDS.labels(self.kind).observe(elapsed)
         rate = len(batch) / elapsed if elapsed > 0 else 0.0
         self._items_per_s = rate if not self._items_per_s else 0.8 * self._items_per_s + 0.2 * rate
+        cost = elapsed / max(tokens, 1)
+        self._s_per_token = cost if not self._s_per_token else 0.8 * self._s_per_token + 0.2 * cost
         self._batches += 1
         for entry, result in zip(batch, results, strict=True):
             entry.batch, entry.compute_s = self._batches, elapsed
@@ -286,6 +340,12 @@ class BatchQueue(Generic[T, R]):
         """The next batch: the oldest live item plus the items closest to it in length,
         within the item and padded-token limits. The oldest always goes first, so a long item
         cannot be starved by a stream of short ones."""
+        now = time.monotonic()
+        for entry in self._pending:
+            if entry.deadline is not None and entry.deadline <= now and not entry.future.done():
+                entry.future.set_exception(
+                    DeadlineExceeded(f"the caller's deadline passed in the {self.kind} queue")
+                )
         live = [e for e in self._pending if not e.future.done()]
         if not live:
             self._pending = []

@@ -52,9 +52,14 @@ def cpu_has_bf16() -> bool:
     return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
-def use_all_cores() -> None:
-    """Torch's default thread count ignores CPU affinity (containers); use what we may run on."""
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+def cpu_threads(setting: int) -> int:
+    """`setting`, or for 0 every core the process may run on (torch's and ONNX Runtime's
+    defaults ignore CPU affinity, e.g. a container's CPU set)."""
+    return setting or max(1, len(os.sched_getaffinity(0)))
+
+
+def use_cpu_threads(setting: int) -> None:
+    torch.set_num_threads(cpu_threads(setting))
 
 
 class TorchEngine:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import re
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -33,6 +35,7 @@ from app.models.priority import PRIORITY_HEADER, Priority, work_priority
 from app.protocol.common import InfoResponse, field_name
 from app.protocol.embeddings import EmbeddingsRequest, EmbeddingsResponse
 from app.protocol.ranking import RankingRequest, RankingResponse
+from app.resilience import TIMEOUT_HEADER, call_deadline
 from app.types import FloatArray, InputType, ModelInfo, Truncate
 
 log = get_logger(__name__)
@@ -121,6 +124,11 @@ class _ServiceClient:
         self._status = "ready"
         return True
 
+    async def probe(self) -> bool:
+        """Does the service answer now, with its model loaded? (For the breakers: /info is
+        answered by the service's event loop, so a busy model does not make it late.)"""
+        return await self.refresh_info()
+
     async def _probe(self, answered: bool) -> None:
         """Keep `status` current for /ready: a gateway started before its model services
         becomes ready on its own, with no search needed to find out."""
@@ -156,6 +164,10 @@ class _ServiceClient:
             headers[REQUEST_ID_HEADER] = request_id
         if work_priority.get() is Priority.BULK:  # the service batches it behind queries
             headers[PRIORITY_HEADER] = "bulk"
+        deadline = call_deadline.get()
+        if deadline is not None:  # how long we will wait: the service sheds what cannot make it
+            remaining_ms = (deadline - time.monotonic()) * 1000
+            headers[TIMEOUT_HEADER] = str(max(0, math.floor(remaining_ms)))
         try:
             reply = await self._http.request(
                 method,

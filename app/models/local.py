@@ -30,9 +30,10 @@ from app.models.batching import BatchLimits, BatchQueue
 from app.models.engines import (
     Engine,
     TorchEngine,
+    cpu_threads,
     resolve_device,
     resolve_dtype,
-    use_all_cores,
+    use_cpu_threads,
 )
 from app.models.paths import model_folder
 from app.models.tokens import Encoded, TextTokenizer
@@ -169,9 +170,10 @@ class _LocalModel:
             )
             if not path.is_file():
                 export(folder, self.kind, path)
-            return OnnxEngine(path, self._device, output), backend
+            threads = cpu_threads(self._settings.threads)
+            return OnnxEngine(path, self._device, output, threads), backend
         if self._device == "cpu":
-            use_all_cores()
+            use_cpu_threads(self._settings.threads)
         dtype = resolve_dtype(self._settings.dtype, self._device)
         return TorchEngine(load_torch(self._device), output, self._device, dtype), f"torch-{dtype}"
 

@@ -127,10 +127,10 @@ def export(folder: Path, kind: str, target: Path) -> None:
 class OnnxEngine:
     """Runs an exported graph; feeds only the inputs the graph declares."""
 
-    def __init__(self, path: Path, device: str, output: str) -> None:
+    def __init__(self, path: Path, device: str, output: str, threads: int) -> None:
         ort = require("onnxruntime", "onnx", "the ONNX Runtime backend")
         options = ort.SessionOptions()
-        options.intra_op_num_threads = max(1, len(os.sched_getaffinity(0)))
+        options.intra_op_num_threads = threads
         providers = ["CPUExecutionProvider"]
         if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")

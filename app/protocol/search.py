@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_validator
 
 from app.protocol.common import StrictRequest, Text
-from app.types import FusionMethod, SearchMode, SearchQuery, SearchResult
+from app.types import FusionMethod, GroupBy, RankedHit, SearchMode, SearchQuery, SearchResult
 
 
 class SearchRequest(StrictRequest):
@@ -54,6 +54,37 @@ class SearchRequest(StrictRequest):
         description="Hybrid only: the lexical list's share (0: dense order, 1: BM25 order). "
         "Default: the weight calibrated for the collection.",
     )
+    group_by: GroupBy | None = Field(
+        None,
+        description="`document` (default): one result per source document, its matching "
+        "chunks listed under it, `top_k` counting documents; `chunk`: one per indexed chunk.",
+    )
+    offset: int = Field(
+        0,
+        ge=0,
+        le=1000,
+        description="Results to skip: pass the previous answer's `next_offset` for the next "
+        "page. Pages come from one ranking per index generation: no repeats, no gaps.",
+    )
+    generation: int | None = Field(
+        None,
+        ge=0,
+        description="For a next page: the `index.generation` of the previous one. An answer "
+        "from another (newer) generation says so (`generation_changed`).",
+    )
+    min_score: float | None = Field(
+        None, description="Drop results whose `score` is lower (a floor on what comes back)."
+    )
+    diversity: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Fewer near-duplicates (maximal marginal relevance): 0 off, 1 novelty "
+        "weighs as much as the score.",
+    )
+    highlight_html: bool = Field(
+        False, description="Also give each snippet as HTML, escaped, the matched words in <em>."
+    )
 
     @field_validator("query")
     @classmethod
@@ -84,11 +115,38 @@ class SearchRequest(StrictRequest):
             mode=self.mode,
             fusion_method=self.fusion.value if self.fusion else None,
             fusion_weight=self.fusion_weight,
+            group_by=self.group_by,
+            offset=self.offset,
+            generation=self.generation,
+            min_score=self.min_score,
+            diversity=self.diversity,
+            highlight_html=self.highlight_html,
         )
 
 
+class ChunkHit(BaseModel):
+    id: str = Field(description="The chunk's id (`doc#3`), or the document's when unchunked.")
+    score: float
+    rank: int = Field(description="Its rank among all the chunks ranked for this query.")
+
+
+class SnippetOut(BaseModel):
+    text: str = Field(description="The window of the passage that best shows the match.")
+    start: int = Field(description="Where the window begins in `text` of the hit, in characters.")
+    highlights: list[tuple[int, int]] = Field(
+        description="The query's words in the window: [start, end) offsets in characters "
+        "(Unicode code points, as Python indexes a string)."
+    )
+    html: str | None = Field(
+        None, description="On request: the window as HTML, escaped, the words in <em>."
+    )
+
+
 class SearchHit(BaseModel):
-    id: str = Field(description="The indexed record: a document's id, or `doc#3` for a chunk.")
+    id: str = Field(
+        description="The result: the source document's id (grouped by document), or the "
+        "indexed chunk's (`doc#3`) with group_by chunk."
+    )
     document_id: str = Field(description="The source document (the id a chunk came from).")
     rank: int
     score: float = Field(
@@ -109,8 +167,16 @@ class SearchHit(BaseModel):
     )
     rerank_score: float | None
     title: str
-    text: str
+    text: str = Field(description="The best chunk's text (the whole text when unchunked).")
     metadata: dict[str, Any]
+    chunks: list[ChunkHit] = Field(
+        description="The chunks of the document that were ranked, best first (with group_by "
+        "chunk: the result itself)."
+    )
+    snippet: SnippetOut
+    title_highlights: list[tuple[int, int]] = Field(
+        description="The query's words in `title`, as character offsets."
+    )
 
 
 class IndexInfo(BaseModel):
@@ -132,6 +198,15 @@ class FusionUsed(BaseModel):
 
 class SearchResponse(BaseModel):
     results: list[SearchHit]
+    group_by: GroupBy
+    offset: int
+    next_offset: int | None = Field(
+        description="`offset` of the next page; null when this is the last."
+    )
+    generation_changed: bool = Field(
+        description="The `generation` asked for is not the one that answered: a newer one "
+        "was published since the previous page; this page is from the new one."
+    )
     mode: SearchMode = Field(
         description="What the first stage was: the mode asked for, or what was left of it "
         "(a hybrid search without a query vector is lexical, flagged degraded)."
@@ -150,8 +225,8 @@ class SearchResponse(BaseModel):
         return cls(
             results=[
                 SearchHit(
-                    id=r.hit.id,
-                    document_id=str(r.hit.metadata.get("parent_id", r.hit.id)),
+                    id=r.document_id if result.group_by is GroupBy.DOCUMENT else r.hit.id,
+                    document_id=r.document_id,
                     rank=r.rank,
                     score=r.score,
                     ann_score=r.hit.dense_score,
@@ -161,9 +236,16 @@ class SearchResponse(BaseModel):
                     title=r.hit.title,
                     text=r.hit.text,
                     metadata=r.hit.metadata,
+                    chunks=[ChunkHit(id=c.id, score=c.score, rank=c.rank) for c in r.chunks],
+                    snippet=_snippet(r),
+                    title_highlights=list(r.title_highlights),
                 )
                 for r in result.results
             ],
+            group_by=result.group_by,
+            offset=result.offset,
+            next_offset=result.next_offset,
+            generation_changed=result.generation_changed,
             mode=result.mode,
             fusion=FusionUsed.model_validate(result.fusion) if result.fusion else None,
             reranked=result.reranked,
@@ -178,3 +260,12 @@ class SearchResponse(BaseModel):
             timings_ms=result.timings_ms,
             request_id=result.request_id,
         )
+
+
+def _snippet(result: RankedHit) -> SnippetOut:
+    snip = result.snippet
+    if snip is None:  # shaping always makes one; an empty window says nothing matched
+        return SnippetOut(text="", start=0, highlights=[])
+    return SnippetOut(
+        text=snip.text, start=snip.start, highlights=list(snip.highlights), html=snip.html
+    )

@@ -18,12 +18,12 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 from app import metrics
 from app.logs import get_logger
 from app.resilience import CircuitBreaker
-from app.types import Hit, RankedHit, SearchMode, SearchResult
+from app.types import ChunkMatch, GroupBy, Hit, RankedHit, SearchMode, SearchResult
 
 log = get_logger(__name__)
 T = TypeVar("T")
 
-CACHE_KEY_VERSION = "v2"  # bump when the cached payload's shape changes
+CACHE_KEY_VERSION = "v3"  # bump when the cached payload's shape changes
 
 
 @runtime_checkable
@@ -56,6 +56,7 @@ def cache_key(
     filter: dict[str, Any] | None = None,
     mode: str = "dense",
     fusion: dict[str, object] | None = None,
+    shape: dict[str, object] | None = None,
     collection_uid: str = "",
 ) -> str:
     """Everything that changes the answer, hashed. `query` is the normalized text
@@ -76,6 +77,7 @@ def cache_key(
         "filter": filter or {},
         "mode": mode,
         "fusion": fusion,
+        "shape": shape or {},
     }
     digest = hashlib.sha256(json.dumps(parts, sort_keys=True, ensure_ascii=False).encode())
     return f"semsearch:search:{CACHE_KEY_VERSION}:{collection}:{digest.hexdigest()}"
@@ -203,7 +205,8 @@ def build_cache(
 
 
 def encode_result(result: SearchResult) -> bytes:
-    """The cacheable part of an answer (no request id, timings or cached flag)."""
+    """The cacheable part of an answer (no request id, timings or cached flag): the whole
+    shaped ranking, every page of it, without snippets (made per page)."""
     return json.dumps(
         {
             "results": [
@@ -218,6 +221,7 @@ def encode_result(result: SearchResult) -> bytes:
                     "rank": r.rank,
                     "score": r.score,
                     "rerank_score": r.rerank_score,
+                    "chunks": [[c.id, c.score, c.rank] for c in r.chunks],
                 }
                 for r in result.results
             ],
@@ -229,6 +233,7 @@ def encode_result(result: SearchResult) -> bytes:
             "reranker_model": result.reranker_model,
             "mode": result.mode.value,
             "fusion": result.fusion,
+            "group_by": result.group_by.value,
         },
         ensure_ascii=False,
     ).encode()
@@ -252,6 +257,7 @@ def decode_result(payload: bytes) -> SearchResult:
                 r["rank"],
                 r["score"],
                 r["rerank_score"],
+                tuple(ChunkMatch(*c) for c in r["chunks"]),
             )
             for r in data["results"]
         ],
@@ -267,4 +273,5 @@ def decode_result(payload: bytes) -> SearchResult:
         request_id=None,
         mode=SearchMode(data["mode"]),
         fusion=data["fusion"],
+        group_by=GroupBy(data["group_by"]),
     )

@@ -83,6 +83,12 @@ def check_query(query: SearchQuery, limits: QueryLimits) -> SearchQuery:
         )
     if query.rerank_weight is not None and not 0.0 <= query.rerank_weight <= 1.0:
         raise InvalidInput("rerank_weight must be between 0 and 1", field="rerank_weight")
+    if not 0 <= query.offset <= limits.max_candidates:
+        raise InvalidInput(f"offset must be between 0 and {limits.max_candidates}", field="offset")
+    if not 0.0 <= query.diversity <= 1.0:
+        raise InvalidInput("diversity must be between 0 and 1", field="diversity")
+    if query.min_score is not None and not math.isfinite(query.min_score):
+        raise InvalidInput("min_score must be a finite number", field="min_score")
     low, high = limits.min_timeout_ms, limits.max_timeout_ms
     if query.timeout_ms is not None and not low <= query.timeout_ms <= high:
         # below the floor no search can finish: a client error, not a 504 later

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import uvicorn
@@ -35,14 +36,20 @@ def main() -> None:
     async def open_with_fault(name: str) -> VectorIndex:
         index = await open_index(name)
         assert isinstance(index, FallbackIndex), "set SEMSEARCH_FALLBACK_INDEX_DIR"
-        healthy = index.primary.search
+        healthy, healthy_words = index.primary.search, index.primary.lexical_search
 
         async def search(vectors: FloatArray, k: int, filter: Filter | None = None) -> AnnResult:
             if FAULT.exists():
                 raise IndexUnavailable("injected fault: the primary index is down")
             return await healthy(vectors, k, filter)
 
+        async def words(texts: Sequence[str], k: int, filter: Filter | None = None) -> AnnResult:
+            if FAULT.exists():
+                raise IndexUnavailable("injected fault: the primary index is down")
+            return await healthy_words(texts, k, filter)
+
         index.primary.search = search  # type: ignore[method-assign]
+        index.primary.lexical_search = words  # type: ignore[method-assign]
         return index
 
     pipeline.collections._opener = open_with_fault

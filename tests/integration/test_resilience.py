@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import subprocess
 import sys
 import time
@@ -31,7 +32,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 DEADLINE_MS = 2000
 RECOVERY_S = 2.0
-MAX_INFLIGHT = 24  # above the 20 steady clients; the overload test sends 3x this
+MAX_INFLIGHT = 24
+# Clients the stack serves on two cores without queueing: the fault tests run at this load,
+# so what they see is the fault, not overload (which has a test of its own).
+SUSTAINABLE_CLIENTS = 8
 
 
 @dataclass
@@ -61,6 +65,19 @@ class Stack:
                 return float(line.rsplit(" ", 1)[1])
         return 0.0
 
+    def search_latency(self, status: int) -> dict[float, float]:
+        """The gateway's own histogram of /v1/search answered with `status`: {le: count}."""
+        buckets: dict[float, float] = {}
+        for line in httpx.get(f"{self.gateway.url}/metrics").text.splitlines():
+            if (
+                line.startswith("semsearch_http_request_duration_seconds_bucket{")
+                and 'route="/v1/search"' in line
+                and f'status="{status}"' in line
+            ):
+                le = line.split('le="', 1)[1].split('"', 1)[0]
+                buckets[float(le)] = float(line.rsplit(" ", 1)[1])
+        return buckets
+
 
 @pytest.fixture(scope="module")
 def stack(
@@ -86,10 +103,15 @@ def stack(
 
     redis_port = free_port()
     redis = start_redis(redis_port, root)
+    # Two model services on two cores: one thread each (see SEMSEARCH_*_THREADS).
     env = {
-        "embedder": child_env(SEMSEARCH_EMBEDDER_MODEL=str(tiny_bi_encoder)),
+        "embedder": child_env(
+            SEMSEARCH_EMBEDDER_MODEL=str(tiny_bi_encoder), SEMSEARCH_EMBEDDER_THREADS="1"
+        ),
         "reranker": child_env(
-            SEMSEARCH_RERANKER_MODEL=str(tiny_cross_encoder), SEMSEARCH_RERANKER_MAX_LENGTH="128"
+            SEMSEARCH_RERANKER_MODEL=str(tiny_cross_encoder),
+            SEMSEARCH_RERANKER_MAX_LENGTH="128",
+            SEMSEARCH_RERANKER_THREADS="1",
         ),
     }
     e_port, r_port, g_port = free_port(), free_port(), free_port()
@@ -214,29 +236,32 @@ def search(stack: Stack, query: str) -> dict[str, Any]:
     return body
 
 
-def test_reranker_killed_under_load(stack: Stack) -> None:
-    running = load(stack, unique_queries(20_000))
-    time.sleep(3)
-    stack.reranker.proc.kill()  # SIGKILL: no goodbye
-    result = running.result()
-    report("kill -9 reranker", result)
-    assert result.errors == 0
-    assert result.labels.get("degraded:reranker", 0) > 0
-    assert result.labels.get("reranked", 0) > 0  # before the kill
-    assert stack.metric('semsearch_circuit_open{name="reranker"}') == 1
-
-    stack.restart("reranker")
+def test_reranker_killed_and_restarted_under_load_five_times(stack: Stack) -> None:
+    """kill -9 the reranker and start it again while 16 clients search with reranking: the CPU
+    is saturated (the reranker reloading its model) but the embedder is alive, so no search
+    may be refused as if it were down, nor run out of time."""
+    for round_ in range(1, 6):
+        running = load(stack, unique_queries(20_000), concurrency=16, duration_s=10)
+        time.sleep(2)
+        stack.reranker.proc.kill()  # SIGKILL: no goodbye
+        stack.restart("reranker")  # under the same load: it reloads its model meanwhile
+        result = running.result()
+        report(f"kill -9 + restart reranker, round {round_}", result)
+        assert set(result.statuses) <= {200, 429}, result.labels
+        assert "503:embedder_unavailable" not in result.labels
+        assert result.labels.get("reranked", 0) > 0
+        assert result.labels.get("degraded:reranker", 0) > 0
+    assert stack.metric('semsearch_circuit_calls_total{name="embedder",outcome="hang"}') == 0
     started = time.monotonic()
     while not search(stack, f"recovered {time.monotonic()}")["reranked"]:
-        assert time.monotonic() - started < RECOVERY_S + 10, "reranking did not come back"
-        time.sleep(0.2)
-    print(f"RESILIENCE reranked again {time.monotonic() - started:.1f}s after the restart")
+        assert time.monotonic() - started < 5, "reranking did not come back"
+        time.sleep(0.1)
     assert stack.metric('semsearch_circuit_open{name="reranker"}') == 0
 
 
 def test_redis_killed_under_load(stack: Stack) -> None:
     repeated = unique_queries(10) * 2000  # repeats: the cache is in use until it dies
-    running = load(stack, repeated, duration_s=8)
+    running = load(stack, repeated, concurrency=SUSTAINABLE_CLIENTS, duration_s=8)
     time.sleep(2)
     stack.redis.kill()
     result = running.result()
@@ -248,7 +273,7 @@ def test_redis_killed_under_load(stack: Stack) -> None:
 
 
 def test_primary_index_failure_is_served_by_the_fallback(stack: Stack) -> None:
-    running = load(stack, unique_queries(20_000), duration_s=8)
+    running = load(stack, unique_queries(20_000), concurrency=SUSTAINABLE_CLIENTS, duration_s=8)
     time.sleep(2)
     stack.fault_file.touch()
     time.sleep(3)
@@ -262,11 +287,22 @@ def test_primary_index_failure_is_served_by_the_fallback(stack: Stack) -> None:
     assert search(stack, "after the fault")["degraded"] == []
 
 
-def test_overload_is_refused_with_429_and_admitted_requests_meet_the_deadline(stack: Stack) -> None:
-    """Measure capacity (closed loop at the in-flight cap), then offer three times that rate
-    open-loop: arrivals keep coming whatever the answers, as in a real traffic spike."""
-    capacity = load(stack, unique_queries(20_000), concurrency=MAX_INFLIGHT, duration_s=5).result()
-    rate = 3 * capacity.rps
+def test_overload_degrades_then_sheds_in_milliseconds_and_admitted_searches_end_early(
+    stack: Stack,
+) -> None:
+    """Measure the sustainable rate (closed loop, reranking on), then offer four times that
+    open-loop: arrivals keep coming whatever the answers, as in a real traffic spike.
+
+    Latencies are asserted on the gateway's own histogram (from the request reaching the app to
+    its answer): on two cores shared with the models and the load generator, what the load
+    generator measures also holds its own and the gateway's waits for a CPU (hundreds of ms on
+    a busy machine); it is printed beside them."""
+    capacity = load(
+        stack, unique_queries(20_000), concurrency=SUSTAINABLE_CLIENTS, duration_s=6
+    ).result()
+    report(f"sustainable ({SUSTAINABLE_CLIENTS} clients, closed loop)", capacity)
+    before = {status: stack.search_latency(status) for status in (200, 429)}
+    rate = 4 * capacity.rps
     pool = ThreadPoolExecutor(1)
     result = pool.submit(
         lambda: asyncio.run(
@@ -274,15 +310,32 @@ def test_overload_is_refused_with_429_and_admitted_requests_meet_the_deadline(st
                 f"{stack.gateway.url}/v1/search",
                 unique_queries(50_000),
                 rate_per_s=rate,
-                duration_s=8,
+                duration_s=10,
                 classify=labels,
             )
         )
     ).result()
-    report(f"overload: {rate:.0f}/s offered, 3x the measured {capacity.rps:.0f}/s", result)
+    after = {status: stack.search_latency(status) for status in (200, 429)}
+    admitted, refused = (
+        {le: count - before[status].get(le, 0.0) for le, count in after[status].items()}
+        for status in (200, 429)
+    )
+    answered = result.statuses.get(200, 0) / result.seconds
+    client_429 = [round(result.percentile(q, status=429), 1) for q in (50, 99)]
+    report(
+        f"overload: {rate:.0f}/s offered (4x the measured {capacity.rps:.1f}/s), "
+        f"{answered:.1f}/s answered; in the gateway {admitted.get(1.0, 0):.0f}/"
+        f"{admitted.get(math.inf, 0):.0f} answers within 1 s, {refused.get(0.05, 0):.0f}/"
+        f"{refused.get(math.inf, 0):.0f} 429s within 50 ms; at the client 429 p50/p99 "
+        f"{client_429} ms",
+        result,
+    )
+    assert set(result.statuses) <= {200, 429}
     assert result.statuses.get(429, 0) > 0
-    assert set(result.statuses) <= {200, 429, 504}
-    assert result.percentile(99, admitted_only=True) <= DEADLINE_MS
+    assert DEADLINE_MS / 2 == 1000  # the histogram has a bucket at 1 s
+    assert admitted[1.0] >= 0.99 * admitted[math.inf]
+    assert refused[0.05] >= 0.99 * refused[math.inf]
+    assert answered >= capacity.rps
 
 
 def test_schemathesis_finds_no_server_error(stack: Stack, tmp_path: Path) -> None:
@@ -309,14 +362,34 @@ def test_schemathesis_finds_no_server_error(stack: Stack, tmp_path: Path) -> Non
     assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-2000:]
 
 
-def test_embedder_killed_every_request_gets_a_clear_503_in_time(stack: Stack) -> None:
+def test_embedder_killed_searches_answer_from_the_lexical_index(stack: Stack) -> None:
+    """No query vector: every search is answered from BM25, flagged, in time, and the
+    embedder's breaker opens; full (hybrid) answers return within 2 s of its restart."""
+    # Calm load first: the admission limit may still remember the overload test's spike.
+    load(stack, unique_queries(1000), concurrency=SUSTAINABLE_CLIENTS, duration_s=2).result()
     stack.embedder.proc.kill()
-    result = load(stack, unique_queries(20_000), duration_s=6).result()
+    result = load(
+        stack, unique_queries(20_000), concurrency=SUSTAINABLE_CLIENTS, duration_s=6
+    ).result()
     report("embedder killed", result)
-    assert set(result.statuses) == {503}
-    assert set(result.labels) == {"503:embedder_unavailable"}
+    assert result.errors == 0 and set(result.statuses) == {200}
+    assert result.labels.get("degraded:embedder", 0) == result.requests
     assert max(result.latencies_ms) < DEADLINE_MS + 500  # nothing hangs past the deadline
-    reply = httpx.post(f"{stack.gateway.url}/v1/search", json={"query": "anything at all"})
-    assert reply.headers["retry-after"]
-    assert "no search is possible" in reply.json()["error"]["message"]
-    stack.restart("embedder")
+    assert stack.metric('semsearch_circuit_open{name="embedder"}') == 1
+    body = search(stack, "anything at all")
+    assert body["mode"] == "lexical" and body["degraded"][0] == "embedder"
+    assert body["results"] and all(r["found_by"] == ["lexical"] for r in body["results"])
+
+    stack.restart("embedder")  # returns once its /ready answers 200
+    started = time.monotonic()
+    while True:
+        reply = httpx.post(
+            f"{stack.gateway.url}/v1/search", json={"query": f"back {time.monotonic()}"}
+        )
+        if reply.status_code == 200 and "embedder" not in reply.json()["degraded"]:
+            break
+        assert time.monotonic() - started < 2, reply.text
+        time.sleep(0.05)
+    assert reply.json()["mode"] == "hybrid"
+    print(f"RESILIENCE full answers {time.monotonic() - started:.2f}s after the restart")
+    assert stack.metric('semsearch_circuit_open{name="embedder"}') == 0

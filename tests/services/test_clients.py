@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -12,9 +13,16 @@ import pytest
 from asgi_lifespan import LifespanManager
 
 from app.config import EmbedderSettings, RerankerSettings
-from app.errors import EmbedderUnavailable, InputTooLong, InvalidInput, Overloaded
+from app.errors import (
+    EmbedderUnavailable,
+    InputTooLong,
+    InvalidInput,
+    Overloaded,
+    RerankerUnavailable,
+)
 from app.models.fake import FakeEmbedder, FakeReranker
 from app.models.http import HttpEmbedder, HttpReranker
+from app.resilience import call_deadline
 from app.types import InputType, Truncate
 from services.embedder.main import create_app as embedder_app
 from services.reranker.main import create_app as reranker_app
@@ -145,3 +153,23 @@ async def test_a_client_started_before_its_service_becomes_ready_by_itself(
             assert set(service.paths) == {"/info"}  # nothing but probes was sent
         finally:
             await client.stop()
+
+
+async def test_the_clients_tell_the_service_how_long_the_caller_waits() -> None:
+    sent: list[str | None] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        sent.append(request.headers.get("x-request-timeout-ms"))
+        return httpx.Response(503, json={"error": {"type": "unavailable", "message": "x"}})
+
+    client = HttpReranker("http://reranker", 5, httpx.MockTransport(handle))
+    await client.start()  # /info, with no caller deadline: no header
+    token = call_deadline.set(time.monotonic() + 1.5)
+    try:
+        with pytest.raises(RerankerUnavailable):
+            await client.score("q", ["p"])
+    finally:
+        call_deadline.reset(token)
+        await client.stop()
+    assert sent[0] is None
+    assert sent[-1] is not None and 1400 <= int(sent[-1]) <= 1500

@@ -61,6 +61,9 @@ async def test_search_happy_path(gateway_env: GatewaySettings) -> None:
         "title",
         "text",
         "metadata",
+        "chunks",
+        "snippet",
+        "title_highlights",
     }
     assert top["rerank_score"] is not None
     assert [r["score"] for r in body["results"]] == sorted(
@@ -110,6 +113,10 @@ async def test_second_query_is_cached_and_request_ids_differ(gateway_env: Gatewa
         ({"query": "q", "collection": "missing"}, 404, "not_found", "collection"),
         ({"query": "q", "collection": "../../etc"}, 422, "invalid_request", "collection"),
         ({"query": "q", "collection": ""}, 422, "invalid_request", "collection"),
+        ({"query": "q", "mode": "semantic"}, 422, "invalid_request", "mode"),
+        ({"query": "q", "fusion": "sum"}, 422, "invalid_request", "fusion"),
+        ({"query": "q", "fusion_weight": 1.5}, 422, "invalid_request", "fusion_weight"),
+        ({"query": "q", "fusion_weight": "high"}, 422, "invalid_request", "fusion_weight"),
     ],
 )
 async def test_bad_input_is_a_clear_4xx(

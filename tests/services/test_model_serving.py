@@ -211,3 +211,46 @@ async def test_work_is_cancelled_when_the_client_disconnects() -> None:
         return "answer"
 
     assert await unless_disconnected(StaysRequest(), quick()) == "answer"  # type: ignore[arg-type]
+
+
+async def test_a_caller_that_would_time_out_in_the_queue_gets_429_at_once(
+    tiny_bi_encoder: Path,
+) -> None:
+    app = tiny_embedder(tiny_bi_encoder, max_batch_size=1)
+    async with asgi_client(app) as client:
+        assert (await client.post("/v1/embeddings", json={"input": ["warm"]})).status_code == 200
+        model = app.state.model
+        gate = threading.Event()
+        engine = model._loaded.engine
+
+        def slow(batch: Any) -> Any:
+            gate.wait(10)
+            return engine(batch)
+
+        model._loaded = model._loaded.__class__(model._loaded.tokenizer, slow, model._loaded.info)
+        first = asyncio.ensure_future(client.post("/v1/embeddings", json={"input": ["a"]}))
+        await asyncio.sleep(0.1)  # "a" is on the model, held by the gate
+        refused = await client.post(
+            "/v1/embeddings", json={"input": ["b"]}, headers={"x-request-timeout-ms": "0"}
+        )
+        assert_error(refused, 429, "overloaded")
+        assert "the caller waits 0 ms" in refused.json()["error"]["message"]
+        assert int(refused.headers["retry-after"]) >= 1
+        patient = asyncio.ensure_future(
+            client.post(
+                "/v1/embeddings", json={"input": ["c"]}, headers={"x-request-timeout-ms": "60000"}
+            )
+        )
+        await asyncio.sleep(0.05)
+        gate.set()
+        assert (await first).status_code == 200
+        assert (await patient).status_code == 200
+        garbled = await client.post(
+            "/v1/embeddings", json={"input": ["d"]}, headers={"x-request-timeout-ms": "soon"}
+        )
+        assert_error(garbled, 422, "invalid_request", "header.x-request-timeout-ms")
+        operation = (await client.get("/openapi.json")).json()["paths"]["/v1/embeddings"]["post"]
+        assert {"name": "x-request-timeout-ms", "in": "header"}.items() <= {
+            **next(p for p in operation["parameters"] if p["name"] == "x-request-timeout-ms")
+        }.items()
+        assert "Retry-After" in operation["responses"]["429"]["headers"]

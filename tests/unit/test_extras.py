@@ -56,7 +56,7 @@ def test_onnx_backend_without_onnxruntime_names_the_extra(
 
     block(monkeypatch, "onnxruntime")
     with pytest.raises(MissingExtra, match=r"pip install 'semsearch\[onnx\]'"):
-        OnnxEngine(tmp_path / "model.onnx", "cpu", "sentence_embedding")
+        OnnxEngine(tmp_path / "model.onnx", "cpu", "sentence_embedding", 1)
 
 
 def test_eval_without_ir_measures_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,6 +19,7 @@ from app.resilience import (
     RetryPolicy,
     StageGuard,
     backoff,
+    call_deadline,
 )
 
 
@@ -321,3 +322,139 @@ async def test_a_try_cut_by_the_requests_own_deadline_does_not_count_against_the
     with pytest.raises(Unavailable, match="timed out"):
         await g.run(slow, Deadline(5))
     assert g.breaker.state is BreakerState.OPEN
+
+
+def calls(circuit: str, outcome: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "semsearch_circuit_calls_total", {"name": circuit, "outcome": outcome}
+    )
+    return value or 0.0
+
+
+async def busy() -> str:
+    raise Overloaded("429: queue would answer too late")
+
+
+async def test_busy_answers_and_the_dependencys_own_504_never_count() -> None:
+    breaker = CircuitBreaker("t-busy", policy(failure_threshold=1))
+
+    async def its_504() -> str:
+        raise DeadlineExceeded("the caller's deadline passed in the queue")
+
+    for _ in range(5):
+        with pytest.raises(Overloaded):
+            await breaker.call(busy)
+        with pytest.raises(DeadlineExceeded):
+            await breaker.call(its_504)
+    assert breaker.state is BreakerState.CLOSED
+    assert calls("t-busy", "busy") == 5 and calls("t-busy", "deadline") == 5
+
+
+async def test_a_timeout_while_the_dependency_answers_other_calls_is_slow_not_dead() -> None:
+    g = guard("t-slow", attempts=1, timeout_s=0.05)
+    g.breaker = CircuitBreaker("t-slow", policy(failure_threshold=1))
+
+    async def stuck() -> str:
+        await asyncio.sleep(1)
+        return "late"
+
+    async def answers_soon() -> str:
+        await asyncio.sleep(0.01)
+        return "ok"
+
+    hung = asyncio.ensure_future(g.run(stuck, Deadline(5)))
+    assert await g.run(answers_soon, Deadline(5)) == "ok"  # it answered meanwhile
+    with pytest.raises(Overloaded, match="busy"):
+        await hung  # cut by the stage cap: behind, so 429 rather than "down"
+    assert g.breaker.state is BreakerState.CLOSED
+    assert calls("t-slow", "slow") == 1
+
+
+@pytest.mark.parametrize(("alive", "state"), [(True, "closed"), (False, "open")])
+async def test_a_silent_timeout_is_a_hang_only_if_the_probe_fails_too(
+    alive: bool, state: str
+) -> None:
+    asked = asyncio.Event()
+
+    async def probe() -> bool:
+        asked.set()
+        return alive
+
+    name = f"t-judge-{alive}"
+    g = guard(name, attempts=1, timeout_s=0.02)
+    g.breaker = CircuitBreaker(name, policy(failure_threshold=1), probe=probe)
+
+    async def silent() -> str:
+        await asyncio.sleep(1)
+        return "late"
+
+    with pytest.raises(Unavailable, match="timed out"):
+        await g.run(silent, Deadline(5))
+    await asyncio.wait_for(asked.wait(), 1)
+    await asyncio.sleep(0)  # the verdict is recorded right after the probe answers
+    assert g.breaker.state.name.lower() == state
+    assert calls(name, "hang" if not alive else "slow") == 1
+    await g.breaker.stop()
+
+
+async def test_an_open_breaker_with_a_probe_closes_as_soon_as_the_dependency_answers() -> None:
+    up = False
+    probes = 0
+
+    async def probe() -> bool:
+        nonlocal probes
+        probes += 1
+        return up
+
+    # recovery_s is an hour: only the background probe can close it
+    breaker = CircuitBreaker(
+        "t-probe-close",
+        policy(failure_threshold=1, recovery_s=3600, probe_interval_s=0.05),
+        probe=probe,
+    )
+    with pytest.raises(Unavailable):
+        await breaker.call(fail)
+    with pytest.raises(CircuitOpen) as refused:
+        await breaker.call(ok)
+    assert refused.value.retry_after_s == 1  # the next probe is due well within a second
+    await asyncio.sleep(0.2)
+    assert breaker.state is BreakerState.OPEN and probes >= 2  # asked, doubling up to 50 ms
+    up = True
+    await asyncio.sleep(0.15)
+    assert breaker.state is BreakerState.CLOSED
+    assert await breaker.call(ok) == "ok"
+    await breaker.stop()
+
+
+async def test_optional_work_does_not_wait_for_a_slot() -> None:
+    bulkhead = Bulkhead("t-no-wait", limit=1)
+    assert await bulkhead.run(ok, wait_s=0) == "ok"  # a free slot is taken at once
+    gate = asyncio.Event()
+
+    async def holds() -> str:
+        await gate.wait()
+        return "held"
+
+    holder = asyncio.ensure_future(bulkhead.run(holds, wait_s=0))
+    await asyncio.sleep(0)
+    with pytest.raises(Overloaded):
+        await bulkhead.run(ok, wait_s=0)
+    gate.set()
+    assert await holder == "held"
+
+
+async def test_each_try_tells_the_dependency_how_long_the_caller_waits() -> None:
+    seen: list[float | None] = []
+
+    async def looks() -> str:
+        seen.append(call_deadline.get())
+        return "ok"
+
+    loop = asyncio.get_running_loop()
+    before = loop.time()
+    await guard("t-told", timeout_s=0.5).run(looks, Deadline(5))
+    assert seen[0] is not None
+    assert before + 0.4 < seen[0] <= loop.time() + 0.5  # the stage cap, as it is shorter
+    assert call_deadline.get() is None  # only for the call
+    await guard("t-told-2", timeout_s=5).run(looks, Deadline(0.3))
+    assert seen[1] is not None and seen[1] <= loop.time() + 0.3  # the request's deadline

@@ -39,6 +39,7 @@ class FaissOptions:
     pq_m: int  # 0: dimension / 8 subquantizers (8 dimensions per code byte)
     ivf_refine: int  # IVF-PQ: candidates fetched per result, re-scored exactly
     gpu: Literal["auto", "on", "off"]
+    lexical: bool  # build a lexical (tantivy) index with each generation
     exact_filter_limit: int = 50_000  # filtered searches over fewer matches are exact
 
     @classmethod
@@ -53,6 +54,7 @@ class FaissOptions:
             pq_m=settings.pq_m,
             ivf_refine=settings.ivf_refine,
             gpu=settings.faiss_gpu,
+            lexical=settings.lexical_index,
         )
 
     def resolve_type(self, count: int) -> IndexType:

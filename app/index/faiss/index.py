@@ -193,7 +193,7 @@ class FaissIndex:
             documents=self._generation.count,
             index_type=self._generation.kind,
         )
-        if self._generation.lexical is None:
+        if self._generation.lexical is None and self._options.lexical:
             log.warning(
                 "no_lexical_index",
                 collection=self.collection,
@@ -281,7 +281,8 @@ class FaissIndex:
         index, kind, params = build_index(vectors, seqs, self._options)
         faiss.write_index(index, str(staging / "index.faiss"))
         store.write_snapshot(staging / "docs.sqlite")
-        write_lexical(staging / LEXICAL_DIRNAME, store.iter_passages())
+        if self._options.lexical:
+            write_lexical(staging / LEXICAL_DIRNAME, store.iter_passages())
         manifest = Manifest(
             generation=number,
             count=count,
@@ -290,7 +291,7 @@ class FaissIndex:
             index_params=params,
             created_at=time.time(),
             build_seconds=round(time.perf_counter() - started, 3),
-            lexical=True,
+            lexical=self._options.lexical,
             # a calibration carries over until a new one is made
             calibration=asdict(calibration) if calibration else self._carried_calibration(current),
         )

@@ -37,6 +37,7 @@ class QdrantOptions:
     shards: int
     replication_factor: int
     exact: bool  # brute force: for congruence checks against FAISS flat
+    lexical: bool  # new collections get sparse BM25 vectors
 
     @classmethod
     def from_settings(cls, settings: GatewaySettings) -> QdrantOptions:
@@ -52,6 +53,7 @@ class QdrantOptions:
             shards=settings.qdrant_shards,
             replication_factor=settings.qdrant_replication_factor,
             exact=settings.qdrant_exact,
+            lexical=settings.lexical_index,
         )
 
     @property
@@ -139,7 +141,11 @@ async def create_collection(
                 m=options.hnsw_m, ef_construct=options.hnsw_ef_construction
             ),
         ),
-        sparse_vectors_config={LEXICAL: models.SparseVectorParams(modifier=models.Modifier.IDF)},
+        sparse_vectors_config=(
+            {LEXICAL: models.SparseVectorParams(modifier=models.Modifier.IDF)}
+            if meta.get("lexical")
+            else None
+        ),
         shard_number=options.shards,
         replication_factor=options.replication_factor,
         metadata={META_KEY: meta},

@@ -108,7 +108,7 @@ class QdrantIndex:
                     "dimension": dimension,
                     "generation": 0,
                     "format": FORMAT,
-                    "lexical": True,
+                    "lexical": options.lexical,
                     "uid": uid or uuid.uuid4().hex,
                 }
                 await create_collection(client, options, name, meta)
@@ -332,7 +332,7 @@ class QdrantIndex:
         changes: dict[str, Any] = {}
         if calibration is not None:
             changes["calibration"] = asdict(calibration)
-        if not self._lexical:  # copied with its lexical index: one generation further
+        if not self._lexical and self._options.lexical:  # copied with one: a generation on
             self._apply(await add_lexical(self._client, self._options, self._name, changes))
         elif published is None:  # nothing was staged: one more generation, the rebuild's
             await self._write_meta(generation=self._generation + 1, **changes)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from app import metrics
-from app.errors import Overloaded, Unavailable
+from app.errors import DeadlineExceeded, Overloaded, Unavailable
+from app.models.priority import Priority
 from app.models.batching import (
     BatchLimits,
     BatchQueue,
@@ -18,6 +20,7 @@ from app.models.batching import (
     request_timing,
     resolve_batch_tokens,
 )
+from app.resilience import call_deadline
 
 
 class Recorder:
@@ -28,10 +31,12 @@ class Recorder:
         self.gate = threading.Event()
         self.gate.set()
         self.entered = threading.Event()
+        self.seconds = 0.0  # compute time of each batch
 
     def __call__(self, items: list[int]) -> list[int]:
         self.entered.set()
         self.gate.wait(5)
+        time.sleep(self.seconds)
         self.batches.append(list(items))
         return [2 * i for i in items]
 
@@ -330,3 +335,83 @@ async def test_queries_and_bulk_work_take_turns_when_both_wait(make_queue) -> No
     await asyncio.gather(blocker, passages, queries)
     # after the blocker (a query batch), the passages' turn, then the queries', ...
     assert recorder.batches[1:] == [[100, 101], [1, 2], [102, 103], [3, 4]]
+
+
+async def submit_within(queue: BatchQueue[int, int], items: list[int], seconds: float) -> list[int]:
+    """`queue.submit(items)` by a caller who waits `seconds` (as the services set it from the
+    request's timeout header)."""
+    call_deadline.set(time.monotonic() + seconds)  # this task's context only
+    return await queue.submit(items)
+
+
+async def test_a_request_the_queue_would_answer_too_late_is_refused_at_once(make_queue) -> None:  # type: ignore[no-untyped-def]
+    queue, recorder = make_queue(max_batch_size=1, size_of=lambda i: 10)
+    recorder.seconds = 0.05
+    assert await queue.submit([0]) == [0]  # measured: 50 ms for 10 tokens
+    assert queue.expected_wait(10) == pytest.approx(0.05, rel=0.5)
+    recorder.gate.clear()
+    recorder.entered.clear()
+    running = asyncio.ensure_future(queue.submit([1]))
+    await asyncio.to_thread(recorder.entered.wait, 5)
+    queued = asyncio.ensure_future(queue.submit([2, 3]))
+    await asyncio.sleep(0.01)
+    started = time.monotonic()
+    with pytest.raises(Overloaded, match="would answer in about") as refused:
+        await submit_within(queue, [4], 0.1)  # ~150 ms of work ahead and 50 of its own
+    assert time.monotonic() - started < 0.05
+    assert refused.value.retry_after_s > 0.1
+    assert queue.depth == 2  # never queued
+    patient = asyncio.ensure_future(submit_within(queue, [5], 5.0))
+    await asyncio.sleep(0.01)
+    recorder.gate.set()
+    assert await patient == [10]
+    assert await queued == [4, 6]
+    await running
+
+
+async def test_a_lone_request_is_never_refused_on_an_estimate(make_queue) -> None:  # type: ignore[no-untyped-def]
+    queue, recorder = make_queue(size_of=lambda i: 10, max_wait_s=0.0)
+    recorder.seconds = 0.05
+    await queue.submit([0])
+    # its own 50 ms exceed its 30 ms, but nothing waits ahead: it may be worth trying
+    assert await submit_within(queue, [1], 0.03) == [2]
+
+
+async def test_items_whose_deadline_passed_while_queued_are_dropped_before_compute(
+    make_queue,
+) -> None:  # type: ignore[no-untyped-def]
+    queue, recorder = make_queue(max_batch_size=1)
+    recorder.gate.clear()
+    running = asyncio.ensure_future(queue.submit([0]))
+    await asyncio.to_thread(recorder.entered.wait, 5)
+    late = asyncio.ensure_future(submit_within(queue, [7], 0.02))
+    await asyncio.sleep(0.05)  # its caller stopped waiting meanwhile
+    recorder.gate.set()
+    with pytest.raises(DeadlineExceeded):
+        await late
+    await running
+    assert [x for batch in recorder.batches for x in batch] == [0]
+
+
+async def test_queued_bulk_work_does_not_count_against_a_query_deadline(make_queue) -> None:  # type: ignore[no-untyped-def]
+    """A query waits behind queries and one bulk batch at most: a long queue of passages must
+    not get it refused on an estimate."""
+    from app.models.priority import bulk_work
+
+    queue, recorder = make_queue(max_batch_size=1, size_of=lambda i: 10, max_batch_tokens=80)
+    recorder.seconds = 0.05
+    await queue.submit([0])  # measured: 50 ms for 10 tokens
+    recorder.gate.clear()
+    recorder.entered.clear()
+    with bulk_work():
+        running = asyncio.ensure_future(queue.submit([1]))
+        await asyncio.to_thread(recorder.entered.wait, 5)
+        backlog = asyncio.ensure_future(queue.submit(list(range(100, 120))))  # ~1 s of work
+        await asyncio.sleep(0.01)
+        assert queue.expected_wait(10, Priority.BULK) > 0.9
+    query = asyncio.ensure_future(submit_within(queue, [7], 0.5))
+    await asyncio.sleep(0.01)
+    recorder.gate.set()
+    assert await query == [14]
+    assert await backlog == [2 * i for i in range(100, 120)]
+    await running

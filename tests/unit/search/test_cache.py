@@ -55,7 +55,7 @@ def test_equivalent_queries_and_filters_share_a_key() -> None:
     # without a reranker the rerank depth does not matter
     no_rerank = {**BASE, "reranker_model": None}
     assert cache_key(**no_rerank) == cache_key(**{**no_rerank, "rerank_depth": 5})
-    assert cache_key(**BASE).startswith("semsearch:search:v2:docs:")
+    assert cache_key(**BASE).startswith("semsearch:search:v3:docs:")
 
 
 async def test_lru_evicts_least_recently_used_and_expires() -> None:

@@ -19,7 +19,8 @@ from app.errors import (
 from app.index.collections import Collections
 from app.models.fake import FakeEmbedder, FakeReranker
 from app.search.cache import LRUCache, SafeCache
-from app.search.pipeline import Guards, PipelineConfig, SearchPipeline
+from app.search.config import Guards, PipelineConfig
+from app.search.pipeline import SearchPipeline
 from app.types import Document, InputType, SearchMode, SearchQuery, Truncate
 from tests.conftest import SMALL_DOCS, build_collection
 
@@ -284,9 +285,38 @@ async def test_status_reports_components(
     ready, components = pipeline.status()
     assert ready is True
     assert components["collections"] == {
-        "default": {"backend": "faiss", "generation": 1, "model": "fake-embedder"}
+        "default": {
+            "backend": "faiss",
+            "generation": 1,
+            "model": "fake-embedder",
+            "lexical": True,
+            "fusion_weight": 0.3,  # five one-sentence documents: too few to calibrate
+        }
     }
     assert components["cache"] == "memory"
+
+
+class Unreached(BrokenEmbedder):
+    @property
+    def ready(self) -> bool:
+        return False
+
+
+async def test_with_a_lexical_index_the_gateway_is_ready_before_its_embedder(
+    small_collection: Path, fake_reranker: FakeReranker
+) -> None:
+    """It can answer (from the lexical index, flagged) without a query vector."""
+    pipeline = await make_pipeline(small_collection, Unreached("fake-embedder"), fake_reranker)
+    assert pipeline.status()[0] is True
+    result = await pipeline.search(query("capital of France"))
+    assert result.degraded[0] == "embedder" and result.results[0].hit.id == "paris"
+
+
+async def test_without_one_it_waits_for_the_embedder(
+    dense_only_collection: Path, fake_reranker: FakeReranker
+) -> None:
+    pipeline = await make_pipeline(dense_only_collection, Unreached("fake-embedder"), fake_reranker)
+    assert pipeline.status()[0] is False
 
 
 def test_fusion_blends_z_scores() -> None:

@@ -23,7 +23,8 @@ from app.index.base import AnnResult, VectorIndex
 from app.index.collections import Collections
 from app.models.fake import FakeEmbedder, FakeReranker
 from app.search.cache import LRUCache, SafeCache
-from app.search.pipeline import Guards, PipelineConfig, SearchPipeline
+from app.search.config import Guards, PipelineConfig
+from app.search.pipeline import SearchPipeline
 from app.types import SearchMode, SearchQuery, Truncate
 from tests.conftest import SMALL_DOCS, build_collection, faiss_options
 
@@ -105,7 +106,7 @@ async def test_too_little_time_left_skips_the_reranker_without_calling_it(
 ) -> None:
     settings = GatewaySettings(index_dir=small_collection)
     reranker = FakeReranker(model_id="fake-reranker")
-    pipeline = await pipeline_for(settings, SlowEmbedder(0.15), reranker, min_rerank_budget_ms=100)
+    pipeline = await pipeline_for(settings, SlowEmbedder(0.1), reranker, min_rerank_budget_ms=100)
     result = await pipeline.search(q(timeout_ms=200))
     assert result.degraded == ["reranker"]
     assert reranker.calls == []
@@ -321,7 +322,8 @@ async def test_a_hanging_primary_index_fails_over_to_the_fallback_in_time(
     loop = asyncio.get_running_loop()
     for i in range(4):
         started = loop.time()
-        result = await pipeline.search(q(f"Berlin Germany {i}", timeout_ms=1000))
+        # 2 s: reranking (40% of the deadline, from arrival) still fits after the 200 ms wait
+        result = await pipeline.search(q(f"Berlin Germany {i}", timeout_ms=2000))
         assert loop.time() - started < 0.6
         assert result.degraded == ["index"] and result.results[0].hit.id == "berlin"
     circuits = pipeline.status()[1]["circuits"]
@@ -421,3 +423,58 @@ async def test_non_finite_rerank_scores_degrade_instead_of_breaking_the_answer(
     result = await pipeline.search(q())
     assert result.degraded == ["reranker"] and result.results[0].hit.id == "berlin"
     assert all(math.isfinite(r.score) for r in result.results)
+
+
+async def test_reranking_gets_only_its_share_of_the_deadline_while_others_search(
+    small_collection: Path,
+) -> None:
+    settings = GatewaySettings(index_dir=small_collection)
+    pipeline = await pipeline_for(
+        settings, FakeEmbedder(model_id="fake-embedder"), SlowReranker(0.6)
+    )
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    alone = await pipeline.search(q(timeout_ms=1000))  # alone: the whole second is its own
+    assert alone.degraded == [] and 0.6 <= loop.time() - started < 0.95
+    started = loop.time()
+    together = await asyncio.gather(  # 1 s each, of which reranking gets 40%
+        *(pipeline.search(q(f"capital of Germany Berlin {i}", timeout_ms=1000)) for i in range(2))
+    )
+    assert loop.time() - started < 0.7
+    for result in together:
+        assert result.degraded == ["reranker"] and result.results[0].hit.id == "berlin"
+
+
+async def test_a_busy_reranker_degrades_the_answer_without_counting_against_it(
+    small_collection: Path,
+) -> None:
+    class Busy(FakeReranker):
+        async def score(
+            self, query: str, passages: Sequence[str], truncate: Truncate = Truncate.END
+        ) -> list[float]:
+            raise Overloaded("reranker queue would answer too late", retry_after_s=2)
+
+    settings = GatewaySettings(index_dir=small_collection, breaker_failure_threshold=1)
+    pipeline = await pipeline_for(
+        settings, FakeEmbedder(model_id="fake-embedder"), Busy(model_id="fake-reranker")
+    )
+    for i in range(3):
+        result = await pipeline.search(q(f"Berlin {i}"))
+        assert result.degraded == ["reranker"] and result.results[0].hit.id == "berlin"
+    assert pipeline.status()[1]["circuits"]["reranker"] == "closed"
+
+
+async def test_searches_slower_than_their_target_shrink_the_admission_limit(
+    small_collection: Path,
+) -> None:
+    settings = GatewaySettings(index_dir=small_collection)
+    pipeline = await pipeline_for(
+        settings,
+        SlowEmbedder(0.25),  # over 20% of a 1 s deadline
+        FakeReranker(model_id="fake-reranker"),
+        max_inflight_searches=8,
+    )
+    assert pipeline.status()[1]["admission_limit"] == 8
+    for i in range(3):
+        await pipeline.search(q(f"Berlin {i}", timeout_ms=1000))
+    assert pipeline.status()[1]["admission_limit"] < 8
