@@ -210,9 +210,7 @@ class BatchQueue(Generic[T, R]):
         if deadline is None or not (self._queued or self._inflight):
             return
         left = deadline - time.monotonic()
-        wait = self.expected_wait(
-            sum(self._size_of(item) for item in items), work_priority.get()
-        )
+        wait = self.expected_wait(sum(self._size_of(item) for item in items), work_priority.get())
         if wait > left:
             metrics.SHED_REQUESTS.labels("queue_wait").inc()
             raise Overloaded(

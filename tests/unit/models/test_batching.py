@@ -12,7 +12,6 @@ import pytest
 
 from app import metrics
 from app.errors import DeadlineExceeded, Overloaded, Unavailable
-from app.models.priority import Priority
 from app.models.batching import (
     BatchLimits,
     BatchQueue,
@@ -20,6 +19,7 @@ from app.models.batching import (
     request_timing,
     resolve_batch_tokens,
 )
+from app.models.priority import Priority
 from app.resilience import call_deadline
 
 
