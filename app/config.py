@@ -348,17 +348,77 @@ class GatewaySettings(ServiceSettings):
     reranker_concurrency: int = Field(
         8, ge=1, description="Concurrent calls to the reranker, so it cannot starve embedding."
     )
+    # -- writes over HTTP (app.ingest.journal, app.ingest.writer) -----------------------------
+    refresh_interval_s: float = Field(
+        1.0,
+        gt=0,
+        description="Acknowledged writes become searchable at the next publish, at most this "
+        "long after they are applied (or at once with `?wait=true`), as Elasticsearch's refresh "
+        "interval.",
+    )
+    write_journal_dir: Path | None = Field(
+        None,
+        description="Where acknowledged writes are journaled (fsynced) until they are "
+        "searchable. Default: <index_dir>/.journal. One gateway process per folder.",
+    )
+    write_journal_max_bytes: int = Field(
+        256 * 2**20,
+        ge=1,
+        description="Bytes of writes acknowledged but not yet searchable; more is refused with "
+        "429 and Retry-After.",
+    )
+    max_documents_per_request: int = Field(
+        1000, ge=1, description="Most documents (or ids) in one write request (413 above)."
+    )
+    max_document_chars: int = Field(
+        1_000_000, ge=1, description="Longest document text accepted over HTTP (413 above)."
+    )
+    write_timeout_ms: int = Field(
+        30_000,
+        ge=1,
+        description="How long a write with `?wait=true` waits for its publish before it is "
+        "answered 202 (acknowledged, still pending).",
+    )
+    write_status_ttl_s: float = Field(
+        86_400.0,
+        gt=0,
+        description="How long the status of a finished write (searchable or failed) stays "
+        "queryable at /v1/collections/{name}/writes/{id}.",
+    )
+    write_drain_s: float = Field(
+        20.0,
+        ge=0,
+        description="On shutdown, how long the gateway keeps applying and publishing the writes "
+        "it acknowledged before it exits (what is left is applied at its next start).",
+    )
+    fallback_sync_interval_s: float = Field(
+        30.0,
+        gt=0,
+        description="With a Qdrant primary and a FAISS fallback copy: how often a gateway "
+        "brings its copy up to what Qdrant published (writes other replicas applied), when "
+        "Qdrant published since. Each time reads every id of the collection.",
+    )
+    writer_lease_ttl_s: float = Field(
+        30.0,
+        gt=0,
+        description="With Qdrant and Redis: the lease a gateway holds on a collection while it "
+        "applies writes (renewed while held), so replicas take turns writing it.",
+    )
     # -- API keys ------------------------------------------------------------------------------
     environment: Literal["development", "production"] = Field(
         "development", description="`production` refuses placeholder API keys at start-up."
     )
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Comma-separated keys, or `sha256:<hex>` digests of keys (better). "
-        "Any key set turns auth on for /v1/*.",
+        description="Comma-separated keys, or `sha256:<hex>` digests of keys (better), each "
+        "with the `write` scope (read and write) on every collection. Any key set turns auth "
+        "on for /v1/*.",
     )
     api_keys_file: Path | None = Field(
-        None, description="A file of keys or `sha256:<hex>` digests, one per line (`#` comments)."
+        None,
+        description="A file of keys or `sha256:<hex>` digests, one per line (`#` comments), "
+        "each optionally followed by its scope (`read`, `write`, `admin`) and the collections "
+        "it may use (comma-separated, `*` for all). See the README.",
     )
     rate_limit_per_s: float = Field(
         20.0, gt=0, description="Searches per second per API key (token bucket refill)."
@@ -371,6 +431,7 @@ class GatewaySettings(ServiceSettings):
         "redis_url",
         "fallback_index_dir",
         "api_keys_file",
+        "write_journal_dir",
         "qdrant_url",
         "qdrant_path",
         "qdrant_api_key",
@@ -395,6 +456,12 @@ class GatewaySettings(ServiceSettings):
         if self.min_inflight_searches > self.max_inflight_searches:
             raise ValueError("min_inflight_searches must not exceed max_inflight_searches")
         return self
+
+    @property
+    def journal_dir(self) -> Path:
+        """Where the write journal lives: `write_journal_dir`, else a hidden folder of the index
+        dir (a collection name cannot start with a dot, so it is never taken for one)."""
+        return self.write_journal_dir or self.index_dir / ".journal"
 
 
 def env_var_table() -> dict[str, list[tuple[str, str, str]]]:

@@ -48,6 +48,19 @@ class Unauthorized(SemsearchError):
     type = "unauthorized"
 
 
+class Forbidden(SemsearchError):
+    """A valid API key without the scope (or the collection) the request needs (403)."""
+
+    type = "forbidden"
+
+
+class Conflict(SemsearchError):
+    """The request contradicts what exists: a collection created with other options, or
+    held by another writer (409)."""
+
+    type = "conflict"
+
+
 class RetryableError(SemsearchError):
     """An error after which the same request may succeed later; carries Retry-After."""
 
@@ -129,6 +142,8 @@ HTTP_STATUS: tuple[tuple[type[SemsearchError], int], ...] = (
     (PayloadTooLarge, 413),
     (NotFound, 404),
     (Unauthorized, 401),
+    (Forbidden, 403),
+    (Conflict, 409),
     (Overloaded, 429),
     (Unavailable, 503),
     (DeadlineExceeded, 504),

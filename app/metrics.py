@@ -172,3 +172,15 @@ AUTH_FAILURES = Counter(
     "semsearch_auth_failures_total",
     "Requests refused with 401 (missing or unknown API key).",
 )
+
+# -- writes over HTTP (app.ingest.writer) ---------------------------------------------------------
+WRITES = Counter(
+    "semsearch_writes_total",
+    "Writes over HTTP by kind (upsert, delete) and event: acknowledged (journaled), applied "
+    "(staged), searchable (published), failed, postponed (a cycle to be tried again).",
+    ["kind", "event"],
+)
+WRITE_JOURNAL_BYTES = Gauge(
+    "semsearch_write_journal_pending_bytes",
+    "Bytes of acknowledged writes not yet searchable; at the limit, writes are refused (429).",
+)

@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import metrics
@@ -41,6 +42,7 @@ from app.logs import (
     new_request_id,
 )
 from app.models.batching import RequestTiming, request_timing
+from app.models.priority import PRIORITY_HEADER, priority_from_header, work_priority
 from app.protocol.common import ErrorResponse, HealthResponse, ReadyResponse, field_name
 from app.resilience import request_arrival
 
@@ -119,15 +121,27 @@ def error_response(error: SemsearchError) -> JSONResponse:
     )
 
 
-async def _handle_error(_request: Request, error: Exception) -> JSONResponse:
+async def _handle_error(request: Request, error: Exception) -> JSONResponse:
     """The one handler: every error a service can raise becomes the one JSON error shape."""
     if isinstance(error, SemsearchError):
         return _semsearch_error(error)
     if isinstance(error, RequestValidationError):
         return _validation_error(error)
     if isinstance(error, StarletteHTTPException):
-        return _http_error(error)
+        response = _http_error(error)
+        if error.status_code == 405:  # every method of the path, not the first route's only
+            response.headers["Allow"] = ", ".join(_allowed(request))
+        return response
     return _internal_error(error)
+
+
+def _allowed(request: Request) -> list[str]:
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
 
 
 def _internal_error(error: BaseException) -> JSONResponse:
@@ -166,6 +180,12 @@ def _validation_error(error: RequestValidationError) -> JSONResponse:
 
 
 def _http_error(error: StarletteHTTPException) -> JSONResponse:
+    if error.status_code == 400 and "parsing the body" in str(error.detail):
+        # a body FastAPI cannot even decode (not UTF-8): the same answer as invalid JSON
+        return JSONResponse(
+            error_body("invalid_json", f"request body is not valid JSON: {error.detail}", "body"),
+            status_code=422,
+        )
     kind = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
     return JSONResponse(
         error_body(kind, str(error.detail)),
@@ -192,6 +212,7 @@ class RequestContext:
         bind_request_id(request_id)
         timing = RequestTiming()
         request_timing.set(timing)
+        work_priority.set(priority_from_header(headers.get(PRIORITY_HEADER)))
         request_arrival.set(time.monotonic())
         started = time.perf_counter()
         status = 500

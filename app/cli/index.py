@@ -225,20 +225,19 @@ def _calibrated(calibration: Calibration | None, measured: bool) -> str:
 
 async def _delete(ids: list[str], collection: str, settings: GatewaySettings) -> None:
     from app.index.collections import open_collection
+    from app.ingest.indexer import index_documents
 
     store = await open_collection(settings, collection)
     try:
         found = await store.children(ids)
-        records = [record for children in found.values() for record in children]
-        if records:
-            await store.delete(records)
-        generation = await store.publish()
+        # the indexing core, with nothing to embed: no model is loaded for a deletion
+        report = await index_documents([], store, None, delete=ids)
     finally:
         await store.close()
     missing = sorted(set(ids) - set(found))
     console.print(
-        f"deleted {len(found)} documents ({len(records)} records); "
-        f"generation {generation or 'unchanged'}"
+        f"deleted {report.deleted} documents ({report.records_removed} records); "
+        f"generation {report.generation or 'unchanged'}"
     )
     if missing:
         console.print(f"not found: {', '.join(missing)}")

@@ -17,6 +17,15 @@ from app.types import Calibration, Document, Filter, FloatArray, Hit
 
 
 @dataclass(frozen=True)
+class CollectionStats:
+    """What the published generation of a collection holds (`GET /v1/collections/{name}`)."""
+
+    documents: int  # source documents
+    records: int  # what is searched: documents, or their chunks
+    published_at: float | None  # when the generation was published (None: never, or unknown)
+
+
+@dataclass(frozen=True)
 class AnnResult:
     """Hits per query vector, best first, and which index answered."""
 
@@ -39,6 +48,12 @@ class VectorIndex(Protocol):
     @property
     def generation(self) -> int:
         """Number of the generation searches see; 0 before the first publish."""
+        ...
+
+    @property
+    def uid(self) -> str:
+        """The collection's identity: a collection deleted and created again under the same
+        name has another, so caches and gateways never mistake one for the other."""
         ...
 
     @property
@@ -95,7 +110,23 @@ class VectorIndex(Protocol):
         ...
 
     async def reload(self) -> bool:
-        """Switch to a generation another process published; True when it changed."""
+        """Switch to a generation another process published; True when it changed.
+
+        Raises:
+            NotFound: the collection was deleted, or deleted and created again (another
+                identity): the caller drops this one and opens the collection anew.
+        """
+        ...
+
+    async def records(self, parents: Sequence[str]) -> dict[str, list[Document]]:
+        """The records (chunks in order) of each of `parents` in the published generation."""
+        ...
+
+    async def stats(self) -> CollectionStats: ...
+
+    async def release(self) -> None:
+        """Let other writers in: end this writer's hold on the collection (its lock), keeping
+        it open for searches. The next write takes it again."""
         ...
 
     async def close(self) -> None: ...

@@ -20,7 +20,7 @@ from app.errors import (
 from app.index.base import Collection
 from app.index.faiss.build import FaissOptions
 from app.index.faiss.index import FaissIndex
-from app.index.faiss.layout import CollectionLayout, validate_collection_name
+from app.index.faiss.layout import COLLECTION_NAME, CollectionLayout, validate_collection_name
 from app.index.fallback import FallbackIndex, UnopenedIndex
 from app.index.qdrant.connection import QdrantOptions, list_collections
 from app.index.qdrant.index import QdrantIndex
@@ -40,9 +40,9 @@ async def open_collection(
     options = FaissOptions.from_settings(settings)
     qdrant = QdrantOptions.from_settings(settings)
 
-    async def faiss_at(index_dir: Path) -> Collection:
+    async def faiss_at(index_dir: Path, uid: str | None = None) -> Collection:
         if create is not None:
-            return await FaissIndex.create(index_dir, name, *create, options=options)
+            return await FaissIndex.create(index_dir, name, *create, options=options, uid=uid)
         return await FaissIndex.open(index_dir, name, options)
 
     async def open_primary() -> Collection:
@@ -56,8 +56,8 @@ async def open_collection(
         primary = await open_primary()
         if settings.fallback_index_dir is None:
             return primary
-        try:
-            fallback = await faiss_at(settings.fallback_index_dir)
+        try:  # a new copy is the same collection: it takes the primary's identity
+            fallback = await faiss_at(settings.fallback_index_dir, primary.uid)
         except BaseException:
             await primary.close()
             raise
@@ -181,7 +181,10 @@ def _faiss_collections(root: Path) -> list[str]:
     return sorted(
         child.name
         for child in root.iterdir()
-        if child.is_dir() and CollectionLayout(root, child.name).exists()
+        # not a collection: the write journal (.journal), a deletion in progress (.deleted-*)
+        if child.is_dir()
+        and COLLECTION_NAME.fullmatch(child.name)
+        and CollectionLayout(root, child.name).exists()
     )
 
 
@@ -271,17 +274,47 @@ class Collections:
         if not task.cancelled():
             task.exception()  # retrieved: every waiter may have given up already
 
-    async def reload(self) -> list[str]:
-        """Pick up newly published generations; returns the collections that changed."""
+    async def reload(self, only: str | None = None) -> list[str]:
+        """Pick up newly published generations; returns the collections that changed. A
+        collection deleted (or deleted and created again, by another process or replica) is
+        closed and forgotten: the next search opens whatever has the name now, so no old
+        generation is served under a new collection's name."""
         changed = []
         for name, index in list(self._open.items()):
+            if only is not None and name != only:
+                continue
             try:
                 if await index.reload():
                     changed.append(name)
                     await self._observe(index)
+            except NotFound as exc:
+                log.info("collection_gone", collection=name, reason=exc.message)
+                await self.forget(name)
+                changed.append(name)
             except Exception as exc:  # a half-deleted directory must not stop the others
                 log.error("generation_reload_failed", collection=name, error=repr(exc))
         return changed
+
+    async def replace(self, name: str, index: Collection) -> None:
+        """Serve `index` (just created or opened anew by this process) as collection `name`,
+        closing the instance it replaces."""
+        old = self._open.get(name)
+        self._open[name] = index
+        if old is not None and old is not index:
+            await old.close()
+
+    def opened(self, name: str) -> Collection | None:
+        """Collection `name` if it is open, without opening it."""
+        return self._open.get(name)
+
+    async def forget(self, name: str) -> None:
+        """Close collection `name` and stop serving it (it was deleted)."""
+        index = self._open.pop(name, None)
+        if index is not None:
+            try:
+                await index.close()
+            except Exception as exc:  # its files may be gone already
+                log.warning("collection_close_failed", collection=name, error=repr(exc))
 
     def names(self) -> list[str]:
         return sorted(self._open)

@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 
 from app.errors import IndexUnavailable, InvalidInput, SemsearchError
-from app.index.base import AnnResult, Collection
+from app.index.base import AnnResult, Collection, CollectionStats
 from app.logs import get_logger
 from app.resilience import CircuitBreaker
 from app.types import Calibration, Document, Filter, FloatArray
@@ -35,6 +35,7 @@ class UnopenedIndex:
         self.collection = like.collection
         self.model_id = like.model_id
         self.dimension = like.dimension
+        self.uid = like.uid
         self.generation = 0
         self.calibration = like.calibration
         self.reason = reason
@@ -81,6 +82,15 @@ class UnopenedIndex:
     async def reload(self) -> bool:
         return False  # FallbackIndex.reload opens it
 
+    async def records(self, parents: Sequence[str]) -> dict[str, list[Document]]:
+        raise self._unavailable()
+
+    async def stats(self) -> CollectionStats:
+        raise self._unavailable()
+
+    async def release(self) -> None:
+        return None
+
     async def close(self) -> None:
         return None
 
@@ -118,6 +128,10 @@ class FallbackIndex:
     @property
     def generation(self) -> int:
         return self.primary.generation
+
+    @property
+    def uid(self) -> str:
+        return self.primary.uid
 
     @property
     def model_id(self) -> str:
@@ -262,6 +276,22 @@ class FallbackIndex:
         self.primary = opened
         log.info("primary_index_opened", collection=self.collection, generation=opened.generation)
         return True
+
+    async def records(self, parents: Sequence[str]) -> dict[str, list[Document]]:
+        try:
+            return await self.primary.records(parents)
+        except IndexUnavailable:
+            return await self.fallback.records(parents)
+
+    async def stats(self) -> CollectionStats:
+        try:
+            return await self.primary.stats()
+        except IndexUnavailable:
+            return await self.fallback.stats()
+
+    async def release(self) -> None:
+        await self.primary.release()
+        await self.fallback.release()
 
     async def close(self) -> None:
         await self.primary.close()

@@ -58,18 +58,23 @@ class _Planned:
 async def index_documents(
     documents: Iterable[Document],
     index: Collection,
-    embedder: Embedder,
+    embedder: Embedder | None,
     *,
     chunker: Chunker | None = None,
     batch_size: int = 256,
     delete: Sequence[str] = (),
     dry_run: bool = False,
+    publish: bool = True,
     on_batch: Callable[[int], None] | None = None,
 ) -> IndexReport:
     """Embed and stage every new or changed document, delete `delete` (source document ids),
-    then publish one generation, with the fusion weight calibrated on it when the collection
-    has none yet or has doubled or halved since (`app.search.calibration`). With `dry_run`,
-    count what would change and write nothing.
+    then publish one generation (`publish_changes`). With `dry_run`, count what would change
+    and write nothing; with `publish=False`, stage only (the gateway's writer publishes at its
+    refresh interval). The one path every write takes: `semsearch index` and `semsearch
+    delete`, and the documents written over HTTP (`app.ingest.writer`).
+
+    `embedder` may be None only when nothing is to be embedded (deletions): the collection
+    then keeps its fusion calibration until the next run that embeds.
 
     An id repeated anywhere in `documents` is indexed once, from its last occurrence (the
     earlier ones are counted in `report.duplicates`), so a re-run changes nothing. To know
@@ -96,6 +101,8 @@ async def index_documents(
         for batch, consumed in _batches(documents, last, batch_size):
             planned = await _plan(batch, consumed, index, chunker, report)
             if planned.to_embed and not dry_run:
+                if embedder is None:
+                    raise ValueError("documents to embed, and no embedder")
                 passages = [r.passage for r in planned.to_embed]
                 planned.vectors = asyncio.create_task(
                     embedder.embed(passages, InputType.PASSAGE, Truncate.END)
@@ -116,14 +123,24 @@ async def index_documents(
         report.records_removed += len(doomed)
         if doomed and not dry_run:
             await index.delete(doomed)
-    if not dry_run:
-        calibration = None
-        if report.records_written or report.records_removed:
-            calibration = await calibrate(index, embedder)
-        report.calibrated = calibration is not None
-        report.generation = await index.publish(calibration=calibration)
+    if publish and not dry_run:
+        changed = bool(report.records_written or report.records_removed)
+        report.generation, report.calibrated = await publish_changes(index, embedder, changed)
     report.seconds = time.perf_counter() - started
     return report
+
+
+async def publish_changes(
+    index: Collection, embedder: Embedder | None, changed: bool
+) -> tuple[int | None, bool]:
+    """Publish what is staged as one generation, with the fusion weight calibrated on it when
+    records changed and the collection has none yet or has doubled or halved since
+    (`app.search.calibration`). Returns (the new generation or None when nothing was staged,
+    whether it was calibrated now)."""
+    calibration = None
+    if changed and embedder is not None:
+        calibration = await calibrate(index, embedder)
+    return await index.publish(calibration=calibration), calibration is not None
 
 
 async def _plan(
@@ -136,8 +153,14 @@ async def _plan(
     """What of `batch` must be (re-)embedded and which chunks are gone; counts into `report`."""
     known = await index.children([doc.id for doc in batch])
     planned = _Planned([], [], consumed)
-    for doc in batch:
-        records = chunker.split(doc) if chunker else [doc]
+    # tokenizing a batch for its chunks takes a while: off the event loop, which in the
+    # gateway answers searches meanwhile
+    split = (
+        await asyncio.to_thread(lambda: [chunker.split(doc) for doc in batch])
+        if chunker
+        else [[doc] for doc in batch]
+    )
+    for doc, records in zip(batch, split, strict=True):
         before = known.get(doc.id, {})
         changed = [r for r in records if before.get(r.id) != content_hash(r)]
         gone = [record for record in before if record not in {r.id for r in records}]

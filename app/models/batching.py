@@ -28,6 +28,7 @@ from app import metrics
 from app.config import ModelSettings
 from app.errors import DeadlineExceeded, Overloaded, Unavailable
 from app.logs import get_logger
+from app.models.priority import BULK_BATCH_SHARE, Priority, work_priority
 from app.resilience import call_deadline
 
 log = get_logger(__name__)
@@ -54,6 +55,7 @@ class _Entry(Generic[T, R]):
     size: int
     future: asyncio.Future[R]
     deadline: float | None = None  # time.monotonic() after which nobody waits for it
+    priority: Priority = Priority.INTERACTIVE  # bulk items wait while interactive ones do
     enqueued: float = field(default_factory=time.perf_counter)
     queued: bool = True  # waiting in `_pending` (not yet taken into a batch)
     request: list[_Entry[T, R]] = field(default_factory=list, repr=False)  # all its items
@@ -118,9 +120,11 @@ class BatchQueue(Generic[T, R]):
         self._task: asyncio.Task[None] | None = None
         self._items_per_s = 0.0  # smoothed throughput, for Retry-After
         self._s_per_token = 0.0  # smoothed compute time per token, for the expected wait
-        self._queued_tokens = 0  # tokens of the live queued items
+        # tokens of the live queued items, by class: a query waits behind queries only
+        self._queued_tokens = {Priority.INTERACTIVE: 0, Priority.BULK: 0}
         self._computing: tuple[int, float] = (0, 0.0)  # tokens of the batch on the model, since
         self._batches = 0
+        self._last_priority = Priority.BULK  # the class of the batch cut last
 
     @property
     def depth(self) -> int:
@@ -144,12 +148,20 @@ class BatchQueue(Generic[T, R]):
         self._inflight = []
         self._pending.clear()
 
-    def expected_wait(self, tokens: int) -> float:
-        """Seconds until `tokens` more tokens would be computed, at the measured cost per token
-        of recent batches: the rest of the batch on the model, then the queue, then them."""
+    def expected_wait(self, tokens: int, priority: Priority = Priority.INTERACTIVE) -> float:
+        """Seconds until `tokens` more tokens of class `priority` would be computed, at the
+        measured cost per token of recent batches: the rest of the batch on the model, then
+        the queue ahead of them (for a query: the queries, and the one bulk batch that may
+        take its turn first), then them."""
         computing, since = self._computing
         rest = max(0.0, computing * self._s_per_token - (time.monotonic() - since))
-        return rest + (self._queued_tokens + tokens) * self._s_per_token
+        bulk = self._queued_tokens[Priority.BULK]
+        ahead = self._queued_tokens[Priority.INTERACTIVE]
+        if priority is Priority.BULK:
+            ahead += bulk
+        else:
+            ahead += min(bulk, self.limits.max_batch_tokens // BULK_BATCH_SHARE)
+        return rest + (ahead + tokens) * self._s_per_token
 
     async def submit(self, items: Sequence[T]) -> list[R]:
         """Results for `items`, in order.
@@ -198,7 +210,7 @@ class BatchQueue(Generic[T, R]):
         if deadline is None or not (self._queued or self._inflight):
             return
         left = deadline - time.monotonic()
-        wait = self.expected_wait(sum(self._size_of(item) for item in items))
+        wait = self.expected_wait(sum(self._size_of(item) for item in items), work_priority.get())
         if wait > left:
             metrics.SHED_REQUESTS.labels("queue_wait").inc()
             raise Overloaded(
@@ -209,16 +221,17 @@ class BatchQueue(Generic[T, R]):
 
     async def _submit(self, items: Sequence[T]) -> list[R]:
         loop = asyncio.get_running_loop()
-        deadline = call_deadline.get()
+        deadline, priority = call_deadline.get(), work_priority.get()
         entries = [
-            _Entry(item, self._size_of(item), loop.create_future(), deadline) for item in items
+            _Entry(item, self._size_of(item), loop.create_future(), deadline, priority)
+            for item in items
         ]
         for entry in entries:
             entry.request = entries
             entry.future.add_done_callback(partial(self._left, entry))
         self._pending.extend(entries)
         self._queued += len(entries)
-        self._queued_tokens += sum(entry.size for entry in entries)
+        self._queued_tokens[priority] += sum(entry.size for entry in entries)
         self._report_depth()
         self._wakeup.set()
         started = time.perf_counter()
@@ -244,7 +257,7 @@ class BatchQueue(Generic[T, R]):
         if entry.queued:
             entry.queued = False
             self._queued -= 1
-            self._queued_tokens -= entry.size
+            self._queued_tokens[entry.priority] -= entry.size
             self._report_depth()
 
     def _report_depth(self) -> None:
@@ -335,13 +348,23 @@ class BatchQueue(Generic[T, R]):
         if not live:
             self._pending = []
             return []
-        anchor = live[0]
-        by_length = sorted(live, key=lambda e: e.size)
+        # One class makes a batch (app.models.priority): the more urgent one, except that
+        # when both wait they take turns, so steady queries cannot starve the bulk work.
+        waiting = {e.priority for e in live}
+        urgent = min(waiting)
+        if len(waiting) > 1 and self._last_priority == urgent:
+            urgent = max(waiting)
+        self._last_priority = urgent
+        eligible = [e for e in live if e.priority == urgent]
+        anchor = eligible[0]
+        by_length = sorted(eligible, key=lambda e: e.size)
         at = next(i for i, e in enumerate(by_length) if e is anchor)
         batch = [anchor]
         longest = anchor.size
         lo, hi = at - 1, at + 1
         budget = self.limits.max_batch_tokens
+        if urgent is Priority.BULK:
+            budget = max(budget // BULK_BATCH_SHARE, anchor.size)
         while len(batch) < self.limits.max_batch_size and (lo >= 0 or hi < len(by_length)):
             take_lo = hi >= len(by_length) or (
                 lo >= 0 and anchor.size - by_length[lo].size <= by_length[hi].size - anchor.size

@@ -31,6 +31,7 @@ from app.errors import (
 )
 from app.logs import REQUEST_ID_HEADER, current_request_id, get_logger
 from app.models import Embeddings
+from app.models.priority import PRIORITY_HEADER, Priority, work_priority
 from app.protocol.common import InfoResponse, field_name
 from app.protocol.embeddings import EmbeddingsRequest, EmbeddingsResponse
 from app.protocol.ranking import RankingRequest, RankingResponse
@@ -161,6 +162,8 @@ class _ServiceClient:
         request_id = current_request_id()
         if request_id:
             headers[REQUEST_ID_HEADER] = request_id
+        if work_priority.get() is Priority.BULK:  # the service batches it behind queries
+            headers[PRIORITY_HEADER] = "bulk"
         deadline = call_deadline.get()
         if deadline is not None:  # how long we will wait: the service sheds what cannot make it
             remaining_ms = (deadline - time.monotonic()) * 1000

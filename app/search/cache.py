@@ -57,11 +57,15 @@ def cache_key(
     mode: str = "dense",
     fusion: dict[str, object] | None = None,
     shape: dict[str, object] | None = None,
+    collection_uid: str = "",
 ) -> str:
     """Everything that changes the answer, hashed. `query` is the normalized text
-    (`app.search.query.check_query`); `reranker_model` None means no reranking."""
+    (`app.search.query.check_query`); `reranker_model` None means no reranking.
+    `collection_uid` tells a collection from one deleted and created again under its name,
+    whose generations restart at 1."""
     parts = {
         "collection": collection,
+        "collection_uid": collection_uid,
         "generation": generation,
         "embedder": embedder_model,
         "reranker": reranker_model,

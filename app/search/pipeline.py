@@ -217,6 +217,7 @@ class SearchPipeline:
         reranker_model = self.reranker.info.model_id if query.rerank else None
         key = cache_key(
             collection=query.collection,
+            collection_uid=index.uid,
             generation=index.generation,
             embedder_model=self.embedder.info.model_id,
             reranker_model=reranker_model,

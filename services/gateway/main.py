@@ -13,9 +13,11 @@ from app import __version__
 from app.assembly import build_pipeline
 from app.auth import ApiKeys
 from app.config import EmbedderSettings, GatewaySettings, RerankerSettings
+from app.ingest.writer import Writes
 from app.logs import get_logger
 from app.search.pipeline import SearchPipeline
 from services import http
+from services.gateway import documents
 from services.gateway.routes import router
 
 log = get_logger(__name__)
@@ -32,8 +34,14 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         search = pipeline or build_pipeline(settings, EmbedderSettings(), RerankerSettings())
+        # the write side shares the served collections and the embedder (writes go behind
+        # searches in its queue); its journal is opened first, so a second gateway on the
+        # same journal fails to start instead of applying the same writes twice
+        writes = Writes.from_settings(settings, search.collections, search.embedder)
         app.state.pipeline = search
+        app.state.writes = writes
         await search.start()
+        await writes.start()
         upkeep = asyncio.create_task(_upkeep(search, settings.index_reload_interval_s))
         try:
             yield
@@ -41,6 +49,7 @@ def create_app(
             upkeep.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await upkeep
+            await writes.stop()
             await search.stop()
 
     app = FastAPI(title="semsearch gateway", version=__version__, lifespan=lifespan)
@@ -51,6 +60,7 @@ def create_app(
     )
     http.install(app, "gateway", settings.max_request_bytes)
     app.include_router(router)
+    app.include_router(documents.router)
     return app
 
 

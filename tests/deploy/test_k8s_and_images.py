@@ -38,7 +38,7 @@ def by_kind(kind: str) -> dict[str, dict[str, Any]]:
 
 
 def test_services_have_probes_resources_and_disruption_budgets() -> None:
-    deployments = by_kind("Deployment")
+    deployments = {**by_kind("Deployment"), **by_kind("StatefulSet")}
     for name in ("semsearch-embedder", "semsearch-reranker", "semsearch-gateway"):
         container = deployments[name]["spec"]["template"]["spec"]["containers"][0]
         assert container["readinessProbe"]["httpGet"]["path"] == "/ready", name
@@ -69,6 +69,27 @@ def test_autoscaling_on_queue_metrics_and_cpu() -> None:
     rules = by_kind("ConfigMap")["semsearch-prometheus-adapter-rules"]["data"]["config.yaml"]
     for metric in ("semsearch_batch_queue_depth", "semsearch_queue_to_compute_ratio"):
         assert f"as: {metric}" in rules
+
+
+def test_gateway_replicas_keep_their_write_journal_and_scoped_keys() -> None:
+    """Each replica's acknowledged writes outlive its pod (a volume of its own), and keys come
+    from a file with scopes."""
+    gateway = by_kind("StatefulSet")["semsearch-gateway"]
+    spec = gateway["spec"]
+    assert [t["metadata"]["name"] for t in spec["volumeClaimTemplates"]] == ["data"]
+    container = spec["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["SEMSEARCH_WRITE_JOURNAL_DIR"].startswith("/data/")
+    assert env["SEMSEARCH_FALLBACK_INDEX_DIR"].startswith("/data/")
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts["data"] == "/data"
+    assert env["SEMSEARCH_API_KEYS_FILE"].startswith(mounts["api-keys"])
+    secret = by_kind("Secret")["semsearch-secrets"]["stringData"]
+    assert "api-keys" in secret
+    config = by_kind("ConfigMap")["semsearch-config"]["data"]
+    assert config["SEMSEARCH_INDEX_BACKEND"] == "qdrant" and config["SEMSEARCH_REDIS_URL"]
+    hpa = by_kind("HorizontalPodAutoscaler")["semsearch-gateway"]["spec"]["scaleTargetRef"]
+    assert hpa["kind"] == "StatefulSet"
 
 
 def test_qdrant_is_replicated_and_collections_are_sharded() -> None:

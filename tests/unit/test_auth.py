@@ -82,3 +82,34 @@ def test_cli_prints_a_digest_the_gateway_accepts() -> None:
     assert keys.check("my-key")
     fresh = CliRunner().invoke(cli, ["hash-key"]).output
     assert "key:" in fresh and "digest: sha256:" in fresh
+
+
+def test_scopes_and_collections_from_the_keys_file(tmp_path: Path) -> None:
+    from app.auth import Scope
+    from app.errors import Forbidden
+
+    keys_file = tmp_path / "keys"
+    keys_file.write_text(
+        f"{digest('r')} read\nw write a,b\nadm ADMIN *\nold\n  # indented comment\n"
+    )
+    keys = ApiKeys.from_settings(GatewaySettings(api_keys=["env"], api_keys_file=keys_file))
+    assert keys.grant("r").scope is Scope.READ
+    assert keys.grant("w").collections == frozenset({"a", "b"})
+    assert keys.grant("adm").scope is Scope.ADMIN and keys.grant("adm").collections is None
+    assert keys.grant("old").scope is keys.grant("env").scope is Scope.WRITE
+    keys.grant("w").check(Scope.WRITE, "a")
+    keys.grant("w").check(Scope.READ)
+    with pytest.raises(Forbidden, match="admin"):
+        keys.grant("w").check(Scope.ADMIN, "a")
+    with pytest.raises(Forbidden, match="collection 'c'"):
+        keys.grant("w").check(Scope.READ, "c")
+    with pytest.raises(Forbidden):
+        keys.grant("r").check(Scope.WRITE)
+
+
+@pytest.mark.parametrize("line", ["k owner", "k read a b"])
+def test_a_bad_keys_file_line_fails_start_up(tmp_path: Path, line: str) -> None:
+    keys_file = tmp_path / "keys"
+    keys_file.write_text(line + "\n")
+    with pytest.raises(SemsearchError, match="API keys file"):
+        ApiKeys.from_settings(GatewaySettings(api_keys_file=keys_file))

@@ -18,7 +18,7 @@ from app.index.faiss.build import FaissOptions, on_gpu, refine, set_search_param
 from app.index.faiss.layout import CollectionLayout
 from app.index.faiss.lexical import DIRNAME as LEXICAL_DIRNAME
 from app.index.faiss.lexical import LexicalReader
-from app.types import Filter, FloatArray, Hit
+from app.types import Document, Filter, FloatArray, Hit
 
 # faiss ships partial stubs without the search-parameter classes and index attributes
 _faiss: Any = faiss
@@ -176,6 +176,34 @@ class Generation:
             scores[short], ids[short] = -np.inf, -1
             scores[short, :width], ids[short, :width] = exact_scores, exact_ids
         return scores, ids
+
+    def documents(self) -> int:
+        """Source documents in this generation: unchunked records and first chunks (ids hold
+        '#' only as the chunk mark)."""
+        row = (
+            self._docs()
+            .execute("SELECT count(*) FROM docs WHERE instr(id, '#') = 0 OR id LIKE '%#0'")
+            .fetchone()
+        )
+        return int(row[0])
+
+    def records(self, parents: Sequence[str]) -> dict[str, list[Document]]:
+        """The records of each of `parents` found in this generation, chunks in order."""
+        found: dict[str, list[Document]] = {}
+        for parent in parents:
+            # a chunk's id is `parent#n`: '#' then digits, and '$' sorts right after '#'
+            rows = self._docs().execute(
+                "SELECT id, title, text, metadata FROM docs WHERE id = ? OR (id > ? AND id < ?)",
+                (parent, parent + "#", parent + "$"),
+            )
+            records = [
+                Document(doc_id, text, title, json.loads(metadata), parent)
+                for doc_id, title, text, metadata in rows
+            ]
+            if records:
+                records.sort(key=lambda doc: int(doc.metadata.get("chunk", 0)))
+                found[parent] = records
+        return found
 
     def hits(self, scores: np.ndarray, ids: np.ndarray) -> list[list[Hit]]:
         """FAISS results as hits: ids, texts and metadata from the generation's store."""

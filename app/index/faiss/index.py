@@ -25,7 +25,7 @@ import faiss
 import numpy as np
 
 from app.errors import InvalidInput, NotFound, SemsearchError
-from app.index.base import AnnResult, check_dimension
+from app.index.base import AnnResult, CollectionStats, check_dimension
 from app.index.faiss.build import FaissOptions, build_index
 from app.index.faiss.generation import Generation
 from app.index.faiss.layout import CollectionLayout, Manifest
@@ -52,6 +52,7 @@ class FaissIndex:
         self._read_only = read_only
         self._model_id = info.model_id
         self._dimension = info.dimension
+        self._uid = info.identity
         self._generation: Generation | None = None
         self._store: DocumentStore | None = None
         self._writing = ExitStack()
@@ -86,8 +87,10 @@ class FaissIndex:
         model_id: str,
         dimension: int,
         options: FaissOptions,
+        uid: str | None = None,
     ) -> FaissIndex:
-        """Open a collection for writing, creating it for `model_id` if it is new.
+        """Open a collection for writing, creating it for `model_id` if it is new (with
+        identity `uid`, a new one when not given: a fallback copy takes its primary's).
 
         Raises:
             InvalidInput: the collection exists and was built with another model.
@@ -103,7 +106,7 @@ class FaissIndex:
                     field="collection",
                 )
         else:
-            layout.create(model_id, dimension, cls.backend)
+            layout.create(model_id, dimension, cls.backend, uid)
         return await cls.open(index_dir, name, options)
 
     @property
@@ -113,6 +116,10 @@ class FaissIndex:
     @property
     def generation(self) -> int:
         return self._generation.number if self._generation else 0
+
+    @property
+    def uid(self) -> str:
+        return self._uid
 
     @property
     def model_id(self) -> str:
@@ -165,6 +172,16 @@ class FaissIndex:
         return [[hit.id for hit in hits] for hits in await asyncio.to_thread(exact)]
 
     async def reload(self) -> bool:
+        try:
+            info = self._layout.read_info()
+        except FileNotFoundError:
+            info = None
+        if info is None or info.identity != self._uid:
+            raise NotFound(
+                f"collection {self.collection!r} was deleted"
+                + (" and created again" if info is not None else ""),
+                field="collection",
+            )
         number = self._layout.current_generation()
         if number == self.generation or number == 0:
             return False
@@ -219,6 +236,10 @@ class FaissIndex:
 
     async def delete(self, ids: Sequence[str]) -> int:
         return await asyncio.to_thread(self._writable_store().delete, ids)
+
+    async def staged_hashes(self) -> dict[str, str]:
+        """Every staged record's content hash, by id (what following another copy diffs)."""
+        return await asyncio.to_thread(lambda: self._writable_store().hashes())
 
     @property
     def calibration(self) -> Calibration | None:
@@ -303,6 +324,24 @@ class FaissIndex:
                 seqs.write(ids.astype(np.int64).tobytes())
                 count += len(ids)
         return count
+
+    async def records(self, parents: Sequence[str]) -> dict[str, list[Document]]:
+        generation = self._generation
+        if generation is None:
+            return {}
+        return await asyncio.to_thread(generation.records, parents)
+
+    async def stats(self) -> CollectionStats:
+        generation = self._generation
+        if generation is None:
+            return CollectionStats(0, 0, None)
+        documents = await asyncio.to_thread(generation.documents)
+        return CollectionStats(documents, generation.count, generation.manifest.created_at)
+
+    async def release(self) -> None:
+        """Close the staged store and drop the writer lock; searches go on."""
+        await asyncio.to_thread(self._writing.close)
+        self._store = None
 
     async def close(self) -> None:
         self._writing.close()

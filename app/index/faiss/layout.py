@@ -15,18 +15,20 @@ previous generation serving.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import re
 import shutil
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from app.errors import InvalidInput, SemsearchError
+from app.errors import Conflict, InvalidInput
 
 COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 KEEP_GENERATIONS = 3  # older ones are pruned; a few stay for in-flight readers and rollback
@@ -39,6 +41,23 @@ class CollectionInfo:
     dimension: int
     backend: str
     created_at: float
+    # Who this collection is: a collection deleted and created again under the same name is
+    # another one (its generations restart at 1), and caches and gateways must tell them apart.
+    uid: str = ""
+
+    @property
+    def identity(self) -> str:
+        """`uid`, or for a collection created before identities existed, one derived from its
+        name and creation time (stable, and different for a re-created one)."""
+        if self.uid:
+            return self.uid
+        return (
+            "legacy-" + hashlib.sha256(f"{self.name}:{self.created_at}".encode()).hexdigest()[:16]
+        )
+
+
+def new_uid() -> str:
+    return uuid.uuid4().hex
 
 
 @dataclass(frozen=True)
@@ -52,6 +71,10 @@ class Manifest:
     build_seconds: float
     lexical: bool = False  # has a lexical index (generations before lexical search do not)
     calibration: dict[str, Any] | None = None  # the fusion weight chosen for it (types.Calibration)
+
+
+class WriterBusy(Conflict):
+    """Another process holds the collection's writer lock (409 over HTTP)."""
 
 
 def validate_collection_name(name: str) -> str:
@@ -97,9 +120,13 @@ class CollectionLayout:
     def read_info(self) -> CollectionInfo:
         return CollectionInfo(**json.loads(self.info_path.read_text()))
 
-    def create(self, model_id: str, dimension: int, backend: str) -> CollectionInfo:
+    def create(
+        self, model_id: str, dimension: int, backend: str, uid: str | None = None
+    ) -> CollectionInfo:
         self.generations_dir.mkdir(parents=True, exist_ok=True)
-        info = CollectionInfo(self.name, model_id, dimension, backend, time.time())
+        info = CollectionInfo(
+            self.name, model_id, dimension, backend, time.time(), uid or new_uid()
+        )
         atomic_write_text(self.info_path, json.dumps(asdict(info), indent=2))
         return info
 
@@ -135,6 +162,16 @@ class CollectionLayout:
         _fsync_dir(self.generations_dir)
         atomic_write_text(self.current_path, generation_dirname(manifest.generation) + "\n")
 
+    def remove(self) -> None:
+        """Delete the whole collection: renamed away first (so no reader finds half of it,
+        and a collection created again under the name starts clean), then removed."""
+        if not self.root.exists():
+            return
+        trash = self.root.with_name(f".deleted-{self.name}-{new_uid()}")
+        os.rename(self.root, trash)
+        _fsync_dir(self.root.parent)
+        shutil.rmtree(trash, ignore_errors=True)
+
     def prune(self) -> None:
         """Drop generations beyond the newest few and staging dirs left by crashed runs."""
         current = self.current_generation()
@@ -150,10 +187,11 @@ class CollectionLayout:
             shutil.rmtree(stale, ignore_errors=True)
 
     @contextmanager
-    def writer_lock(self) -> Iterator[None]:
-        """One writer per collection at a time, across processes."""
+    def writer_lock(self, wait_s: float = 0.0) -> Iterator[None]:
+        """One writer per collection at a time, across processes; waits up to `wait_s` for
+        another writer to finish."""
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "w") as handle, self._flock(handle, fcntl.LOCK_EX):
+        with open(self.root / ".lock", "w") as handle, self._flock(handle, fcntl.LOCK_EX, wait_s):
             yield
 
     @contextmanager
@@ -168,13 +206,18 @@ class CollectionLayout:
             yield
 
     @contextmanager
-    def _flock(self, handle: IO[str], mode: int) -> Iterator[None]:
-        try:
-            fcntl.flock(handle, mode | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            raise SemsearchError(
-                f"collection {self.name!r} is being written by another process"
-            ) from exc
+    def _flock(self, handle: IO[str], mode: int, wait_s: float = 0.0) -> Iterator[None]:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(handle, mode | fcntl.LOCK_NB)
+                break
+            except BlockingIOError as exc:
+                if time.monotonic() >= deadline:
+                    raise WriterBusy(
+                        f"collection {self.name!r} is being written by another process"
+                    ) from exc
+                time.sleep(0.05)
         try:
             yield
         finally:

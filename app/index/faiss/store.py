@@ -87,6 +87,10 @@ class DocumentStore:
                 found.setdefault(parent, {})[doc_id] = digest
         return found
 
+    def hashes(self) -> dict[str, str]:
+        """Every staged record's content hash, by id."""
+        return dict(self._db.execute("SELECT id, hash FROM docs").fetchall())
+
     def existing(self, ids: Sequence[str]) -> list[str]:
         found: list[str] = []
         for chunk in _chunks(list(ids), 500):

@@ -20,13 +20,15 @@ use. Requires Qdrant and qdrant-client >= 1.16 (collection metadata).
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
 from app.errors import IndexUnavailable, InvalidInput, NotFound, SemsearchError
 from app.index.analyzer import query_vector, terms
-from app.index.base import AnnResult, check_dimension
+from app.index.base import AnnResult, CollectionStats, check_dimension
 from app.index.qdrant.connection import (
     FORMAT,
     LEXICAL,
@@ -61,6 +63,7 @@ class QdrantIndex:
         self._name = name
         self._model_id = str(meta["model"])
         self._dimension = int(meta["dimension"])
+        self._uid = _identity(name, meta)
         self._generation = int(meta["generation"])
         # collections written before lexical search have no sparse vectors: dense only
         self._lexical = bool(meta.get("lexical"))
@@ -83,9 +86,15 @@ class QdrantIndex:
 
     @classmethod
     async def create(
-        cls, options: QdrantOptions, name: str, model_id: str, dimension: int
+        cls,
+        options: QdrantOptions,
+        name: str,
+        model_id: str,
+        dimension: int,
+        uid: str | None = None,
     ) -> QdrantIndex:
-        """Open for writing, creating it (size, dot-product distance, HNSW settings) if new.
+        """Open for writing, creating it (size, dot-product distance, HNSW settings) if new,
+        with identity `uid` (a new one when not given).
 
         Raises:
             InvalidInput: it exists with vectors of another model.
@@ -100,6 +109,7 @@ class QdrantIndex:
                     "generation": 0,
                     "format": FORMAT,
                     "lexical": options.lexical,
+                    "uid": uid or uuid.uuid4().hex,
                 }
                 await create_collection(client, options, name, meta)
             elif (meta["model"], int(meta["dimension"])) != (model_id, dimension):
@@ -120,6 +130,10 @@ class QdrantIndex:
     @property
     def generation(self) -> int:
         return self._generation
+
+    @property
+    def uid(self) -> str:
+        return self._uid
 
     @property
     def model_id(self) -> str:
@@ -353,6 +367,7 @@ class QdrantIndex:
                 "run the indexer again"
             )
         meta["generation"] = staged
+        meta["published_at"] = time.time()
         if calibration is not None:  # published with the generation it was measured on
             meta["calibration"] = asdict(calibration)
         await self._client.update_collection(self._name, metadata={META_KEY: meta})
@@ -375,8 +390,12 @@ class QdrantIndex:
 
     async def reload(self) -> bool:
         meta = await read_meta(self._client, self._name)
-        if meta is None:
-            return False
+        if meta is None or _identity(self._name, meta) != self._uid:
+            raise NotFound(
+                f"collection {self._name!r} was deleted"
+                + (" and created again" if meta is not None else ""),
+                field="collection",
+            )
         if int(meta["generation"]) == self._generation:
             return False
         self._apply(meta)
@@ -387,6 +406,98 @@ class QdrantIndex:
         self._lexical = bool(meta.get("lexical"))
         self._avg_terms = meta.get("avg_terms")
         self._calibration = meta.get("calibration")
+
+    async def records(self, parents: Sequence[str]) -> dict[str, list[Document]]:
+        models = qdrant_models()
+        found: dict[str, list[Document]] = {}
+        condition = models.FieldCondition(key="parent", match=models.MatchAny(any=list(parents)))
+        offset = None
+        while parents:
+            points, offset = await self._client.scroll(
+                self._name,
+                scroll_filter=view(self._generation, extra=[condition]),
+                limit=1024,
+                offset=offset,
+                with_payload=True,
+                with_vectors=False,
+            )
+            for point in points:
+                payload = point.payload or {}
+                found.setdefault(payload["parent"], []).append(
+                    Document(
+                        str(payload["id"]),
+                        payload.get("text", ""),
+                        payload.get("title", ""),
+                        payload.get("metadata") or {},
+                        str(payload["parent"]),
+                    )
+                )
+            if offset is None:
+                break
+        for records in found.values():
+            records.sort(key=lambda doc: int(doc.metadata.get("chunk", 0)))
+        return found
+
+    async def published_hashes(self) -> dict[str, str]:
+        """Every record of the published generation: its content hash, by id."""
+        found: dict[str, str] = {}
+        offset = None
+        while True:
+            points, offset = await self._client.scroll(
+                self._name,
+                scroll_filter=view(self._generation),
+                limit=2048,
+                offset=offset,
+                with_payload=["id", "hash"],
+                with_vectors=False,
+            )
+            for point in points:
+                payload = point.payload or {}
+                found[str(payload["id"])] = str(payload["hash"])
+            if offset is None:
+                return found
+
+    async def published_records(self, ids: Sequence[str]) -> list[tuple[Document, FloatArray]]:
+        """Records `ids` of the published generation, with their dense vectors."""
+        models = qdrant_models()
+        out: list[tuple[Document, FloatArray]] = []
+        for start in range(0, len(ids), _LOOKUP_BATCH):
+            condition = models.FieldCondition(
+                key="id", match=models.MatchAny(any=list(ids[start : start + _LOOKUP_BATCH]))
+            )
+            offset = None
+            while True:
+                points, offset = await self._client.scroll(
+                    self._name,
+                    scroll_filter=view(self._generation, extra=[condition]),
+                    limit=1024,
+                    offset=offset,
+                    with_payload=True,
+                    with_vectors=True,
+                )
+                out += [record(point) for point in points]
+                if offset is None:
+                    break
+        return out
+
+    async def stats(self) -> CollectionStats:
+        models = qdrant_models()
+        later_chunk = models.FieldCondition(key="metadata.chunk", range=models.Range(gt=0))
+        documents = view(self._generation)
+        documents.must_not = [*(documents.must_not or []), later_chunk]
+        try:
+            records = await self.count()
+            found = await self._client.count(self._name, count_filter=documents, exact=True)
+            meta = await read_meta(self._client, self._name)
+        except IndexUnavailable:
+            raise
+        except Exception as exc:
+            raise IndexUnavailable(f"qdrant at {self._options.where}: {exc!r}") from exc
+        published = (meta or {}).get("published_at")
+        return CollectionStats(int(found.count), records, float(published) if published else None)
+
+    async def release(self) -> None:
+        return None  # no lock of its own: the writer lease (app.ingest.lease) keeps turns
 
     async def close(self) -> None:
         if not self._closed:
@@ -443,3 +554,9 @@ class QdrantIndex:
                 self._name, points_selector=models.PointIdsList(points=unpublished), wait=True
             )
         return len({v["id"] for v in versions})
+
+
+def _identity(name: str, meta: dict[str, Any]) -> str:
+    """The collection's `uid`; one derived from its name for a collection created before
+    identities existed (such a collection, deleted and re-created, gets a real one)."""
+    return str(meta.get("uid") or f"legacy-{name}")

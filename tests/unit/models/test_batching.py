@@ -19,6 +19,7 @@ from app.models.batching import (
     request_timing,
     resolve_batch_tokens,
 )
+from app.models.priority import Priority
 from app.resilience import call_deadline
 
 
@@ -295,6 +296,47 @@ def test_token_budget_defaults_by_device_and_an_explicit_one_wins() -> None:
     assert resolve_batch_tokens(8_192, "cpu") == 8_192
 
 
+async def test_bulk_items_wait_while_interactive_ones_do(make_queue) -> None:  # type: ignore[no-untyped-def]
+    """Passages of writes (bulk) queued first; a query (interactive) arriving later still goes
+    into the next batch, alone; bulk batches take a quarter of the token budget."""
+    from app.models.priority import bulk_work
+
+    queue, recorder = make_queue(size_of=lambda i: 10, max_batch_tokens=80)
+    recorder.gate.clear()
+    with bulk_work():  # a bulk batch computing, more passages queued behind it
+        blocker = asyncio.ensure_future(queue.submit([0]))
+        await asyncio.to_thread(recorder.entered.wait, 5)
+        passages = asyncio.ensure_future(queue.submit(list(range(100, 108))))
+    await asyncio.sleep(0.01)
+    query = asyncio.ensure_future(queue.submit([7]))
+    await asyncio.sleep(0.01)
+    recorder.gate.set()
+    assert await query == [14]
+    assert await passages == [2 * i for i in range(100, 108)]
+    await blocker
+    assert recorder.batches[1] == [7]  # the query jumped the queue of passages
+    assert recorder.batches[2:] == [[100, 101], [102, 103], [104, 105], [106, 107]]
+
+
+async def test_queries_and_bulk_work_take_turns_when_both_wait(make_queue) -> None:  # type: ignore[no-untyped-def]
+    """Steady queries must not starve indexing: with both classes waiting, batches alternate."""
+    from app.models.priority import bulk_work
+
+    queue, recorder = make_queue(size_of=lambda i: 10, max_batch_tokens=80, max_batch_size=2)
+    recorder.gate.clear()
+    blocker = asyncio.ensure_future(queue.submit([0]))
+    await asyncio.to_thread(recorder.entered.wait, 5)
+    with bulk_work():
+        passages = asyncio.ensure_future(queue.submit([100, 101, 102, 103]))
+    await asyncio.sleep(0.01)
+    queries = asyncio.ensure_future(queue.submit([1, 2, 3, 4]))
+    await asyncio.sleep(0.01)
+    recorder.gate.set()
+    await asyncio.gather(blocker, passages, queries)
+    # after the blocker (a query batch), the passages' turn, then the queries', ...
+    assert recorder.batches[1:] == [[100, 101], [1, 2], [102, 103], [3, 4]]
+
+
 async def submit_within(queue: BatchQueue[int, int], items: list[int], seconds: float) -> list[int]:
     """`queue.submit(items)` by a caller who waits `seconds` (as the services set it from the
     request's timeout header)."""
@@ -349,3 +391,27 @@ async def test_items_whose_deadline_passed_while_queued_are_dropped_before_compu
         await late
     await running
     assert [x for batch in recorder.batches for x in batch] == [0]
+
+
+async def test_queued_bulk_work_does_not_count_against_a_query_deadline(make_queue) -> None:  # type: ignore[no-untyped-def]
+    """A query waits behind queries and one bulk batch at most: a long queue of passages must
+    not get it refused on an estimate."""
+    from app.models.priority import bulk_work
+
+    queue, recorder = make_queue(max_batch_size=1, size_of=lambda i: 10, max_batch_tokens=80)
+    recorder.seconds = 0.05
+    await queue.submit([0])  # measured: 50 ms for 10 tokens
+    recorder.gate.clear()
+    recorder.entered.clear()
+    with bulk_work():
+        running = asyncio.ensure_future(queue.submit([1]))
+        await asyncio.to_thread(recorder.entered.wait, 5)
+        backlog = asyncio.ensure_future(queue.submit(list(range(100, 120))))  # ~1 s of work
+        await asyncio.sleep(0.01)
+        assert queue.expected_wait(10, Priority.BULK) > 0.9
+    query = asyncio.ensure_future(submit_within(queue, [7], 0.5))
+    await asyncio.sleep(0.01)
+    recorder.gate.set()
+    assert await query == [14]
+    assert await backlog == [2 * i for i in range(100, 120)]
+    await running

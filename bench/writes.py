@@ -1,0 +1,253 @@
+"""Writes over HTTP: search latency while a large batch is ingested, and ingestion speed over
+HTTP against `semsearch index`, measured in the same run.
+
+    python -m bench.writes ../shared/datasets/scifact/corpus.jsonl --documents 5000
+
+One gateway process (the default in-process embedder, all-MiniLM-L6-v2; a fake reranker and
+`rerank: false`, so a search's cost is what writes compete with: the query embedding, ANN
+and BM25) serves `data/corpus.jsonl`. Phases:
+
+1. idle: closed-loop searches (distinct queries, so no answer comes from the cache);
+2. ingest: the same searches while N documents are written over HTTP to another collection
+   (batches of 100 from two clients, then until the last write is searchable);
+3. cli: `semsearch index` of the same N documents into a fresh collection, the gateway
+   stopped (the machine is the same for both); its own rate (model load excluded, as the
+   gateway's model was loaded before the ingest started).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.common import table, write_json
+from harness.loadgen import LoadResult, run_load
+from harness.processes import ROOT, child_env, free_port, start_service
+
+SEMSEARCH = str(Path(sys.executable).with_name("semsearch"))
+WORDS = [
+    "seizures",
+    "macrophages",
+    "bone marrow",
+    "HIV",
+    "anthrax",
+    "glioblastoma",
+    "stem cells",
+    "gluten",
+    "open access",
+    "passerine birds",
+    "insulin",
+    "T cells",
+]
+
+
+def queries(offset: int, n: int) -> list[dict[str, Any]]:
+    """Distinct texts (numbered from `offset`): no answer comes from the cache."""
+    return [
+        {"query": f"{WORDS[i % len(WORDS)]} study {i}", "top_k": 10, "rerank": False}
+        for i in range(offset, offset + n)
+    ]
+
+
+def search_load(url: str, seconds: float, concurrency: int, offset: int) -> LoadResult:
+    bodies = queries(offset, 20_000)
+    return asyncio.run(
+        run_load(
+            f"{url}/v1/search",
+            bodies,
+            concurrency=concurrency,
+            duration_s=seconds,
+            warmup_requests=0,
+        )
+    )
+
+
+def ingest_http(url: str, documents: list[dict[str, Any]], batch: int = 100) -> dict[str, Any]:
+    """Two clients write batches; then wait until the last write is searchable."""
+    batches = [documents[i : i + batch] for i in range(0, len(documents), batch)]
+    write_ids: list[str] = []
+    refused = 0
+    lock = threading.Lock()
+    started = time.perf_counter()
+
+    def client(part: list[list[dict[str, Any]]]) -> None:
+        nonlocal refused
+        with httpx.Client(timeout=120) as http:
+            for docs in part:
+                while True:
+                    reply = http.post(
+                        f"{url}/v1/collections/ingest/documents", json={"documents": docs}
+                    )
+                    if reply.status_code == 429:  # a full journal: come back as told
+                        refused += 1
+                        time.sleep(float(reply.headers.get("retry-after", "1")))
+                        continue
+                    reply.raise_for_status()
+                    with lock:
+                        write_ids.append(reply.json()["write_id"])
+                    break
+
+    threads = [threading.Thread(target=client, args=(batches[i::2],)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    acknowledged = time.perf_counter() - started
+    with httpx.Client(timeout=30) as http:
+        for write_id in write_ids:
+            while (
+                http.get(f"{url}/v1/collections/ingest/writes/{write_id}").json()["status"]
+                == "pending"
+            ):
+                time.sleep(0.2)
+    seconds = time.perf_counter() - started
+    info = httpx.get(f"{url}/v1/collections/ingest").json()
+    return {
+        "documents": len(documents),
+        "acknowledged_s": acknowledged,
+        "searchable_s": seconds,
+        "docs_per_s": len(documents) / seconds,
+        "refused_429": refused,
+        "generation": info["generation"],
+        "chunks": info["chunks"],
+    }
+
+
+def ingest_cli(corpus: Path, index_dir: Path) -> dict[str, Any]:
+    run = subprocess.run(
+        [SEMSEARCH, "index", str(corpus), "--collection", "cli", "--index-dir", str(index_dir)],
+        env=child_env(COLUMNS="200"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    rate = float(re.search(r"rate\s*│\s*([\d.]+) docs/s", run.stdout).group(1))  # type: ignore[union-attr]
+    seconds = float(re.search(r"time\s*│\s*([\d.]+) s", run.stdout).group(1))  # type: ignore[union-attr]
+    return {"docs_per_s": rate, "seconds": seconds}
+
+
+def summary(name: str, result: LoadResult) -> dict[str, Any]:
+    return {
+        "phase": name,
+        "searches": result.requests,
+        "errors": result.errors,
+        "p50_ms": result.percentile(50),
+        "p90_ms": result.percentile(90),
+        "p99_ms": result.percentile(99),
+        "searches_per_s": result.rps,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("corpus", type=Path)
+    parser.add_argument("--documents", type=int, default=5000)
+    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--idle-seconds", type=float, default=30)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as work:
+        root = Path(work)
+        lines = args.corpus.read_text().splitlines()[: args.documents]
+        documents = []
+        for line in lines:
+            raw = json.loads(line)
+            documents.append(
+                {
+                    "id": str(raw.get("_id", raw.get("id"))),
+                    "text": raw["text"],
+                    "title": raw.get("title") or "",
+                }
+            )
+        corpus = root / "batch.jsonl"
+        corpus.write_text("\n".join(json.dumps(d) for d in documents) + "\n")
+
+        served = root / "index"
+        subprocess.run(
+            [SEMSEARCH, "index", str(ROOT / "data" / "corpus.jsonl"), "--index-dir", str(served)],
+            env=child_env(),
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
+        port = free_port()
+        env = child_env(
+            SEMSEARCH_INDEX_DIR=str(served),
+            SEMSEARCH_RERANKER_BACKEND="fake",
+            SEMSEARCH_LOG_LEVEL="warning",
+        )
+        gateway = start_service(
+            "gateway", [SEMSEARCH, "serve", "gateway", "--port", str(port)], port, env, root
+        )
+        try:
+            httpx.put(f"{gateway.url}/v1/collections/ingest", json={}, timeout=60)
+            search_load(gateway.url, 5, args.concurrency, 10_000_000)  # warm up
+            idle = search_load(gateway.url, args.idle_seconds, args.concurrency, 0)
+            ingest: dict[str, Any] = {}
+
+            def run_ingest() -> None:
+                ingest.update(ingest_http(gateway.url, documents))
+
+            writer = threading.Thread(target=run_ingest)
+            writer.start()
+            searched: list[LoadResult] = []
+            offset = 100_000
+            while writer.is_alive():  # searches for as long as the ingest runs
+                searched.append(search_load(gateway.url, 5, args.concurrency, offset))
+                offset += 20_000
+            writer.join()
+        finally:
+            gateway.stop()
+        during = LoadResult(args.concurrency, 0, 0, 0.0, 1)
+        for part in searched:
+            during.requests += part.requests
+            during.errors += part.errors
+            during.seconds += part.seconds
+            during.latencies_ms += part.latencies_ms
+        cli = ingest_cli(corpus, root / "cli-index")
+
+    rows = [summary("idle", idle), summary(f"while {args.documents} docs ingest", during)]
+    print(
+        table(rows, ["phase", "searches", "errors", "p50_ms", "p90_ms", "p99_ms", "searches_per_s"])
+    )
+    ratio = ingest["docs_per_s"] / cli["docs_per_s"]
+    ingest_rows = [
+        {
+            "path": "HTTP (acknowledged -> searchable)",
+            "docs_per_s": ingest["docs_per_s"],
+            "seconds": ingest["searchable_s"],
+        },
+        {"path": "semsearch index", "docs_per_s": cli["docs_per_s"], "seconds": cli["seconds"]},
+    ]
+    print(table(ingest_rows, ["path", "docs_per_s", "seconds"]))
+    print(f"HTTP / CLI: {ratio:.2f} (target >= 0.8); HTTP details: {ingest}")
+    path = write_json(
+        "writes",
+        {
+            "documents": args.documents,
+            "search": rows,
+            "ingest_http": ingest,
+            "ingest_cli": cli,
+            "http_over_cli": ratio,
+            "load_average": os.getloadavg(),
+            "machine": {"cpus": len(os.sched_getaffinity(0))},
+        },
+    )
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
