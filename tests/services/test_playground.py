@@ -127,28 +127,31 @@ def page(browser: Browser) -> Iterator[Page]:
 # ---- the gateway on a real port ------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def index_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Collection `default` (SMALL_DOCS and the documents above, `volcano` in chunks) and
-    collection `second`, built with the fake embedder the gateway uses."""
-    root = tmp_path_factory.mktemp("playground-index")
+def publish(root: Path, name: str, docs: list[Document]) -> None:
+    """Index `docs` into collection `name` under `root` (created when new) with the fake
+    embedder the gateway uses, chunked at 40 words, and publish a generation."""
     embedder = FakeEmbedder(model_id="fake:embedder")
     chunker = Chunker(WordTokenizer(embedder.info.max_tokens or 256), max_tokens=40, overlap=4)
 
-    async def build(name: str, docs: list[Document]) -> None:
+    async def build() -> None:
         index = await FaissIndex.create(
             root, name, embedder.info.model_id, embedder.info.dimension or 0, faiss_options()
         )
         await index_documents(docs, index, embedder, chunker=chunker, batch_size=4)
         await index.close()
 
-    async def build_both() -> None:
-        await build("default", SMALL_DOCS + EXTRA_DOCS)
-        await build("second", SECOND_DOCS)
-
     # Playwright's sync API keeps an event loop running on this thread: build on another
     with ThreadPoolExecutor(1) as pool:
-        pool.submit(asyncio.run, build_both()).result()
+        pool.submit(asyncio.run, build()).result()
+
+
+@pytest.fixture(scope="module")
+def index_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Collection `default` (SMALL_DOCS and the documents above, `volcano` in chunks) and
+    collection `second`."""
+    root = tmp_path_factory.mktemp("playground-index")
+    publish(root, "default", SMALL_DOCS + EXTRA_DOCS)
+    publish(root, "second", SECOND_DOCS)
     return root
 
 
@@ -377,6 +380,32 @@ def test_pages_follow_next_offset_within_a_generation(page: Page, gateway: str) 
     expect(page.locator("#page")).to_have_text("page 1")
     expect(hits.first.locator(".scores")).to_contain_text("#1 ·")
     assert hits.evaluate_all("items => items.map(item => item.dataset.id)") == first_page
+
+
+def test_a_page_from_a_newer_generation_says_so(
+    page: Page, index_dir: Path, tmp_path: Path
+) -> None:
+    index = tmp_path / "index"
+    shutil.copytree(index_dir, index)
+    with serve(GatewaySettings(index_dir=index)) as url:
+        page.goto(url + "/")
+        page.get_by_label("Per page").fill("3")
+        search(page, "the capital city language")
+        expect(page.locator("#summary")).to_contain_text("generation 1")
+        expect(page.locator("#notice")).to_be_hidden()
+
+        madrid = Document("madrid", "Madrid is the capital of Spain.", "Madrid", {"lang": "en"})
+        publish(index, "default", [*SMALL_DOCS, *EXTRA_DOCS, madrid])
+        httpx.post(url + "/admin/reload", timeout=30).raise_for_status()  # or upkeep did
+        listed = httpx.get(url + "/v1/collections", timeout=30).json()["collections"]
+        assert listed["default"]["generation"] == 2
+        with page.expect_request("**/v1/search") as sent:
+            page.get_by_role("button", name="Next").click()
+        assert sent.value.post_data_json["generation"] == 1
+        expect(page.locator("#notice")).to_have_text(
+            "The index changed since the previous page: this page comes from generation 2."
+        )
+        expect(page.locator("#summary")).to_contain_text("generation 2")
 
 
 def test_collection_picker_and_filters(page: Page, gateway: str) -> None:
