@@ -76,10 +76,11 @@ class Retriever:
         self, search: Search, k: int, vector: FloatArray | None = None
     ) -> FirstStage:
         """The best `k` candidates (`vector`: the query's, when a smaller fetch embedded it)."""
-        want_dense = search.mode is not SearchMode.LEXICAL and "embedder" not in search.degraded
+        no_vector = "embedder" in search.degraded  # a smaller fetch found none already
+        want_dense = search.mode is not SearchMode.LEXICAL and not no_vector
         lexical = (
             asyncio.create_task(self._lexical(search, k))
-            if search.mode is not SearchMode.DENSE
+            if search.mode is not SearchMode.DENSE or no_vector
             else None
         )
         try:

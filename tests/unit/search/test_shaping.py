@@ -178,3 +178,19 @@ async def test_min_score_drops_results_below_it(chunked: Path) -> None:
         r.document_id for r in everything.results if r.score >= floor
     ]
     assert all(r.score >= floor for r in kept.results)
+
+
+async def test_a_larger_fetch_without_a_query_vector_stays_lexical(chunked: Path) -> None:
+    """Dense asked for, the embedder down: the words answer, also when more are fetched."""
+    from app.errors import Unavailable
+    from app.types import SearchMode
+
+    class Down(FakeEmbedder):
+        async def embed(self, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+            raise Unavailable("connection refused")
+
+    pipeline = await pipeline_over(chunked)
+    pipeline.embedder = Down(model_id="fake-embedder")
+    result = await pipeline.search(q("glaciers", top_k=5, candidates=5, mode=SearchMode.DENSE))
+    assert result.degraded[0] == "embedder" and result.mode is SearchMode.LEXICAL
+    assert len({r.document_id for r in result.results}) == 2  # fetched more: both documents
