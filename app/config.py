@@ -55,8 +55,19 @@ class ModelSettings(ServiceSettings):
     )
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto",
-        description="Torch precision. `auto`: float16 on a GPU; bfloat16 on a CPU with bf16 "
-        "units (1.7x faster, same quality: bench/README.md); float32 on other CPUs.",
+        description="Torch precision. `auto`: float16 on a GPU; on a CPU with bf16 units, "
+        "bfloat16 for large batches (1.7x faster, same quality: bench/README.md) and float32 "
+        "for small ones (see bf16_min_batch_tokens); float32 on other CPUs.",
+    )
+    bf16_min_batch_tokens: int = Field(
+        512,
+        ge=0,
+        description="With dtype `auto` on a CPU with bf16 units: batches of fewer padded "
+        "tokens (longest item x items) run in float32, larger ones in bfloat16. bf16 autocast "
+        "converts the weights at each call, which a lone query does not win back (measured on "
+        "an AVX512-BF16 EPYC: 14.5 vs 9.9 ms per query), while large batches run 1.7-2.8x "
+        "faster. 0: bfloat16 for every batch; an explicit dtype applies to every batch. "
+        "`python -m bench.precision` prints this machine's crossover.",
     )
     max_batch_size: int = Field(256, ge=1, le=8192, description="Most items in one forward pass.")
     max_batch_tokens: int = Field(
@@ -66,7 +77,12 @@ class ModelSettings(ServiceSettings):
         "on a GPU, 4096 on a CPU (where smaller batches of long inputs run faster).",
     )
     max_wait_ms: float = Field(
-        2.0, ge=0, le=1000, description="How long a lone item waits for companions to batch with."
+        2.0,
+        ge=0,
+        le=1000,
+        description="How long items of concurrent requests wait for more companions while the "
+        "model is idle. A request alone never waits (it runs at once, as in TEI); requests "
+        "that arrive while a batch computes form the next one.",
     )
     max_queue_items: int = Field(
         4096, ge=1, description="Items allowed to wait for the model; more is refused with 429."

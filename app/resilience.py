@@ -167,6 +167,7 @@ class CircuitBreaker:
         self._next_probe_at = 0.0
         self._consecutive = 0
         self._events: deque[tuple[float, bool]] = deque()
+        self._failed = 0  # failures among _events: counted as they come and go, not summed
         self._probes = 0
         self._prober: asyncio.Task[None] | None = None
         self._publish()
@@ -220,13 +221,13 @@ class CircuitBreaker:
                 self._trip(now)
             return
         self._events.append((now, ok))
+        self._failed += not ok
         while self._events and self._events[0][0] < now - self.policy.window_s:
-            self._events.popleft()
+            self._failed -= not self._events.popleft()[1]
         self._consecutive = 0 if ok else self._consecutive + 1
-        failures = sum(1 for _, good in self._events if not good)
         rate_tripped = (
             len(self._events) >= self.policy.min_calls
-            and failures / len(self._events) >= self.policy.error_rate
+            and self._failed / len(self._events) >= self.policy.error_rate
         )
         if self._consecutive >= self.policy.failure_threshold or rate_tripped:
             self._trip(now)
@@ -292,6 +293,7 @@ class CircuitBreaker:
     def _reset(self) -> None:
         self._consecutive = 0
         self._events.clear()
+        self._failed = 0
         self._probes = 0
 
     def _move(self, state: BreakerState) -> None:

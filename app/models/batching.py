@@ -323,12 +323,18 @@ class BatchQueue(Generic[T, R]):
                 entry.future.set_result(result)
 
     async def _linger(self) -> None:
-        """Wait for companions until the oldest item has waited `max_wait_s` or a batch is full.
+        """Wait for companions until the oldest item has waited `max_wait_s` or a batch is full,
+        but only when items of more than one request wait: that is concurrent traffic, where
+        more may be a moment away. A request alone runs at once (as TEI and Triton do when
+        idle): whoever comes while it computes forms the next batch, so waiting would only
+        add to its latency.
 
         Items that queued while the previous batch computed have waited already: no extra wait.
         """
         live = [e for e in self._pending if not e.future.done()]
         if not live or len(live) >= self.limits.max_batch_size:
+            return
+        if all(entry.request is live[0].request for entry in live):
             return
         remaining = self.limits.max_wait_s - (time.perf_counter() - live[0].enqueued)
         if remaining > 0:

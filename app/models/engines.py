@@ -43,6 +43,18 @@ def resolve_dtype(setting: str, device: str) -> str:
     return "bfloat16" if cpu_has_bf16() else "float32"
 
 
+def bf16_min_tokens(setting: str, dtype: str, device: str, configured: int) -> int:
+    """Padded tokens from which a batch runs in bfloat16 (smaller ones run in float32).
+
+    Only `auto` on a CPU mixes precisions: autocast converts the weights at every call, a fixed
+    cost that a batch of one query does not win back (measured: 14.5 ms in bf16 vs 9.9 ms in
+    float32 for one query on a bf16 CPU), while large batches run 1.7x faster. A dtype set
+    explicitly applies to every batch (0)."""
+    if setting != "auto" or dtype != "bfloat16" or device.startswith("cuda"):
+        return 0
+    return configured
+
+
 def cpu_has_bf16() -> bool:
     """Native bf16 arithmetic (AVX512-BF16 or AMX), read from /proc/cpuinfo (Linux)."""
     try:
@@ -65,14 +77,31 @@ def use_cpu_threads(setting: int) -> None:
 class TorchEngine:
     """A sentence-transformers model (an nn.Sequential of modules) run on padded batches."""
 
-    def __init__(self, model: torch.nn.Module, output: str, device: str, dtype: str) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        output: str,
+        device: str,
+        dtype: str,
+        bf16_min_tokens: int = 0,
+    ) -> None:
+        """`bf16_min_tokens`: with dtype bfloat16, batches of fewer padded tokens run in
+        float32 (see `bf16_min_tokens()`); autocast keeps float32 weights, so the choice is
+        free per batch."""
         self._model = model
         self._output = output  # "sentence_embedding" or "scores"
         self._device = torch.device(device)
         if dtype == "float16":
             model.half()  # on GPUs; autocast would keep fp32 weights and convert per op
         self._autocast = dtype == "bfloat16"
+        self._bf16_min_tokens = bf16_min_tokens
         model.eval()
+
+    def precision(self, batch: Padded) -> str:
+        """The precision `batch` runs in."""
+        if self._autocast and batch.input_ids.size >= self._bf16_min_tokens:
+            return "bfloat16"
+        return "float16" if next(self._model.parameters()).dtype == torch.float16 else "float32"
 
     def __call__(self, batch: Padded) -> FloatArray:
         return split_on_oom(self._forward, batch)
@@ -84,13 +113,13 @@ class TorchEngine:
             "token_type_ids": torch.from_numpy(batch.token_type_ids).to(self._device),
             "modality": "text",
         }
-        with torch.inference_mode(), self._precision():
+        with torch.inference_mode(), self._precision(batch):
             out = self._model.forward(features)[self._output]
         array: FloatArray = out.float().cpu().numpy()
         return array[:, 0] if self._output == "scores" else array
 
-    def _precision(self) -> contextlib.AbstractContextManager[object]:
-        if self._autocast:
+    def _precision(self, batch: Padded) -> contextlib.AbstractContextManager[object]:
+        if self._autocast and batch.input_ids.size >= self._bf16_min_tokens:
             return torch.autocast(self._device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 

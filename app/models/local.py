@@ -30,6 +30,7 @@ from app.models.batching import BatchLimits, BatchQueue
 from app.models.engines import (
     Engine,
     TorchEngine,
+    bf16_min_tokens,
     cpu_threads,
     resolve_device,
     resolve_dtype,
@@ -174,8 +175,11 @@ class _LocalModel:
             return OnnxEngine(path, self._device, output, threads), backend
         if self._device == "cpu":
             use_cpu_threads(self._settings.threads)
-        dtype = resolve_dtype(self._settings.dtype, self._device)
-        return TorchEngine(load_torch(self._device), output, self._device, dtype), f"torch-{dtype}"
+        settings = self._settings
+        dtype = resolve_dtype(settings.dtype, self._device)
+        mixed = bf16_min_tokens(settings.dtype, dtype, self._device, settings.bf16_min_batch_tokens)
+        engine = TorchEngine(load_torch(self._device), output, self._device, dtype, mixed)
+        return engine, f"torch-float32+bfloat16>={mixed}" if mixed else f"torch-{dtype}"
 
     def _guarded(
         self, compute: Callable[[list[Encoded]], list[Any]]

@@ -15,6 +15,8 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
+import orjson
+
 from app import metrics
 from app.logs import get_logger
 from app.resilience import CircuitBreaker
@@ -207,7 +209,7 @@ def build_cache(
 def encode_result(result: SearchResult) -> bytes:
     """The cacheable part of an answer (no request id, timings or cached flag): the whole
     shaped ranking, every page of it, without snippets (made per page)."""
-    return json.dumps(
+    return orjson.dumps(
         {
             "results": [
                 {
@@ -234,14 +236,13 @@ def encode_result(result: SearchResult) -> bytes:
             "mode": result.mode.value,
             "fusion": result.fusion,
             "group_by": result.group_by.value,
-        },
-        ensure_ascii=False,
-    ).encode()
+        }
+    )
 
 
 def decode_result(payload: bytes) -> SearchResult:
     """An answer stored by `encode_result`, flagged `cached`."""
-    data = json.loads(payload)
+    data = orjson.loads(payload)
     return SearchResult(
         results=[
             RankedHit(

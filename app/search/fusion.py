@@ -16,8 +16,6 @@ when it is published (`app.search.calibration`).
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from app.search.ranking import zscores
 from app.types import Calibration, Fusion, FusionMethod, Hit
 
@@ -52,22 +50,14 @@ def fuse(dense: list[Hit], lexical: list[Hit], fusion: Fusion) -> list[Hit]:
     else:
         fused = _blend(dense, lexical, fusion.weight)
     order = sorted(first, key=lambda i: -fused[i])  # stable: dense order first on ties
-    return [
-        replace(
-            first[i],
-            score=fused[i],
-            dense_score=dense_scores.get(i),
-            lexical_score=lexical_scores.get(i),
-        )
-        for i in order
-    ]
+    return [first[i].scored(fused[i], dense_scores.get(i), lexical_scores.get(i)) for i in order]
 
 
 def single(hits: list[Hit], side: str) -> list[Hit]:
     """One list as the first stage (dense-only or lexical-only): its own score is the score."""
     if side == "dense":
-        return [replace(h, dense_score=h.score) for h in hits]
-    return [replace(h, lexical_score=h.score) for h in hits]
+        return [h.scored(h.score, h.score, None) for h in hits]
+    return [h.scored(h.score, None, h.score) for h in hits]
 
 
 def _blend(dense: list[Hit], lexical: list[Hit], weight: float) -> dict[str, float]:

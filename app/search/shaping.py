@@ -31,12 +31,12 @@ def by_document(ranked: list[RankedHit]) -> list[RankedHit]:
             best[document] = item
             chunks[document] = []
         chunks[document].append(ChunkMatch(item.hit.id, item.score, item.rank))
-    return [replace(best[d], rank=rank, chunks=tuple(chunks[d])) for rank, d in enumerate(order, 1)]
+    return [best[d].placed(rank, tuple(chunks[d])) for rank, d in enumerate(order, 1)]
 
 
 def by_chunk(ranked: list[RankedHit]) -> list[RankedHit]:
     """Every chunk its own result, listing itself as its one matched chunk."""
-    return [replace(r, chunks=(ChunkMatch(r.hit.id, r.score, r.rank),)) for r in ranked]
+    return [r.placed(r.rank, (ChunkMatch(r.hit.id, r.score, r.rank),)) for r in ranked]
 
 
 def diversify(items: list[RankedHit], diversity: float, keep: int) -> list[RankedHit]:
@@ -64,7 +64,7 @@ def diversify(items: list[RankedHit], diversity: float, keep: int) -> list[Ranke
             nearest[i] = max(nearest[i], _jaccard(words[i], words[picked]))
     picked_set = set(chosen)
     rest = [i for i in range(len(items)) if i not in picked_set]
-    return [replace(items[i], rank=rank) for rank, i in enumerate(chosen + rest, 1)]
+    return [items[i].placed(rank, items[i].chunks) for rank, i in enumerate(chosen + rest, 1)]
 
 
 def _jaccard(a: frozenset[str], b: frozenset[str]) -> float:

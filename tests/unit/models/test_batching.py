@@ -218,15 +218,40 @@ async def test_a_failed_batch_cancels_the_rest_of_its_request(make_queue) -> Non
 
 
 async def test_request_timing_splits_queue_and_compute(make_queue) -> None:  # type: ignore[no-untyped-def]
-    queue, _ = make_queue(max_wait_s=0.02)
+    queue, recorder = make_queue(max_wait_s=0.02)
+    recorder.gate.clear()  # hold a first request on the model; ours queues behind it
+    first = asyncio.ensure_future(queue.submit([0]))
+    await asyncio.to_thread(recorder.entered.wait, 5)
     timing = RequestTiming()
     token = request_timing.set(timing)
     try:
-        await queue.submit([1, 2])
+        ours = asyncio.ensure_future(queue.submit([1, 2]))
+        await asyncio.sleep(0.03)
+        recorder.gate.set()
+        await ours
     finally:
         request_timing.reset(token)
+    await first
     assert timing.compute_s > 0
-    assert timing.queue_s >= 0.015  # the lone request waited for companions
+    assert timing.queue_s >= 0.025  # it waited for the batch ahead of it
+
+
+async def test_a_request_alone_does_not_wait_for_companions(make_queue) -> None:  # type: ignore[no-untyped-def]
+    queue, recorder = make_queue(max_wait_s=5.0)
+    started = time.perf_counter()
+    assert await queue.submit([1, 2]) == [2, 4]
+    assert time.perf_counter() - started < 1.0  # not the 5 s max wait
+    assert recorder.batches == [[1, 2]]
+
+
+async def test_concurrent_requests_wait_for_each_other_while_the_model_is_idle(make_queue) -> None:  # type: ignore[no-untyped-def]
+    queue, recorder = make_queue(max_wait_s=0.2)
+    first = asyncio.ensure_future(queue.submit([1]))
+    second = asyncio.ensure_future(queue.submit([2]))
+    await asyncio.sleep(0.05)  # within the max wait: a third still joins them
+    third = asyncio.ensure_future(queue.submit([3]))
+    assert await asyncio.gather(first, second, third) == [[2], [4], [6]]
+    assert recorder.batches == [[1, 2, 3]]
 
 
 async def test_stopped_queue_fails_waiting_and_new_requests(make_queue) -> None:  # type: ignore[no-untyped-def]
