@@ -8,6 +8,7 @@ use, so ``SEMSEARCH_EMBEDDER_MODEL`` means the same thing everywhere.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -105,6 +106,31 @@ class ModelSettings(ServiceSettings):
         Path.home() / ".cache" / "semsearch" / "onnx",
         "Where ONNX exports are kept (one per model and weights).",
     )
+    served_model_names: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Other names a request's `model` may use (comma-separated or a JSON list), "
+        "as vLLM's `--served-model-name`: clients that always send a fixed name (the `openai` "
+        "SDK, `text-embedding-3-small`) work unchanged. Listed by `/v1/models`; any other name "
+        "but the model's id (or its last path segment) is refused with 404.",
+    )
+    auto_truncate: bool = Field(
+        False,
+        description="Cut inputs over the model's token window (at the end) when the request "
+        "does not say `truncate`, instead of refusing them with 422, as TEI's "
+        "`--auto-truncate`. Each cut is logged and counted "
+        "(`semsearch_auto_truncated_requests_total`); the embedder's `usage` counts the tokens "
+        "embedded. The character limit (`max_chars_per_item`, 413) still applies.",
+    )
+
+    @field_validator("served_model_names", mode="before")
+    @classmethod
+    def _name_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
 
     @model_validator(mode="after")
     def _request_fits_queue(self) -> ModelSettings:
@@ -502,7 +528,8 @@ def env_var_table() -> dict[str, list[tuple[str, str, str]]]:
             if env in seen:
                 continue
             seen.add(env)
-            default = field.default
-            shown = "(unset)" if default is None else f"`{default}`" if default != "" else '`""`'
+            default = field.get_default(call_default_factory=True)
+            unset = default is None or default == []
+            shown = "(unset)" if unset else f"`{default}`" if default != "" else '`""`'
             rows.append((env, shown, field.description or ""))
     return sections

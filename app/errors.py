@@ -42,6 +42,12 @@ class NotFound(SemsearchError):
     type = "not_found"
 
 
+class ModelNotFound(NotFound):
+    """A request names a model this service does not serve (404, as OpenAI and vLLM answer)."""
+
+    type = "model_not_found"
+
+
 class Unauthorized(SemsearchError):
     """Missing or invalid API key (401)."""
 

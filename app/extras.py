@@ -5,6 +5,7 @@
     qdrant   qdrant-client                             (SEMSEARCH_INDEX_BACKEND=qdrant)
     eval     ir-measures, pytrec-eval                  (`semsearch eval`)
     gpu      faiss-gpu-cu12                            (SEMSEARCH_FAISS_GPU)
+    otel     opentelemetry-sdk, the OTLP/HTTP exporter (OTEL_EXPORTER_OTLP_ENDPOINT)
 
 The extras are defined in pyproject.toml; a test checks that every extra named here exists there.
 """
@@ -17,7 +18,7 @@ from typing import Literal
 
 from app.errors import SemsearchError
 
-Extra = Literal["models", "onnx", "qdrant", "eval", "gpu"]
+Extra = Literal["models", "onnx", "qdrant", "eval", "gpu", "otel"]
 
 
 class MissingExtra(SemsearchError):

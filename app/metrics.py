@@ -106,6 +106,13 @@ BATCH_TOKENS = Histogram(
     buckets=(64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536),
 )
 
+AUTO_TRUNCATED = Counter(
+    "semsearch_auto_truncated_requests_total",
+    "Requests whose over-long inputs were cut to the model's window because the service "
+    "truncates by default (SEMSEARCH_*_AUTO_TRUNCATE), by service (embedder, reranker).",
+    ["service"],
+)
+
 # -- resilience (app.resilience, the gateway) ------------------------------------------------
 CIRCUIT_STATE = Gauge(
     "semsearch_circuit_state",

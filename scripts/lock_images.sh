@@ -18,5 +18,5 @@ lock() {  # lock <name> <extras> [torch spec]
     echo "wrote deploy/docker/$1.lock.txt"
 }
 
-lock gateway qdrant
-lock model-service models,onnx "torch==2.13.0"
+lock gateway qdrant,otel
+lock model-service models,onnx,otel "torch==2.13.0"

@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app import metrics
+from app import metrics, tracing
 from app.config import ServiceSettings
 from app.errors import (
     ClientDisconnected,
@@ -49,6 +49,9 @@ from app.resilience import request_arrival
 log = get_logger("semsearch.http")
 T = TypeVar("T")
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Probes and scrapes (the gateway asks its model services for /info every few seconds): a
+# trace of each would bury the searches.
+_UNTRACED = frozenset({"/health", "/ready", "/metrics", "/info"})
 
 # Documented on every route, so the OpenAPI schema (and schemathesis) knows the error shape.
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -217,6 +220,9 @@ class RequestContext:
         started = time.perf_counter()
         status = 500
         responded = False
+        traced = (
+            None if scope["path"] in _UNTRACED else tracing.server_span(scope["method"], headers)
+        )
 
         async def send_with_id(message: Message) -> None:
             nonlocal status, responded
@@ -261,6 +267,8 @@ class RequestContext:
             metrics.HTTP_LATENCY.labels(self.service, template, method, str(status)).observe(
                 elapsed
             )
+            if traced is not None:
+                traced.end(template, status, timing)
             if template not in ("/health", "/metrics", "/ready"):
                 log.info(
                     "request",
@@ -345,6 +353,7 @@ def app_from_environment(
             raise AttributeError(name)
         settings = settings_class()
         configure_logging(settings.log_level, settings.log_format, service)
+        tracing.configure(service)
         return create_app(settings)
 
     return module_getattr

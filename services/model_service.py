@@ -6,22 +6,26 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi.responses import JSONResponse
 
-from app import __version__
+from app import __version__, metrics
 from app.config import ModelSettings
-from app.errors import InvalidInput, Unavailable
+from app.errors import InputTooLong, ModelNotFound, Unavailable
+from app.logs import get_logger
 from app.models import Embedder, Reranker
 from app.models.batching import resolve_batch_tokens
-from app.protocol.common import InfoResponse
+from app.protocol.common import ErrorResponse, InfoResponse, ModelCard, ModelList
 from app.resilience import TIMEOUT_HEADER, call_deadline, request_arrival
+from app.types import Truncate
 from services.http import ERROR_RESPONSES, install, ready_response
 
+log = get_logger(__name__)
+T = TypeVar("T")
 common_routes = APIRouter(responses=ERROR_RESPONSES)
 
 
@@ -61,6 +65,7 @@ async def info(request: Request) -> InfoResponse:
         max_batch_tokens=resolve_batch_tokens(settings.max_batch_tokens, loaded.device),
         max_wait_ms=settings.max_wait_ms,
         max_queue_items=settings.max_queue_items,
+        served_model_names=settings.served_model_names,
     )
 
 
@@ -89,10 +94,77 @@ async def caller_deadline(
         call_deadline.set(arrived + timeout_ms / 1000)
 
 
-def check_model_name(requested: str | None, served: str) -> None:
-    """A request naming another model must not silently get this one's output."""
-    if requested and requested not in (served, served.rstrip("/").rsplit("/", 1)[-1]):
-        raise InvalidInput(f"this service serves {served!r}, not {requested!r}", field="model")
+def served_names(request: Request) -> list[str]:
+    """The names a request's `model` may use: the model's id first, then its aliases."""
+    model_id = served_model(request).info.model_id
+    aliases = served_settings(request).served_model_names
+    return [model_id, *(name for name in aliases if name != model_id)]
+
+
+def check_model_name(requested: str | None, served: list[str]) -> None:
+    """A request naming another model must not silently get this one's output: a client that
+    embeds a collection's documents with the model it names would mix two vector spaces.
+    `served` is the model's id (whose last path segment is accepted too) and its aliases.
+
+    Raises:
+        ModelNotFound: `requested` is none of them (404, naming the served names).
+    """
+    if not requested:
+        return
+    model_id = served[0]
+    if requested in served or requested == model_id.rstrip("/").rsplit("/", 1)[-1]:
+        return
+    raise ModelNotFound(
+        f"model {requested!r} is not served here; served names: "
+        + ", ".join(repr(name) for name in served),
+        field="model",
+    )
+
+
+# Documented on the routes whose request names a model: what their 404 means.
+MODEL_NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {
+        "model": ErrorResponse,
+        "description": "`model` names neither the served model nor one of its aliases "
+        "(`model_not_found`, field `model`); the message lists the served names.",
+    }
+}
+
+
+@common_routes.get(
+    "/v1/models",
+    response_model=ModelList,
+    tags=["info"],
+    summary="OpenAI-compatible model list: the served model and its aliases.",
+)
+async def models(request: Request) -> ModelList:
+    return ModelList(data=[ModelCard(id=name) for name in served_names(request)])
+
+
+async def auto_truncated(
+    request: Request,
+    call: Callable[[Truncate], Awaitable[T]],
+    asked: Truncate | None,
+    auto: Truncate = Truncate.END,
+) -> T:
+    """`call(asked)`; when the request did not say (`asked` None) and the service truncates by
+    default (`auto_truncate`), an input over the window is cut at the `auto` end instead of
+    refused, and the cut is logged and counted.
+
+    The request is tried whole first, so a cut is known for certain (the models report only
+    the refusal) and inputs that fit cost nothing extra: only an over-long request is
+    tokenized twice, and nothing reaches the model before the refusal.
+    """
+    settings = served_settings(request)
+    if asked is not None or not settings.auto_truncate:
+        return await call(asked or Truncate.NONE)
+    try:
+        return await call(Truncate.NONE)
+    except InputTooLong as exc:
+        service: str = request.app.state.service
+        log.info("auto_truncated", service=service, field=exc.field, reason=exc.message)
+        metrics.AUTO_TRUNCATED.labels(service).inc()
+        return await call(auto)
 
 
 def create_model_app(
@@ -113,6 +185,7 @@ def create_model_app(
     app = FastAPI(title=f"semsearch {service}", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.state.model = model
+    app.state.service = service
     app.state.unhealthy = lambda: None if model.healthy else f"{service} model: {model.status}"
     install(app, service, settings.max_request_bytes)
     app.include_router(router, dependencies=[Depends(caller_deadline)])

@@ -19,6 +19,7 @@ import httpx
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
+from app import tracing
 from app.errors import (
     EmbedderUnavailable,
     InvalidInput,
@@ -158,12 +159,13 @@ class _ServiceClient:
     ) -> R:
         if self._http is None:
             raise self.unavailable(f"{self.kind} client is not started")
-        headers = {}
+        headers: dict[str, str] = {}
         request_id = current_request_id()
         if request_id:
             headers[REQUEST_ID_HEADER] = request_id
         if work_priority.get() is Priority.BULK:  # the service batches it behind queries
             headers[PRIORITY_HEADER] = "bulk"
+        tracing.inject(headers)  # the service's span joins this search's trace
         deadline = call_deadline.get()
         if deadline is not None:  # how long we will wait: the service sheds what cannot make it
             remaining_ms = (deadline - time.monotonic()) * 1000

@@ -77,6 +77,21 @@ class ReadyResponse(BaseModel):
     components: dict[str, Any]
 
 
+class ModelCard(BaseModel):
+    """One entry of OpenAI's `GET /v1/models`."""
+
+    id: str
+    object: Literal["model"] = "model"
+    owned_by: str = "semsearch"
+
+
+class ModelList(BaseModel):
+    """OpenAI's `GET /v1/models`: the names this service answers to."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
 class InfoResponse(BaseModel):
     """TEI-style `GET /info`: what the service serves and its limits."""
 
@@ -92,6 +107,9 @@ class InfoResponse(BaseModel):
     max_batch_tokens: int
     max_wait_ms: float
     max_queue_items: int
+    served_model_names: list[str] = Field(
+        default_factory=list, description="Other names a request's `model` may use."
+    )
 
     def to_model_info(self) -> ModelInfo:
         return ModelInfo(

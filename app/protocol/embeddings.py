@@ -18,13 +18,19 @@ class EmbeddingsRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     input: Texts = Field(description="One text or a list of texts.")
-    model: str | None = Field(None, description="Informational; the service serves one model.")
+    model: str | None = Field(
+        None,
+        description="The served model's id (or its last path segment) or one of its aliases "
+        "(`/v1/models`); another name is refused with 404.",
+    )
     encoding_format: Literal["float", "base64"] = "float"
     input_type: InputType = Field(
         InputType.PASSAGE, description="NVIDIA: `query` or `passage` (asymmetric models)."
     )
     truncate: Truncate = Field(
-        Truncate.NONE, description="NVIDIA: NONE refuses long inputs (422); START or END cut them."
+        Truncate.NONE,
+        description="NVIDIA: NONE refuses long inputs (422); START or END cut them. Not given: "
+        "NONE, or END when the service truncates by default (auto_truncate).",
     )
     dimensions: int | None = Field(
         None, ge=1, description="OpenAI: keep the first N dimensions (renormalized)."
@@ -34,13 +40,21 @@ class EmbeddingsRequest(BaseModel):
     def texts(self) -> list[str]:
         return list(self.input)
 
+    def asked_truncate(self) -> Truncate | None:
+        """`truncate` when the request sets it; None leaves it to the service's default."""
+        return self.truncate if "truncate" in self.model_fields_set else None
+
 
 class TeiEmbedRequest(StrictRequest):
     """TEI `POST /embed`."""
 
     inputs: Texts
     normalize: bool = True
-    truncate: bool = Field(False, description="Cut long inputs instead of refusing them (422).")
+    truncate: bool = Field(
+        False,
+        description="Cut long inputs instead of refusing them (422). Not given: false, or true "
+        "when the service truncates by default (auto_truncate).",
+    )
     # huggingface_hub 1.x sends "Left"/"Right", 2.x "left"/"right"
     truncation_direction: Literal["Right", "Left", "right", "left"] = "Right"
     prompt_name: Literal["query", "passage"] | None = Field(
@@ -56,9 +70,14 @@ class TeiEmbedRequest(StrictRequest):
     def input_type(self) -> InputType:
         return InputType.QUERY if self.prompt_name == "query" else InputType.PASSAGE
 
-    def truncate_mode(self) -> Truncate:
-        if not self.truncate:
-            return Truncate.NONE
+    def asked_truncate(self) -> Truncate | None:
+        """The truncation the request sets; None leaves it to the service's default."""
+        if "truncate" not in self.model_fields_set:
+            return None
+        return self.direction() if self.truncate else Truncate.NONE
+
+    def direction(self) -> Truncate:
+        """Which end a cut removes."""
         return Truncate.START if self.truncation_direction.lower() == "left" else Truncate.END
 
 

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
-from app import metrics
+from app import metrics, tracing
 from app.errors import (
     CircuitOpen,
     DeadlineExceeded,
@@ -197,12 +197,18 @@ async def _guarded(
         raise IndexUnavailable(f"{what} cannot be searched: {reason}") from exc
 
 
+# The stages that wait on a model's batch queue when the models run in-process. Only these
+# record the queue's time: lexical runs concurrently with embed and shares its RequestTiming.
+_BATCHED_STAGES = frozenset({"embed", "rerank"})
+
+
 @contextmanager
 def stage(timings: dict[str, float], name: str) -> Iterator[None]:
-    """Time a stage into `timings` (ms) and its histogram."""
+    """Time a stage into `timings` (ms) and its histogram, inside a `search.<name>` span."""
     started = time.perf_counter()
     try:
-        yield
+        with tracing.span(f"search.{name}", batched=name in _BATCHED_STAGES):
+            yield
     finally:
         elapsed = time.perf_counter() - started
         timings[name] = round(elapsed * 1000, 3)

@@ -1,9 +1,9 @@
-"""Embedder routes: OpenAI /v1/embeddings (+ NVIDIA input_type/truncate), TEI /embed, OpenAI
-/v1/models. /info and /ready are the model services' common routes."""
+"""Embedder routes: OpenAI /v1/embeddings (+ NVIDIA input_type/truncate), TEI /embed. /info,
+/ready and /v1/models are the model services' common routes."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, Depends, Request
@@ -15,7 +15,14 @@ from app.models.limits import check_input_limits
 from app.protocol.embeddings import EmbeddingsRequest, EmbeddingsResponse, TeiEmbedRequest
 from app.types import FloatArray, InputType, Truncate
 from services.http import ERROR_RESPONSES, unless_disconnected
-from services.model_service import check_model_name, served_model, served_settings
+from services.model_service import (
+    MODEL_NOT_FOUND,
+    auto_truncated,
+    check_model_name,
+    served_model,
+    served_names,
+    served_settings,
+)
 
 router = APIRouter(responses=ERROR_RESPONSES)
 ServedEmbedder = Annotated[Embedder, Depends(served_model)]
@@ -27,9 +34,12 @@ async def _embed(
     texts: list[str],
     field: str,
     input_type: InputType,
-    truncate: Truncate,
+    truncate: Truncate | None,
     normalize: bool,
+    auto: Truncate = Truncate.END,
 ) -> Embeddings:
+    """Embeddings of `texts`, which this API calls `field` (errors name `field[i]`);
+    `truncate` None: the request did not say (the service's auto_truncate decides)."""
     settings = served_settings(request)
     check_input_limits(
         texts,
@@ -37,10 +47,14 @@ async def _embed(
         max_chars=settings.max_chars_per_item,
         field=field,
     )
-    try:
+
+    async def call(mode: Truncate) -> Embeddings:
         return await unless_disconnected(
-            request, embedder.embed(texts, input_type, truncate, normalize)
+            request, embedder.embed(texts, input_type, mode, normalize)
         )
+
+    try:
+        return await auto_truncated(request, call, truncate, auto)
     except InputTooLong as exc:  # name the field as this API calls it
         exc.field = (exc.field or "input").replace("input", field, 1)
         raise
@@ -49,15 +63,22 @@ async def _embed(
 @router.post(
     "/v1/embeddings",
     response_model=EmbeddingsResponse,
+    responses=MODEL_NOT_FOUND,
     tags=["embeddings"],
     summary="OpenAI-compatible embeddings, with NVIDIA's input_type and truncate.",
 )
 async def embeddings(
     body: EmbeddingsRequest, request: Request, embedder: ServedEmbedder
 ) -> EmbeddingsResponse:
-    check_model_name(body.model, embedder.info.model_id)
+    check_model_name(body.model, served_names(request))
     result = await _embed(
-        request, embedder, body.texts(), "input", body.input_type, body.truncate, body.normalize
+        request,
+        embedder,
+        body.texts(),
+        "input",
+        body.input_type,
+        body.asked_truncate(),
+        body.normalize,
     )
     vectors = result.vectors
     if body.dimensions is not None:
@@ -80,8 +101,9 @@ async def embed(body: TeiEmbedRequest, request: Request, embedder: ServedEmbedde
         body.texts(),
         "inputs",
         body.input_type(),
-        body.truncate_mode(),
+        body.asked_truncate(),
         body.normalize,
+        auto=body.direction(),
     )
     vectors = result.vectors
     if body.dimensions is not None:
@@ -99,12 +121,3 @@ def shorten(vectors: FloatArray, dimensions: int, normalize: bool) -> FloatArray
     if normalize:
         cut /= np.maximum(np.linalg.norm(cut, axis=1, keepdims=True), 1e-12)
     return cut
-
-
-@router.get("/v1/models", tags=["embeddings"], summary="OpenAI-compatible model list.")
-async def models(embedder: ServedEmbedder) -> dict[str, Any]:
-    model_id = embedder.info.model_id
-    return {
-        "object": "list",
-        "data": [{"id": model_id, "object": "model", "owned_by": "semsearch"}],
-    }

@@ -24,7 +24,14 @@ from app.protocol.ranking import (
 )
 from app.types import Truncate
 from services.http import ERROR_RESPONSES, unless_disconnected
-from services.model_service import check_model_name, served_model, served_settings
+from services.model_service import (
+    MODEL_NOT_FOUND,
+    auto_truncated,
+    check_model_name,
+    served_model,
+    served_names,
+    served_settings,
+)
 
 router = APIRouter(responses=ERROR_RESPONSES)
 ServedReranker = Annotated[Reranker, Depends(served_model)]
@@ -36,10 +43,11 @@ async def _score(
     model: str | None,
     query: str,
     passages: list[str],
-    truncate: Truncate,
+    truncate: Truncate | None,
     field: str,
 ) -> list[float]:
-    """Scores of `passages`, which this API calls `field` (errors name `field[i]`)."""
+    """Scores of `passages`, which this API calls `field` (errors name `field[i]`);
+    `truncate` None: the request did not say (the service's auto_truncate decides)."""
     settings = served_settings(request)
     check_input_limits(
         passages,
@@ -48,9 +56,13 @@ async def _score(
         field=field,
     )
     check_text_length(query, max_chars=settings.max_chars_per_item, field="query")
-    check_model_name(model, reranker.info.model_id)
+    check_model_name(model, served_names(request))
+
+    async def call(mode: Truncate) -> list[float]:
+        return await unless_disconnected(request, reranker.score(query, passages, mode))
+
     try:
-        return await unless_disconnected(request, reranker.score(query, passages, truncate))
+        return await auto_truncated(request, call, truncate)
     except InputTooLong as exc:  # the models name passages `passages[i]`
         if exc.field and exc.field.startswith("passages"):
             exc.field = field + exc.field.removeprefix("passages")
@@ -60,6 +72,7 @@ async def _score(
 @router.post(
     "/v1/ranking",
     response_model=RankingResponse,
+    responses=MODEL_NOT_FOUND,
     tags=["ranking"],
     summary="NVIDIA-compatible reranking: logits, best first.",
 )
@@ -68,7 +81,7 @@ async def ranking(
 ) -> RankingResponse:
     passages = [p.text for p in body.passages]
     scores = await _score(
-        request, reranker, body.model, body.query.text, passages, body.truncate, "passages"
+        request, reranker, body.model, body.query.text, passages, body.asked_truncate(), "passages"
     )
     return RankingResponse(rankings=[Ranking(index=i, logit=scores[i]) for i in rank_order(scores)])
 
@@ -77,14 +90,14 @@ async def ranking(
     "/rerank",
     response_model=RerankResponse,
     response_model_exclude_none=True,
+    responses=MODEL_NOT_FOUND,
     tags=["ranking"],
     summary="Cohere/TEI-compatible reranking.",
 )
 async def rerank(body: RerankRequest, request: Request, reranker: ServedReranker) -> RerankResponse:
     documents = body.texts()
-    truncate = Truncate.END if body.truncate else Truncate.NONE
     scores = await _score(
-        request, reranker, body.model, body.query, documents, truncate, "documents"
+        request, reranker, body.model, body.query, documents, body.asked_truncate(), "documents"
     )
     order = rank_order(scores)[: body.top_n]
     return RerankResponse(

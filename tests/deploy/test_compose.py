@@ -19,7 +19,16 @@ from tests.deploy.conftest import (
     settings_env_vars,
 )
 
-SERVICES = {"redis", "qdrant", "embedder", "reranker", "gateway", "prometheus", "grafana"}
+SERVICES = {
+    "redis",
+    "qdrant",
+    "embedder",
+    "reranker",
+    "gateway",
+    "prometheus",
+    "grafana",
+    "jaeger",  # profile `tracing`: started only when asked for
+}
 
 
 def test_both_files_pass_the_compose_specification() -> None:
@@ -125,6 +134,15 @@ def test_every_setting_the_stack_sets_exists() -> None:
     used |= semsearch_vars(env_example())
     assert used, "expected SEMSEARCH_* settings in the stack"
     assert used <= known, f"not settings of any service: {sorted(used - known)}"
+
+
+def test_tracing_is_off_unless_an_endpoint_is_given() -> None:
+    services = load_compose("compose.yml")["services"]
+    assert services["jaeger"]["profiles"] == ["tracing"]
+    for name in ("embedder", "reranker", "gateway"):
+        # the standard variable, empty by default: app.tracing then does nothing
+        assert "OTEL_EXPORTER_OTLP_ENDPOINT" in services[name]["environment"], name
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT=\n" in (COMPOSE / ".env.example").read_text()
 
 
 def test_prometheus_scrapes_all_three_services() -> None:

@@ -46,8 +46,33 @@ def test_openai_sdk_embeds_through_our_service(log_dir: Path, services: list[Ser
     )
     assert len(floats.data[0].embedding) == 64
 
-    from openai import BadRequestError, UnprocessableEntityError
+    from openai import NotFoundError
 
-    with pytest.raises((BadRequestError, UnprocessableEntityError)) as raised:
+    with pytest.raises(NotFoundError) as raised:
         client.embeddings.create(model="text-embedding-3-small", input="x")
-    assert "serves" in str(raised.value)
+    assert "served names" in str(raised.value)
+
+
+def test_openai_sdk_with_an_alias(log_dir: Path, services: list[Service]) -> None:
+    """A client that always sends `text-embedding-3-small` works once it is an alias."""
+    port = free_port()
+    env = child_env(SEMSEARCH_EMBEDDER_SERVED_MODEL_NAMES="text-embedding-3-small")
+    command = [sys.executable, "-m", "uvicorn", "services.embedder.main:app", "--port", str(port)]
+    service = start_service("embedder", command, port, env, log_dir)
+    services.append(service)
+    client = OpenAI(base_url=f"{service.url}/v1", api_key="not-needed", max_retries=0)
+
+    assert [m.id for m in client.models.list()] == [
+        "sentence-transformers/all-MiniLM-L6-v2",
+        "text-embedding-3-small",
+    ]
+    reply = client.embeddings.create(model="text-embedding-3-small", input="Berlin")
+    assert len(reply.data[0].embedding) == 384
+
+    from openai import NotFoundError
+
+    with pytest.raises(NotFoundError) as raised:
+        client.embeddings.create(model="text-embedding-ada-002", input="x")
+    body = raised.value.body
+    assert isinstance(body, dict) and body["type"] == "model_not_found"
+    assert "'text-embedding-3-small'" in body["message"]

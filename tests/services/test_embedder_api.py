@@ -140,7 +140,7 @@ async def test_wrong_model_name_is_refused() -> None:
         reply = await client.post(
             "/v1/embeddings", json={"input": "x", "model": "text-embedding-3-small"}
         )
-    assert_error(reply, 422, "invalid_request", "model")
+    assert_error(reply, 404, "model_not_found", "model")
 
 
 async def test_malformed_json_unknown_route_and_method() -> None:
