@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -44,3 +47,12 @@ def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def load_store(path: str) -> tuple[list[tuple[str, str, str]], np.ndarray]:
+    """(id, title, text) per document and their unit vectors, in one order."""
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT id, title, text, vector FROM docs ORDER BY seq").fetchall()
+    docs = [(r[0], r[1], r[2]) for r in rows]
+    vectors = np.stack([np.frombuffer(r[3], dtype=np.float32) for r in rows])
+    return docs, vectors

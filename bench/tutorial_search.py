@@ -13,23 +13,13 @@ both services search the same vectors.
 from __future__ import annotations
 
 import os
-import sqlite3
 from typing import Any
 
 import faiss
-import numpy as np
 from fastapi import FastAPI
 from sentence_transformers import CrossEncoder, SentenceTransformer
 
-
-def load_store(path: str) -> tuple[list[tuple[str, str, str]], np.ndarray]:
-    """(id, title, text) per document and their unit vectors, in one order."""
-    with sqlite3.connect(path) as db:
-        rows = db.execute("SELECT id, title, text, vector FROM docs ORDER BY seq").fetchall()
-    docs = [(r[0], r[1], r[2]) for r in rows]
-    vectors = np.stack([np.frombuffer(r[3], dtype=np.float32) for r in rows])
-    return docs, vectors
-
+from bench.common import load_store
 
 app = FastAPI()
 docs, vectors = load_store(os.environ["BENCH_STORE"])

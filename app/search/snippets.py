@@ -12,6 +12,7 @@ generator of its own, Qdrant has none, and one analyzer gives one answer.
 from __future__ import annotations
 
 import html
+from functools import lru_cache
 
 from app.index.analyzer import analyzer, terms
 from app.types import Snippet, Span
@@ -50,13 +51,59 @@ _Match = tuple[int, int, str]  # start, end (characters), the analyzed word
 
 
 def _matched(text: str, wanted: frozenset[str]) -> list[_Match]:
+    """The analyzer's matches of `wanted` in `text`, without analyzing every word: only the
+    words that begin like a wanted stem (stems are their words' prefixes but for a changed last
+    letter: "studi" for "study") go through the analyzer, each distinct word once. Analyzing
+    whole passages cost 2 ms of a lone search's event loop for ten passages, most of its own
+    work; this finds the same matches (checked over SciFact) but for the few words the
+    Snowball stemmer spells unlike its stem ("dying" for "die")."""
     if not wanted or not text:
         return []
+    lower = text.lower()
+    if len(lower) != len(text):  # a few characters lowercase to two: offsets would shift
+        return _matched_slowly(text, wanted)
+    starts: set[int] = set()
+    for prefix in _prefixes(wanted):
+        at = lower.find(prefix)
+        while at >= 0:
+            if at == 0 or not _is_word_char(lower[at - 1]):
+                starts.add(at)
+            at = lower.find(prefix, at + 1)
+    found = []
+    for start in sorted(starts):
+        end = start + 1
+        while end < len(text) and _is_word_char(text[end]):
+            end += 1
+        term = _term(text[start:end])
+        if term in wanted:
+            found.append((start, end, term))
+    return found
+
+
+def _is_word_char(char: str) -> bool:
+    """Inside a token of the analyzer's tokenizer (letters and digits)."""
+    return char.isalnum()
+
+
+def _matched_slowly(text: str, wanted: frozenset[str]) -> list[_Match]:
     return [
         (token.char_offset_from, token.char_offset_to, token.text)
         for token in analyzer().pre_tokenize(text).tokens
         if token.text in wanted
     ]
+
+
+@lru_cache(maxsize=1024)
+def _prefixes(wanted: frozenset[str]) -> tuple[str, ...]:
+    """Each wanted stem less its last letter, none repeated or inside a shorter one's hits."""
+    return tuple(sorted({term[:-1] if len(term) > 1 else term for term in wanted}))
+
+
+@lru_cache(maxsize=65536)
+def _term(word: str) -> str | None:
+    """What the analyzer makes of one word: its stem, or None (a stop word, too long)."""
+    analyzed = analyzer().analyze(word)
+    return analyzed[0] if len(analyzed) == 1 else None
 
 
 def _snippet(text: str, start: int, spans: list[Span], as_html: bool) -> Snippet:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from app.search.snippets import marked_html, matches, query_terms, snippet
 
 
@@ -51,3 +53,32 @@ def test_html_escapes_everything_but_the_marks() -> None:
     assert "<em>cats</em> &amp; dogs" in html and "&quot;x&quot;" in html
     assert snippet(text, wanted, 200, as_html=True).html == html
     assert snippet(text, wanted, 200).html is None  # only on request
+
+
+@pytest.mark.parametrize(
+    ("query", "text"),
+    [
+        ("studies of running cells", "A study ran; the runner studied CELLS and cell_lines."),
+        ("the immune response", "Immunity: responses, responded, irresponsible immunization."),
+        ("Zürich naïve café", "ZÜRICH's naïve CAFÉ, cafés and Zurich."),
+        ("İstanbul straße", "İSTANBUL and İstanbul, STRASSE, Straße."),  # İ lowercases to 2
+        (
+            "\U0001d4b3 emoji \U0001f642 genes",
+            "\U0001f642 gene \U0001d4b3 genes, emoji-genes, GENE2",
+        ),
+        ("p53 il-6 tnf\u03b1", "P53, IL-6 and TNF\u03b1; p53-dependent il6"),
+        ("a of the", "stop words only: the a of"),
+    ],
+)
+def test_matches_are_the_analyzers_own(query: str, text: str) -> None:
+    """Only words that begin like a query stem are analyzed (for speed): the matches are
+    still exactly those of analyzing the whole passage."""
+    from app.index.analyzer import analyzer
+
+    wanted = query_terms(query)
+    whole = [
+        (token.char_offset_from, token.char_offset_to)
+        for token in analyzer().pre_tokenize(text).tokens
+        if token.text in wanted
+    ]
+    assert matches(text, wanted) == whole
