@@ -67,8 +67,10 @@ class ModelSettings(ServiceSettings):
         "tokens (longest item x items) run in float32, larger ones in bfloat16. bf16 autocast "
         "converts the weights at each call, which a lone query does not win back (measured on "
         "an AVX512-BF16 EPYC: 14.5 vs 9.9 ms per query), while large batches run 1.7-2.8x "
-        "faster. 0: bfloat16 for every batch; an explicit dtype applies to every batch. "
-        "`python -m bench.precision` prints this machine's crossover.",
+        "faster. The same text can thus be embedded in either precision, depending on what it "
+        "was batched with (cosines differ in the third decimal). 0: bfloat16 for every "
+        "batch; an explicit dtype applies to every batch. `python -m bench.precision` prints "
+        "this machine's crossover.",
     )
     max_batch_size: int = Field(256, ge=1, le=8192, description="Most items in one forward pass.")
     max_batch_tokens: int = Field(

@@ -62,17 +62,13 @@ def main() -> None:
             }
         )
         print(f"  {items:>3} x {tokens:<4} fp32 {a:8.2f} ms  bf16 {b:8.2f} ms", flush=True)
-    wins = [r["padded_tokens"] for r in rows if r["bf16_speedup"] > 1.0]
-    # the threshold: from the smallest batch where bf16 wins and keeps winning above it
+    wins = sorted(r["padded_tokens"] for r in rows if r["bf16_speedup"] > 1.0)
+    # the threshold: the smallest batch size from which bf16 wins at every measured size
     threshold = next(
         (
-            r["padded_tokens"]
-            for i, r in enumerate(rows)
-            if all(
-                s["bf16_speedup"] > 1.0
-                for s in rows[i:]
-                if s["padded_tokens"] >= r["padded_tokens"]
-            )
+            size
+            for size in wins
+            if all(r["bf16_speedup"] > 1.0 for r in rows if r["padded_tokens"] >= size)
         ),
         None,
     )

@@ -152,8 +152,8 @@ def measure(service: Service, texts: list[str], duration: float) -> list[dict[st
             cell = {"target": service.name, "workload": workload, **result.summary()}
             # semsearch skips reranking when it would miss the deadline (the answer is then
             # flagged degraded): only reranked answers count as reranking throughput
-            full = result.labels.get("reranked", 0) / max(result.requests, 1)
-            cell["reranked_rps"] = result.rps * full if workload == "rerank" else None
+            reranked_rps = result.labels.get("reranked", 0) / result.seconds
+            cell["reranked_rps"] = reranked_rps if workload == "rerank" else None
             cells.append(cell)
     return cells
 

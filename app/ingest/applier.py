@@ -116,6 +116,9 @@ class CollectionWriter:
                 await asyncio.to_thread(self._owner.journal.pending, self.name),
                 "the collection was deleted",
             )
+            # staged here, never published: failed above with the rest (were they kept, the
+            # loop would try to publish them at once, again and again)
+            self._unpublished = []
             return None
 
     async def _current(self) -> Collection | None:

@@ -263,6 +263,19 @@ class WriteJournal:
         with self._mutex:
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                # only the writes still pending count down (one finished already, e.g. failed
+                # when its collection was deleted, must not be subtracted twice)
+                still: set[int] = set()
+                for at in range(0, len(seqs), 500):  # within SQLite's variables per statement
+                    part = [seq for (seq,) in seqs[at : at + 500]]
+                    still.update(
+                        row[0]
+                        for row in self._db.execute(
+                            "SELECT seq FROM writes WHERE state = 'pending' AND seq IN "
+                            f"({','.join('?' * len(part))})",
+                            part,
+                        )
+                    )
                 self._db.executemany(
                     "UPDATE writes SET state = ?, generation = ?, reason = ?, payload = NULL, "
                     "finished = ? WHERE seq = ? AND state = 'pending'",
@@ -273,8 +286,9 @@ class WriteJournal:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-            self.pending_bytes -= sum(w.bytes for w in writes)
-            self.pending_writes -= len(writes)
+            finished = [w for w in writes if w.seq in still]
+            self.pending_bytes -= sum(w.bytes for w in finished)
+            self.pending_writes -= len(finished)
             metrics.WRITE_JOURNAL_BYTES.set(self.pending_bytes)
 
     def fail_collection(self, collection: str, reason: str) -> list[str]:

@@ -206,9 +206,18 @@ def build_cache(
     return SafeCache(inner, timeout_s, breaker)
 
 
-def encode_result(result: SearchResult) -> bytes:
+def encode_result(result: SearchResult) -> bytes | None:
     """The cacheable part of an answer (no request id, timings or cached flag): the whole
-    shaped ranking, every page of it, without snippets (made per page)."""
+    shaped ranking, every page of it, without snippets (made per page). None when orjson
+    cannot encode it (metadata holding an integer beyond 64 bits, which JSON input allows
+    and orjson would read back as a float): such an answer is not cached."""
+    try:
+        return _encode(result)
+    except TypeError:
+        return None
+
+
+def _encode(result: SearchResult) -> bytes:
     return orjson.dumps(
         {
             "results": [

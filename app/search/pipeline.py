@@ -280,9 +280,10 @@ class SearchPipeline:
             fusion=plan.fusion.key() if first.mode is SearchMode.HYBRID and plan.fusion else None,
             group_by=plan.group_by,
         )
-        if not degraded:
+        payload = None if degraded else encode_result(ranking)
+        if payload is not None:
             with stage(timings, "cache_store"):
-                await self.cache.set(key, encode_result(ranking), self.config.cache_ttl_s)
+                await self.cache.set(key, payload, self.config.cache_ttl_s)
         for skipped in degraded:
             metrics.SEARCH_DEGRADED.labels(skipped).inc()
         metrics.SEARCHES.labels("degraded" if degraded else "full").inc()

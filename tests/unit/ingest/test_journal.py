@@ -56,3 +56,18 @@ def test_one_gateway_per_journal_folder(tmp_path: Path) -> None:
         WriteJournal(tmp_path)
     journal.close()
     WriteJournal(tmp_path).close()
+
+
+def test_finishing_a_write_twice_counts_it_down_once(tmp_path: Path) -> None:
+    """A write failed when its collection was deleted and then reported searchable by a
+    writer that had staged it: the journal's pending totals must not go below zero."""
+    journal = WriteJournal(tmp_path)
+    write = journal.append("c", "uid1", WriteKind.DELETE, ids=["a"])
+    other = journal.append("c", "uid1", WriteKind.DELETE, ids=["b"])
+    journal.fail_collection("c", "the collection was deleted")
+    journal.finish([write], WriteState.SEARCHABLE, generation=2)
+    assert (journal.pending_bytes, journal.pending_writes) == (0, 0)
+    status = journal.status("c", write.id)
+    assert status is not None and status.state is WriteState.FAILED  # the first word stands
+    assert other.bytes > 0
+    journal.close()

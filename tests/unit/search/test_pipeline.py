@@ -439,3 +439,19 @@ async def test_a_collection_without_a_lexical_index_is_dense(
     with pytest.raises(InvalidInput, match="semsearch rebuild --collection default") as raised:
         await pipeline.search(query("capital of France", mode=SearchMode.LEXICAL))
     assert raised.value.field == "mode"
+
+
+async def test_an_answer_the_cache_cannot_encode_is_served_and_not_cached(
+    tmp_path: Path, fake_embedder: FakeEmbedder, fake_reranker: FakeReranker
+) -> None:
+    """JSON allows integers beyond 64 bits in metadata; the cache's codec (orjson) does not.
+    Such an answer is given, just not cached (it used to be a 500 on every search)."""
+    big = 123456789012345678901234567890
+    docs = [Document("big", "Zebras graze on the savanna.", "Zebras", {"n": big})]
+    writer = await build_collection(tmp_path, "default", docs, fake_embedder)
+    await writer.close()
+    pipeline = await make_pipeline(tmp_path, fake_embedder, fake_reranker)
+    for _ in range(2):
+        result = await pipeline.search(query("zebras"))
+        assert result.results[0].hit.metadata == {"n": big}
+        assert result.cached is False

@@ -68,11 +68,17 @@ def test_html_escapes_everything_but_the_marks() -> None:
         ),
         ("p53 il-6 tnf\u03b1", "P53, IL-6 and TNF\u03b1; p53-dependent il6"),
         ("a of the", "stop words only: the a of"),
+        (
+            "\u0915\u093f\u0924\u093e\u092c",
+            "\u092f\u0939 \u0915\u093f\u0924\u093e\u092c \u0939\u0948",
+        ),  # vowel signs
+        ("\u03b1\u03c3 \u03b2", "\u0391\u03a31\u0392 \u0391\u03a3 \u03b1\u03c3"),  # final sigma
+        ("\u24b6bc", "\u24b6bc and abc"),  # a circled letter is a letter to the tokenizer
     ],
 )
 def test_matches_are_the_analyzers_own(query: str, text: str) -> None:
     """Only words that begin like a query stem are analyzed (for speed): the matches are
-    still exactly those of analyzing the whole passage."""
+    those of analyzing the whole passage (irregular stems such as "die" for "dying" aside)."""
     from app.index.analyzer import analyzer
 
     wanted = query_terms(query)
