@@ -87,7 +87,11 @@ def main() -> None:
     args = parser.parse_args()
     dataset = load_beir(args.dataset, args.split)
     port = free_port()
-    settings = {"SEMSEARCH_INDEX_DIR": str(args.index_dir.resolve())}
+    # the collection is the default one: /ready waits for the default collection to open
+    settings = {
+        "SEMSEARCH_INDEX_DIR": str(args.index_dir.resolve()),
+        "SEMSEARCH_DEFAULT_COLLECTION": args.collection,
+    }
     if args.rerank_model:
         settings |= {
             "SEMSEARCH_RERANKER_MODEL": args.rerank_model,

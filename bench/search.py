@@ -113,6 +113,9 @@ def start(target: str, index_dir: Path, collection: str, logs: Path) -> Service:
         SEMSEARCH_DEFAULT_COLLECTION=collection,
         SEMSEARCH_RERANKER_MODEL=str(RERANKER),
         SEMSEARCH_RERANKER_MAX_LENGTH=str(RERANK_MAX_LENGTH),
+        # reranking's own cap (4 s) would skip what waits behind other searches' reranking:
+        # raised so that both services do the same work at concurrency 4
+        SEMSEARCH_RERANK_TIMEOUT_MS="60000",
     )
     command = [sys.executable, "-m", "app.cli", "serve", "gateway", "--port", str(port)]
     service = start_service("semsearch", command, port, env, logs)

@@ -193,7 +193,16 @@ def main() -> None:
             "gateway", [SEMSEARCH, "serve", "gateway", "--port", str(port)], port, env, root
         )
         try:
-            httpx.put(f"{gateway.url}/v1/collections/ingest", json={}, timeout=60)
+            # /ready answers from words before the embedder has loaded; creating a collection
+            # with the gateway's embedder needs it
+            for _ in range(600):
+                ready = httpx.get(f"{gateway.url}/ready").json()["components"]["embedder"]
+                if ready["status"] == "ready":
+                    break
+                time.sleep(0.2)
+            httpx.put(
+                f"{gateway.url}/v1/collections/ingest", json={}, timeout=60
+            ).raise_for_status()
             search_load(gateway.url, 5, args.concurrency, 10_000_000)  # warm up
             idle = search_load(gateway.url, args.idle_seconds, args.concurrency, 0)
             ingest: dict[str, Any] = {}
