@@ -33,30 +33,16 @@ from typing import Any
 import httpx
 
 from bench.common import table, write_json
-from harness.loadgen import LoadResult, run_load
+from harness.loadgen import TOPICS, LoadResult, run_load
 from harness.processes import ROOT, child_env, free_port, start_service
 
 SEMSEARCH = str(Path(sys.executable).with_name("semsearch"))
-WORDS = [
-    "seizures",
-    "macrophages",
-    "bone marrow",
-    "HIV",
-    "anthrax",
-    "glioblastoma",
-    "stem cells",
-    "gluten",
-    "open access",
-    "passerine birds",
-    "insulin",
-    "T cells",
-]
 
 
 def queries(offset: int, n: int) -> list[dict[str, Any]]:
     """Distinct texts (numbered from `offset`): no answer comes from the cache."""
     return [
-        {"query": f"{WORDS[i % len(WORDS)]} study {i}", "top_k": 10, "rerank": False}
+        {"query": f"{TOPICS[i % len(TOPICS)]} study {i}", "top_k": 10, "rerank": False}
         for i in range(offset, offset + n)
     ]
 

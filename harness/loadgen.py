@@ -16,6 +16,23 @@ from typing import Any
 import httpx
 import numpy as np
 
+# Topics of the sample corpus (data/corpus.jsonl): load tests number them ("<topic> study N")
+# so that no two queries are the same text and no answer comes from the cache.
+TOPICS = (
+    "seizures",
+    "macrophages",
+    "bone marrow",
+    "HIV",
+    "anthrax",
+    "glioblastoma",
+    "stem cells",
+    "gluten",
+    "open access",
+    "passerine birds",
+    "insulin",
+    "T cells",
+)
+
 
 @dataclass
 class LoadResult:

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from harness.loadgen import LoadResult, run_load, run_open_loop
+from harness.loadgen import TOPICS, LoadResult, run_load, run_open_loop
 from harness.processes import Service, child_env, free_port, start_service
 from tests.conftest import DATA, ROOT, start_redis
 from tests.integration.conftest import SEMSEARCH
@@ -163,20 +163,8 @@ _counter = iter(range(10**9))
 
 def unique_queries(n: int) -> list[dict[str, Any]]:
     """Never the same text twice, so no answer comes from the cache."""
-    words = [
-        "seizures",
-        "macrophages",
-        "bone marrow",
-        "HIV",
-        "anthrax",
-        "glioblastoma",
-        "stem cells",
-        "gluten",
-        "open access",
-        "passerine birds",
-    ]
     return [
-        {"query": f"{words[i % len(words)]} study {next(_counter)}", "top_k": 5} for i in range(n)
+        {"query": f"{TOPICS[i % len(TOPICS)]} study {next(_counter)}", "top_k": 5} for i in range(n)
     ]
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -410,52 +410,30 @@ class QdrantIndex:
     async def records(self, parents: Sequence[str]) -> dict[str, list[Document]]:
         models = qdrant_models()
         found: dict[str, list[Document]] = {}
+        if not parents:
+            return found
         condition = models.FieldCondition(key="parent", match=models.MatchAny(any=list(parents)))
-        offset = None
-        while parents:
-            points, offset = await self._client.scroll(
-                self._name,
-                scroll_filter=view(self._generation, extra=[condition]),
-                limit=1024,
-                offset=offset,
-                with_payload=True,
-                with_vectors=False,
-            )
-            for point in points:
-                payload = point.payload or {}
-                found.setdefault(payload["parent"], []).append(
-                    Document(
-                        str(payload["id"]),
-                        payload.get("text", ""),
-                        payload.get("title", ""),
-                        payload.get("metadata") or {},
-                        str(payload["parent"]),
-                    )
+        async for point in self._published(condition, limit=1024, payload=True):
+            payload = point.payload or {}
+            found.setdefault(payload["parent"], []).append(
+                Document(
+                    str(payload["id"]),
+                    payload.get("text", ""),
+                    payload.get("title", ""),
+                    payload.get("metadata") or {},
+                    str(payload["parent"]),
                 )
-            if offset is None:
-                break
+            )
         for records in found.values():
             records.sort(key=lambda doc: int(doc.metadata.get("chunk", 0)))
         return found
 
     async def published_hashes(self) -> dict[str, str]:
         """Every record of the published generation: its content hash, by id."""
-        found: dict[str, str] = {}
-        offset = None
-        while True:
-            points, offset = await self._client.scroll(
-                self._name,
-                scroll_filter=view(self._generation),
-                limit=2048,
-                offset=offset,
-                with_payload=["id", "hash"],
-                with_vectors=False,
-            )
-            for point in points:
-                payload = point.payload or {}
-                found[str(payload["id"])] = str(payload["hash"])
-            if offset is None:
-                return found
+        return {
+            str((point.payload or {})["id"]): str((point.payload or {})["hash"])
+            async for point in self._published(None, limit=2048, payload=["id", "hash"])
+        }
 
     async def published_records(self, ids: Sequence[str]) -> list[tuple[Document, FloatArray]]:
         """Records `ids` of the published generation, with their dense vectors."""
@@ -465,20 +443,34 @@ class QdrantIndex:
             condition = models.FieldCondition(
                 key="id", match=models.MatchAny(any=list(ids[start : start + _LOOKUP_BATCH]))
             )
-            offset = None
-            while True:
-                points, offset = await self._client.scroll(
-                    self._name,
-                    scroll_filter=view(self._generation, extra=[condition]),
-                    limit=1024,
-                    offset=offset,
-                    with_payload=True,
-                    with_vectors=True,
-                )
-                out += [record(point) for point in points]
-                if offset is None:
-                    break
+            async for point in self._published(condition, limit=1024, payload=True, vectors=True):
+                out.append(record(point))
         return out
+
+    async def _published(
+        self,
+        condition: Any,
+        *,
+        limit: int,
+        payload: bool | list[str],
+        vectors: bool = False,
+    ) -> AsyncIterator[Any]:
+        """The points of the published generation (matching `condition`), page by page."""
+        offset = None
+        extra = [condition] if condition is not None else None
+        while True:
+            points, offset = await self._client.scroll(
+                self._name,
+                scroll_filter=view(self._generation, extra=extra),
+                limit=limit,
+                offset=offset,
+                with_payload=payload,
+                with_vectors=vectors,
+            )
+            for point in points:
+                yield point
+            if offset is None:
+                return
 
     async def stats(self) -> CollectionStats:
         models = qdrant_models()
