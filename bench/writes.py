@@ -134,6 +134,7 @@ def summary(name: str, result: LoadResult) -> dict[str, Any]:
         "p90_ms": result.percentile(90),
         "p99_ms": result.percentile(99),
         "searches_per_s": result.rps,
+        "statuses": " ".join(f"{k}:{v}" for k, v in sorted(result.statuses.items())),
     }
 
 
@@ -212,11 +213,25 @@ def main() -> None:
             during.errors += part.errors
             during.seconds += part.seconds
             during.latencies_ms += part.latencies_ms
+            for status, count in part.statuses.items():
+                during.statuses[status] = during.statuses.get(status, 0) + count
         cli = ingest_cli(corpus, root / "cli-index")
 
     rows = [summary("idle", idle), summary(f"while {args.documents} docs ingest", during)]
     print(
-        table(rows, ["phase", "searches", "errors", "p50_ms", "p90_ms", "p99_ms", "searches_per_s"])
+        table(
+            rows,
+            [
+                "phase",
+                "searches",
+                "errors",
+                "statuses",
+                "p50_ms",
+                "p90_ms",
+                "p99_ms",
+                "searches_per_s",
+            ],
+        )
     )
     ratio = ingest["docs_per_s"] / cli["docs_per_s"]
     ingest_rows = [

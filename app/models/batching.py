@@ -6,16 +6,17 @@ by a short maximum wait, grouping items of similar length so little compute is s
 The model runs on a worker thread while the next batch accumulates; the queue is bounded and a
 request that does not fit is refused at once (429) instead of waiting. A request whose caller
 said how long it waits (`call_deadline`) is refused at once too when the queue ahead of it,
-costed by the compute time measured per token, would answer it later. Items whose caller went
-away (its task was cancelled, e.g. on client disconnect) or whose deadline passed are dropped
-before compute, and stop counting toward the bound at once. A request larger than the whole
-queue is admitted only when nothing else waits, and is fed in pieces that fit.
+costed by what recent batches took (`app.models.cost`), would answer it later. Items whose
+caller went away (its task was cancelled, e.g. on client disconnect) or whose deadline passed
+are dropped before compute, and stop counting toward the bound at once. A request larger than
+the whole queue is admitted only when nothing else waits, and is fed in pieces that fit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
@@ -28,7 +29,8 @@ from app import metrics
 from app.config import ModelSettings
 from app.errors import DeadlineExceeded, Overloaded, Unavailable
 from app.logs import get_logger
-from app.models.priority import BULK_BATCH_SHARE, Priority, work_priority
+from app.models.cost import BatchCost
+from app.models.priority import BULK_BATCH_S, BULK_BATCH_SHARE, Priority, work_priority
 from app.resilience import call_deadline
 
 log = get_logger(__name__)
@@ -119,10 +121,13 @@ class BatchQueue(Generic[T, R]):
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._items_per_s = 0.0  # smoothed throughput, for Retry-After
-        self._s_per_token = 0.0  # smoothed compute time per token, for the expected wait
+        # What a batch of n tokens takes, per class (each priced by its own batches only: a
+        # class not measured yet is not held against anyone), for the expected wait.
+        self._cost = {Priority.INTERACTIVE: BatchCost(), Priority.BULK: BatchCost()}
         # tokens of the live queued items, by class: a query waits behind queries only
         self._queued_tokens = {Priority.INTERACTIVE: 0, Priority.BULK: 0}
-        self._computing: tuple[int, float] = (0, 0.0)  # tokens of the batch on the model, since
+        # the batch on the model: its tokens, class, and since when
+        self._computing: tuple[int, Priority, float] = (0, Priority.INTERACTIVE, 0.0)
         self._batches = 0
         self._last_priority = Priority.BULK  # the class of the batch cut last
 
@@ -149,19 +154,37 @@ class BatchQueue(Generic[T, R]):
         self._pending.clear()
 
     def expected_wait(self, tokens: int, priority: Priority = Priority.INTERACTIVE) -> float:
-        """Seconds until `tokens` more tokens of class `priority` would be computed, at the
-        measured cost per token of recent batches: the rest of the batch on the model, then
-        the queue ahead of them (for a query: the queries, and the one bulk batch that may
-        take its turn first), then them."""
-        computing, since = self._computing
-        rest = max(0.0, computing * self._s_per_token - (time.monotonic() - since))
-        bulk = self._queued_tokens[Priority.BULK]
+        """Seconds until `tokens` more tokens of class `priority` would be computed, at what
+        recent batches of each class cost: the rest of the batch on the model, then the queue
+        ahead of them (for a query: the queries, and the one bulk batch that may take its turn
+        first), then them."""
+        queries, passages = self._cost[Priority.INTERACTIVE], self._cost[Priority.BULK]
+        computing, kind, since = self._computing
+        rest = max(0.0, self._cost[kind].seconds(computing) - (time.monotonic() - since))
         ahead = self._queued_tokens[Priority.INTERACTIVE]
+        bulk = self._queued_tokens[Priority.BULK]
+        full, bulk_batch = self.limits.max_batch_tokens, self._bulk_batch_tokens
         if priority is Priority.BULK:
-            ahead += bulk
-        else:
-            ahead += min(bulk, self.limits.max_batch_tokens // BULK_BATCH_SHARE)
-        return rest + (ahead + tokens) * self._s_per_token
+            return (
+                rest
+                + queries.seconds(ahead, math.ceil(ahead / full))
+                + passages.seconds(bulk + tokens, math.ceil((bulk + tokens) / bulk_batch))
+            )
+        return (
+            rest
+            + queries.seconds(ahead + tokens, math.ceil((ahead + tokens) / full))
+            + passages.seconds(min(bulk, bulk_batch))
+        )
+
+    @property
+    def _bulk_batch_tokens(self) -> int:
+        """The token budget of a bulk batch: a share of a full one, and what its measured cost
+        fits in BULK_BATCH_S (app.models.priority)."""
+        share = max(1, self.limits.max_batch_tokens // BULK_BATCH_SHARE)
+        cost = self._cost[Priority.BULK]
+        if not cost.known or cost.per_token_s <= 0:
+            return share
+        return max(1, min(share, int((BULK_BATCH_S - cost.fixed_s) / cost.per_token_s)))
 
     async def submit(self, items: Sequence[T]) -> list[R]:
         """Results for `items`, in order.
@@ -288,7 +311,8 @@ class BatchQueue(Generic[T, R]):
         # stop() fails these too if it cancels us mid-compute (so no `finally` clears them).
         self._inflight = batch
         tokens = sum(e.size for e in batch)
-        self._computing = (tokens, time.monotonic())
+        kind = batch[0].priority  # one class makes a batch
+        self._computing = (tokens, kind, time.monotonic())
         try:
             results = await loop.run_in_executor(
                 self._executor, self._compute, [e.item for e in batch]
@@ -297,7 +321,7 @@ class BatchQueue(Generic[T, R]):
                 raise RuntimeError(f"compute returned {len(results)} results for {len(batch)}")
         except Exception as exc:
             self._inflight = []
-            self._computing = (0, 0.0)
+            self._computing = (0, kind, 0.0)
             log.error("batch_failed", kind=self.kind, items=len(batch), error=repr(exc))
             for entry in batch:
                 if not entry.future.done():
@@ -309,13 +333,12 @@ class BatchQueue(Generic[T, R]):
                     sibling.future.cancel()
             return
         self._inflight = []
-        self._computing = (0, 0.0)
+        self._computing = (0, kind, 0.0)
         elapsed = time.perf_counter() - started
         metrics.BATCH_COMPUTE_SECONDS.labels(self.kind).observe(elapsed)
         rate = len(batch) / elapsed if elapsed > 0 else 0.0
         self._items_per_s = rate if not self._items_per_s else 0.8 * self._items_per_s + 0.2 * rate
-        cost = elapsed / max(tokens, 1)
-        self._s_per_token = cost if not self._s_per_token else 0.8 * self._s_per_token + 0.2 * cost
+        self._cost[kind].observe(tokens, elapsed)
         self._batches += 1
         for entry, result in zip(batch, results, strict=True):
             entry.batch, entry.compute_s = self._batches, elapsed
@@ -370,7 +393,7 @@ class BatchQueue(Generic[T, R]):
         lo, hi = at - 1, at + 1
         budget = self.limits.max_batch_tokens
         if urgent is Priority.BULK:
-            budget = max(budget // BULK_BATCH_SHARE, anchor.size)
+            budget = max(self._bulk_batch_tokens, anchor.size)
         while len(batch) < self.limits.max_batch_size and (lo >= 0 or hi < len(by_length)):
             take_lo = hi >= len(by_length) or (
                 lo >= 0 and anchor.size - by_length[lo].size <= by_length[hi].size - anchor.size

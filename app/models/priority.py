@@ -4,8 +4,8 @@ A search's query embedding is interactive; passages embedded for writes (`app.in
 are bulk. The batch queue (`app.models.batching`) cuts each batch from one class: the
 interactive one, except that when both wait they take turns batch by batch (steady searches
 must not starve indexing). So a query waits behind no queued passages, only behind at most one
-bulk batch, which is kept small for that reason (a quarter of the token budget), while
-indexing keeps at least half of the batches when both are busy. The class travels in a context
+bulk batch, which is kept short for that reason (BULK_BATCH_S), while indexing keeps at least
+half of the batches when both are busy. The class travels in a context
 variable within a process and as the `x-semsearch-priority` header to a model service.
 """
 
@@ -25,10 +25,13 @@ class Priority(IntEnum):
 
 
 PRIORITY_HEADER = "x-semsearch-priority"
-# A bulk batch gets this share of the padded-token budget: a query that arrives while one
-# computes waits for a quarter of a full batch at most (on a CPU, long inputs run as fast in
-# small batches: see app.models.batching.resolve_batch_tokens).
+# A bulk batch gets at most this share of the padded-token budget, and no more tokens than
+# its measured cost fits in BULK_BATCH_S (at least one item): a query that arrives while one
+# computes waits that long at most. On a GPU the share binds (batches take milliseconds); on
+# this 2-core CPU the time does: one 256-token passage takes ~80 ms, four ~260 ms (passages
+# embed at 12/s one by one against 15/s four at a time, so little throughput is lost).
 BULK_BATCH_SHARE = 4
+BULK_BATCH_S = 0.1
 
 work_priority: ContextVar[Priority] = ContextVar("work_priority", default=Priority.INTERACTIVE)
 

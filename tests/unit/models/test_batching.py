@@ -425,7 +425,9 @@ async def test_queued_bulk_work_does_not_count_against_a_query_deadline(make_que
 
     queue, recorder = make_queue(max_batch_size=1, size_of=lambda i: 10, max_batch_tokens=80)
     recorder.seconds = 0.05
-    await queue.submit([0])  # measured: 50 ms for 10 tokens
+    await queue.submit([0])  # measured: 50 ms for 10 tokens, of queries
+    with bulk_work():
+        await queue.submit([99])  # and of passages
     recorder.gate.clear()
     recorder.entered.clear()
     with bulk_work():
@@ -439,4 +441,55 @@ async def test_queued_bulk_work_does_not_count_against_a_query_deadline(make_que
     recorder.gate.set()
     assert await query == [14]
     assert await backlog == [2 * i for i in range(100, 120)]
+    assert recorder.batches[2] == [1] and recorder.batches[3] == [7]  # one bulk batch, then it
     await running
+
+
+async def test_a_query_is_not_refused_for_bulk_work_priced_at_a_query_rate(make_queue) -> None:  # type: ignore[no-untyped-def]
+    """Writes over HTTP got every search refused: the queue priced a bulk batch of passages at
+    the per-token rate of lone queries (mostly fixed cost), 10x too high. With the cost fit as
+    fixed + per token, a query that waits for one bulk batch is admitted when it fits."""
+    from app.models.priority import bulk_work
+
+    def size_of(item: int) -> int:
+        return 100 if item >= 100 else 2  # passages of 100 tokens, queries of 2
+
+    queue, recorder = make_queue(size_of=size_of, max_batch_tokens=800, max_batch_size=8)
+
+    def costed(items: list[int]) -> list[int]:  # 20 ms fixed + 0.1 ms a token
+        time.sleep(0.02 + 0.0001 * sum(map(size_of, items)))
+        return Recorder.__call__(recorder, items)
+
+    queue._compute = costed
+    await queue.submit([1])  # a lone query: 20 ms for 2 tokens, 10 ms a token
+    with bulk_work():
+        await queue.submit([100, 101])  # one bulk batch: 40 ms for 200 tokens
+    assert queue._cost[Priority.BULK].seconds(200) == pytest.approx(0.04, rel=0.2)
+    recorder.gate.clear()
+    recorder.entered.clear()
+    with bulk_work():
+        backlog = asyncio.ensure_future(queue.submit(list(range(100, 140))))
+        await asyncio.to_thread(recorder.entered.wait, 5)
+    # a bulk batch of 200 tokens computes, 38 passages wait; the query waits ~80 ms at most
+    # (it was priced at 2 s by 10 ms a token)
+    assert queue.expected_wait(2) < 0.2
+    query = asyncio.ensure_future(submit_within(queue, [3], 0.3))
+    await asyncio.sleep(0.01)
+    recorder.gate.set()
+    assert await query == [6]
+    await backlog
+
+
+async def test_bulk_batches_are_cut_to_a_short_time_by_their_measured_cost(make_queue) -> None:  # type: ignore[no-untyped-def]
+    """A query waits for at most one bulk batch: on a slow device that batch is cut by time
+    (BULK_BATCH_S), not only by its share of the token budget."""
+    from app.models.priority import BULK_BATCH_S, bulk_work
+
+    queue, recorder = make_queue(size_of=lambda i: 100, max_batch_tokens=4000)
+    recorder.seconds = 0.9 * BULK_BATCH_S  # a batch takes most of the target...
+    with bulk_work():
+        await queue.submit([1, 2])  # ...measured with 200 tokens: 2 items fit, 3 do not
+        assert 200 <= queue._bulk_batch_tokens < 300
+        await queue.submit(list(range(100, 106)))
+    # by the token share alone (1,000 tokens), all six would have made one batch
+    assert [len(b) for b in recorder.batches] == [2, 2, 2, 2]
