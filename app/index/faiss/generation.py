@@ -23,6 +23,15 @@ from app.types import Document, Filter, FloatArray, Hit
 # faiss ships partial stubs without the search-parameter classes and index attributes
 _faiss: Any = faiss
 
+# FAISS splits a search across OpenMP threads by query, so a lone query runs on one thread
+# whatever the setting, but its whole team wakes up and, when done, spins waiting for more
+# (faiss's wheel bundles a libgomp of its own, apart from torch's). On 2 cores that spinning
+# took the cores the embedder's threads needed next: one query's embedding took 31 ms after
+# each ANN search against 17 ms without (bench/README, "the lonely query"). So a search of
+# one query runs single-threaded; batches of queries (evaluation) keep every thread. The
+# setting is per calling thread in libgomp, so it is made on each search.
+_TEAM = faiss.omp_get_max_threads()
+
 
 class Generation:
     """One published generation, loaded for searching. Immutable; safe across threads."""
@@ -90,6 +99,7 @@ class Generation:
 
     def search(self, vectors: FloatArray, k: int, filter: Filter | None) -> list[list[Hit]]:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        faiss.omp_set_num_threads(1 if len(vectors) == 1 else _TEAM)
         k = min(k, self.count)
         if k <= 0:
             return [[] for _ in range(len(vectors))]
