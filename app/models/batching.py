@@ -30,7 +30,13 @@ from app.config import ModelSettings
 from app.errors import DeadlineExceeded, Overloaded, Unavailable
 from app.logs import get_logger
 from app.models.cost import BatchCost
-from app.models.priority import BULK_BATCH_S, BULK_BATCH_SHARE, Priority, work_priority
+from app.models.priority import (
+    BULK_BATCH_S,
+    BULK_BATCH_SHARE,
+    QUERIES_RECENT_S,
+    Priority,
+    work_priority,
+)
 from app.resilience import call_deadline
 
 log = get_logger(__name__)
@@ -130,6 +136,7 @@ class BatchQueue(Generic[T, R]):
         self._computing: tuple[int, Priority, float] = (0, Priority.INTERACTIVE, 0.0)
         self._batches = 0
         self._last_priority = Priority.BULK  # the class of the batch cut last
+        self._last_query = -math.inf  # time.monotonic() of the last interactive submit
 
     @property
     def depth(self) -> int:
@@ -178,11 +185,12 @@ class BatchQueue(Generic[T, R]):
 
     @property
     def _bulk_batch_tokens(self) -> int:
-        """The token budget of a bulk batch: a share of a full one, and what its measured cost
-        fits in BULK_BATCH_S (app.models.priority)."""
+        """The token budget of a bulk batch: a share of a full one, and while searches are
+        coming, what its measured cost fits in BULK_BATCH_S (app.models.priority)."""
         share = max(1, self.limits.max_batch_tokens // BULK_BATCH_SHARE)
         cost = self._cost[Priority.BULK]
-        if not cost.known or cost.per_token_s <= 0:
+        quiet = time.monotonic() - self._last_query > QUERIES_RECENT_S
+        if quiet or not cost.known or cost.per_token_s <= 0:
             return share
         return max(1, min(share, int((BULK_BATCH_S - cost.fixed_s) / cost.per_token_s)))
 
@@ -245,6 +253,8 @@ class BatchQueue(Generic[T, R]):
     async def _submit(self, items: Sequence[T]) -> list[R]:
         loop = asyncio.get_running_loop()
         deadline, priority = call_deadline.get(), work_priority.get()
+        if priority is Priority.INTERACTIVE:
+            self._last_query = time.monotonic()
         entries = [
             _Entry(item, self._size_of(item), loop.create_future(), deadline, priority)
             for item in items

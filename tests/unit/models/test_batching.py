@@ -480,16 +480,22 @@ async def test_a_query_is_not_refused_for_bulk_work_priced_at_a_query_rate(make_
     await backlog
 
 
-async def test_bulk_batches_are_cut_to_a_short_time_by_their_measured_cost(make_queue) -> None:  # type: ignore[no-untyped-def]
-    """A query waits for at most one bulk batch: on a slow device that batch is cut by time
-    (BULK_BATCH_S), not only by its share of the token budget."""
+async def test_bulk_batches_are_cut_to_a_short_time_while_searches_come(make_queue) -> None:  # type: ignore[no-untyped-def]
+    """A query waits for at most one bulk batch: while queries come, on a slow device that
+    batch is cut by time (BULK_BATCH_S) by its measured cost, not only by its share of the
+    token budget. With no query in the last QUERIES_RECENT_S, nobody waits: the share."""
     from app.models.priority import BULK_BATCH_S, bulk_work
 
     queue, recorder = make_queue(size_of=lambda i: 100, max_batch_tokens=4000)
     recorder.seconds = 0.9 * BULK_BATCH_S  # a batch takes most of the target...
+    await queue.submit([0])  # a query: searches are coming
     with bulk_work():
         await queue.submit([1, 2])  # ...measured with 200 tokens: 2 items fit, 3 do not
         assert 200 <= queue._bulk_batch_tokens < 300
         await queue.submit(list(range(100, 106)))
-    # by the token share alone (1,000 tokens), all six would have made one batch
-    assert [len(b) for b in recorder.batches] == [2, 2, 2, 2]
+        # by the token share alone (1,000 tokens), all six would have made one batch
+        assert [len(b) for b in recorder.batches[2:]] == [2, 2, 2]
+        queue._last_query -= 60  # the last query came a minute ago
+        recorder.batches.clear()
+        await queue.submit(list(range(200, 206)))
+    assert [len(b) for b in recorder.batches] == [6]
