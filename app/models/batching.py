@@ -166,8 +166,8 @@ class BatchQueue(Generic[T, R]):
         ahead of them (for a query: the queries, and the one bulk batch that may take its turn
         first), then them."""
         queries, passages = self._cost[Priority.INTERACTIVE], self._cost[Priority.BULK]
-        computing, kind, since = self._computing
-        rest = max(0.0, self._cost[kind].seconds(computing) - (time.monotonic() - since))
+        computing, computing_class, since = self._computing
+        rest = max(0.0, self._cost[computing_class].seconds(computing) - (time.monotonic() - since))
         ahead = self._queued_tokens[Priority.INTERACTIVE]
         bulk = self._queued_tokens[Priority.BULK]
         full, bulk_batch = self.limits.max_batch_tokens, self._bulk_batch_tokens
@@ -321,8 +321,8 @@ class BatchQueue(Generic[T, R]):
         # stop() fails these too if it cancels us mid-compute (so no `finally` clears them).
         self._inflight = batch
         tokens = sum(e.size for e in batch)
-        kind = batch[0].priority  # one class makes a batch
-        self._computing = (tokens, kind, time.monotonic())
+        priority = batch[0].priority  # one class makes a batch
+        self._computing = (tokens, priority, time.monotonic())
         try:
             results = await loop.run_in_executor(
                 self._executor, self._compute, [e.item for e in batch]
@@ -331,7 +331,7 @@ class BatchQueue(Generic[T, R]):
                 raise RuntimeError(f"compute returned {len(results)} results for {len(batch)}")
         except Exception as exc:
             self._inflight = []
-            self._computing = (0, kind, 0.0)
+            self._computing = (0, priority, 0.0)
             log.error("batch_failed", kind=self.kind, items=len(batch), error=repr(exc))
             for entry in batch:
                 if not entry.future.done():
@@ -343,12 +343,12 @@ class BatchQueue(Generic[T, R]):
                     sibling.future.cancel()
             return
         self._inflight = []
-        self._computing = (0, kind, 0.0)
+        self._computing = (0, priority, 0.0)
         elapsed = time.perf_counter() - started
         metrics.BATCH_COMPUTE_SECONDS.labels(self.kind).observe(elapsed)
         rate = len(batch) / elapsed if elapsed > 0 else 0.0
         self._items_per_s = rate if not self._items_per_s else 0.8 * self._items_per_s + 0.2 * rate
-        self._cost[kind].observe(tokens, elapsed)
+        self._cost[priority].observe(tokens, elapsed)
         self._batches += 1
         for entry, result in zip(batch, results, strict=True):
             entry.batch, entry.compute_s = self._batches, elapsed

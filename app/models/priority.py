@@ -5,8 +5,8 @@ are bulk. The batch queue (`app.models.batching`) cuts each batch from one class
 interactive one, except that when both wait they take turns batch by batch (steady searches
 must not starve indexing). So a query waits behind no queued passages, only behind at most one
 bulk batch, which is kept short for that reason (BULK_BATCH_S), while indexing keeps at least
-half of the batches when both are busy. The class travels in a context
-variable within a process and as the `x-semsearch-priority` header to a model service.
+half of the batches when both are busy. The class travels in a context variable within a
+process and as the `x-semsearch-priority` header to a model service.
 """
 
 from __future__ import annotations

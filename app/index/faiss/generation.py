@@ -26,10 +26,11 @@ _faiss: Any = faiss
 # FAISS splits a search across OpenMP threads by query, so a lone query runs on one thread
 # whatever the setting, but its whole team wakes up and, when done, spins waiting for more
 # (faiss's wheel bundles a libgomp of its own, apart from torch's). On 2 cores that spinning
-# took the cores the embedder's threads needed next: one query's embedding took 31 ms after
-# each ANN search against 17 ms without (bench/README, "the lonely query"). So a search of
-# one query runs single-threaded; batches of queries (evaluation) keep every thread. The
-# setting is per calling thread in libgomp, so it is made on each search.
+# took the cores the embedder's threads needed next: in-process, a query's embedding took
+# 28-32 ms right after an ANN search against 24-27 ms without one between (OMP_WAIT_POLICY=
+# PASSIVE removed the difference). So a search of one query runs single-threaded; batches of
+# queries (evaluation) keep every thread. The setting is per calling thread in libgomp, so it
+# is made on each search.
 _TEAM = faiss.omp_get_max_threads()
 
 
