@@ -165,6 +165,12 @@ class Collection(VectorIndex, LexicalIndex, Protocol):
         collection published before calibration existed."""
         ...
 
+    @property
+    def publishes_lexical(self) -> bool:
+        """Whether the next generation published (not rebuilt) has a lexical index: only then
+        is a fusion weight worth calibrating."""
+        ...
+
     async def sample(self, n: int, seed: int = 0) -> list[tuple[Document, FloatArray]]:
         """Up to `n` staged records at random, with their vectors (what calibration uses)."""
         ...

@@ -38,6 +38,7 @@ class UnopenedIndex:
         self.uid = like.uid
         self.generation = 0
         self.calibration = like.calibration
+        self.publishes_lexical = like.publishes_lexical
         self.reason = reason
         self.open = opener
 
@@ -231,6 +232,10 @@ class FallbackIndex:
         deleted = await self.primary.delete(ids)
         await self.fallback.delete(ids)
         return deleted
+
+    @property
+    def publishes_lexical(self) -> bool:
+        return self.primary.publishes_lexical or self.fallback.publishes_lexical
 
     @property
     def calibration(self) -> Calibration | None:

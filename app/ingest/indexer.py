@@ -134,11 +134,12 @@ async def publish_changes(
     index: Collection, embedder: Embedder | None, changed: bool
 ) -> tuple[int | None, bool]:
     """Publish what is staged as one generation, with the fusion weight calibrated on it when
-    records changed and the collection has none yet or has doubled or halved since
+    records changed, the generation has a lexical index (a dense-only one fuses nothing) and
+    the collection has no weight yet or has doubled or halved since
     (`app.search.calibration`). Returns (the new generation or None when nothing was staged,
     whether it was calibrated now)."""
     calibration = None
-    if changed and embedder is not None:
+    if changed and embedder is not None and index.publishes_lexical:
         calibration = await calibrate(index, embedder)
     return await index.publish(calibration=calibration), calibration is not None
 

@@ -242,6 +242,10 @@ class FaissIndex:
         return await asyncio.to_thread(lambda: self._writable_store().hashes())
 
     @property
+    def publishes_lexical(self) -> bool:
+        return self._options.lexical
+
+    @property
     def calibration(self) -> Calibration | None:
         found = self._generation.manifest.calibration if self._generation else None
         return Calibration(**found) if found else None

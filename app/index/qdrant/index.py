@@ -148,6 +148,11 @@ class QdrantIndex:
         return self._lexical
 
     @property
+    def publishes_lexical(self) -> bool:
+        # the sparse vectors are the collection's from its creation; only a rebuild adds them
+        return self._lexical
+
+    @property
     def calibration(self) -> Calibration | None:
         return Calibration(**self._calibration) if self._calibration else None
 

@@ -326,6 +326,7 @@ async def test_lexical_search_goes_through_the_analyzer(make_index: Factory) -> 
     docs[3] = Document("d3", "The cats were running quickly", "", docs[3].metadata)
     docs[4] = Document("d4", "A dog sleeps", "Naïve résumé", docs[4].metadata)
     index = await make_index("docs")
+    assert index.publishes_lexical
     await index.upsert(docs, vectors)
     await index.publish()
     assert index.has_lexical

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from app.index.faiss.index import FaissIndex
+from app.ingest.indexer import index_documents
 from app.models import Embeddings
 from app.models.fake import FakeEmbedder
 from app.search.calibration import QUERIES, best_weight, calibrate, split_lead
@@ -127,6 +128,20 @@ async def test_measured_again_only_when_the_collection_doubled_or_halved(tmp_pat
     await index.upsert(documents(1)[100:], np.eye(N, dtype=np.float32)[100:])
     assert await calibrate(index, embedder) is not None  # 120: more than doubled
     assert await calibrate(index, embedder, force=True) is not None
+
+
+async def test_indexing_calibrates_only_a_collection_with_a_lexical_index(tmp_path: Path) -> None:
+    # a dense-only collection fuses nothing: its hundreds of pseudo-queries would be wasted
+    embedder = TopicEmbedder()
+    for lexical in (False, True):
+        index = await FaissIndex.create(
+            tmp_path / str(lexical), "c", "topics", N, faiss_options(lexical_index=lexical)
+        )
+        assert index.publishes_lexical is lexical
+        report = await index_documents(documents(0), index, embedder)
+        assert report.calibrated is lexical
+        assert (index.calibration is not None) is lexical
+        await index.close()
 
 
 def test_lead_sentences_and_the_peak_of_the_curve() -> None:
