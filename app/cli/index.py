@@ -179,6 +179,7 @@ async def _index(job: IndexJob, settings: GatewaySettings) -> None:
                 on_batch=advance,
             )
         calibration = None if job.dry_run else store.calibration
+        lexical = job.dry_run or store.publishes_lexical
     finally:
         await store.close()
         await embedder.stop()
@@ -201,7 +202,7 @@ async def _index(job: IndexJob, settings: GatewaySettings) -> None:
             report.generation if report.generation else "unchanged (nothing to publish)",
         ),
         ("model", model.model_id),
-        ("fusion weight", _calibrated(calibration, report.calibrated)),
+        ("fusion weight", _calibrated(calibration, report.calibrated, lexical)),
     ):
         table.add_row(name, str(value))
     console.print(table)
@@ -213,8 +214,10 @@ async def _index(job: IndexJob, settings: GatewaySettings) -> None:
         )
 
 
-def _calibrated(calibration: Calibration | None, measured: bool) -> str:
+def _calibrated(calibration: Calibration | None, measured: bool, lexical: bool) -> str:
     """The hybrid search's lexical share, and where it comes from."""
+    if not lexical:
+        return "none (no lexical index: dense search only)"
     if calibration is None:
         return "-"
     if not calibration.queries:

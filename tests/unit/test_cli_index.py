@@ -155,6 +155,15 @@ def test_the_fusion_weight_is_calibrated_and_kept(index_dir: Path) -> None:
     )
 
 
+def test_a_dense_only_collection_is_not_calibrated(
+    index_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SEMSEARCH_LEXICAL_INDEX", "false")
+    result = index(str(DATA / "corpus.jsonl"), "--collection", "dense")
+    assert result.exit_code == 0, result.output
+    assert summary(result)["fusion weight"].startswith("none (no lexical index")
+
+
 def test_rebuild_gives_an_old_collection_its_lexical_index(index_dir: Path) -> None:
     from tests.conftest import drop_lexical
 
