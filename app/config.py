@@ -230,8 +230,8 @@ class GatewaySettings(ServiceSettings):
     lexical_index: bool = Field(
         True,
         description="Give new generations (FAISS) and new collections (Qdrant) a lexical "
-        "(BM25) index, published with the vectors. Off: dense only, less disk and a faster "
-        "publish.",
+        "(BM25) index, published with the vectors. Off: dense only, less disk, a faster "
+        "publish and no fusion calibration (its few hundred pseudo-queries are not embedded).",
     )
     search_mode: Literal["hybrid", "dense", "lexical"] = Field(
         "hybrid",
