@@ -54,20 +54,15 @@ DocId = Annotated[
 class DocumentIn(StrictRequest):
     id: DocId = Field(description="Stable id; writing it again replaces the document.")
     text: Text = Field(
-        pattern=r"\S",
+        # not blank, as Python's str.isspace sees blank (it counts the ASCII separators
+        # \x1c-\x1f, regular expressions' \s does not): the schema states the whole rule
+        pattern=r"[^\s\x1c-\x1f]",
         description="The text to index (long texts are cut into chunks); not blank.",
     )
     title: Text = Field("", description="Optional title, searched with the text.")
     metadata: dict[str, Any] = Field(
         default_factory=dict, description="Optional JSON object, for filters."
     )
-
-    @field_validator("text")
-    @classmethod
-    def _has_text(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must not be empty")
-        return value
 
     @field_validator("metadata")
     @classmethod

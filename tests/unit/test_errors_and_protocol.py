@@ -24,6 +24,7 @@ from app.errors import (
     error_for_status,
     http_status,
 )
+from app.protocol.documents import DocumentIn
 from app.protocol.embeddings import EmbeddingsResponse
 from app.protocol.ranking import rank_order
 from app.protocol.search import SearchRequest
@@ -122,3 +123,20 @@ def test_defaults_are_the_embedded_default() -> None:
     assert gateway.redis_url is None
     assert EmbedderSettings().model == "sentence-transformers/all-MiniLM-L6-v2"
     assert RerankerSettings().model == "cross-encoder/ms-marco-MiniLM-L-6-v2"
+
+
+def test_a_document_text_is_refused_exactly_when_its_schema_pattern_says_so() -> None:
+    """Blank as Python sees it (str.isspace counts \\x1c-\\x1f, which regular expressions' \\s
+    does not): the schema's pattern states the whole rule, so clients and schemathesis agree
+    with the server (a validator beyond the pattern refused "\\x1e", which the schema allowed)."""
+    import re
+
+    pattern = re.compile(DocumentIn.model_json_schema()["properties"]["text"]["pattern"])
+    for text in ("   ", "\x1e", "\x85\t", "\u3000", "a", " \x1e a", "\ufeff"):
+        blank = not text.strip()
+        assert (pattern.search(text) is None) is blank, repr(text)
+        if blank:
+            with pytest.raises(ValidationError):
+                DocumentIn(id="d", text=text)
+        else:
+            assert DocumentIn(id="d", text=text).text == text
