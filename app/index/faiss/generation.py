@@ -249,19 +249,13 @@ class Generation:
 
 
 def _metadata(stored: str) -> dict[str, Any]:
-    """A record's metadata from its JSON text. orjson reads a search's hundred in 0.01 ms
-    where json took 0.2 ms, but it reads an integer past 64 bits as a float (silently): text
-    with such a long number, and anything orjson refuses, goes to json."""
-    if stored == "{}":
-        return {}
-    if _LONG_NUMBER.search(stored) is None:
-        try:
-            found: dict[str, Any] = orjson.loads(stored)
-            return found
-        except orjson.JSONDecodeError:
-            pass
-    exact: dict[str, Any] = json.loads(stored)
-    return exact
+    """A record's metadata from its JSON text (written by json.dumps). orjson reads a
+    search's hundred in 0.01 ms where json took 0.2 ms, but it reads an integer past 64 bits
+    as a float, silently: text holding such a long number goes to json."""
+    found: dict[str, Any] = (
+        json.loads(stored) if _LONG_NUMBER.search(stored) else orjson.loads(stored)
+    )
+    return found
 
 
 def _value_matches(values: list[Any]) -> tuple[str, list[Any]]:
