@@ -323,11 +323,11 @@ def test_overload_degrades_then_sheds_in_milliseconds_and_admitted_searches_end_
     assert DEADLINE_MS / 2 == 1000  # the histogram has a bucket at 1 s
     assert admitted[1.0] >= 0.99 * admitted[math.inf]
     assert refused[0.05] >= 0.99 * refused[math.inf]
-    # overload is not an outage: goodput stays near the closed-loop capacity. Not "at least":
-    # the open-loop generator sends 4x the requests (and reads 3 refusals for each answer) on
-    # the same two cores, which costs the answered rate a few percent (CI: 17.8/s vs 19.1/s);
-    # an outage would be far below this.
-    assert answered >= 0.8 * capacity.rps
+    # overload is not an outage: at least the closed-loop capacity is answered (skipping
+    # reranking for some makes room for more), although the open-loop generator and the 429s
+    # share the two cores. Measured here 1.26-1.41x; 0.96-1.10x while the gateway called the
+    # model services through httpx, whose CPU per call starved its event loop.
+    assert answered >= capacity.rps
 
 
 def test_schemathesis_finds_no_server_error(stack: Stack, tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""The HTTP clients against the model services in-process: they behave as the local models do."""
+"""The HTTP clients against the model services, in-process (httpx's ASGI transport) and over a
+real socket (aiohttp, what the gateway uses): they behave as the local models do."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
+import uvicorn
 from asgi_lifespan import LifespanManager
 
 from app.config import EmbedderSettings, RerankerSettings
@@ -24,33 +27,60 @@ from app.models.fake import FakeEmbedder, FakeReranker
 from app.models.http import HttpEmbedder, HttpReranker
 from app.resilience import call_deadline
 from app.types import InputType, Truncate
+from harness.processes import free_port
 from services.embedder.main import create_app as embedder_app
 from services.reranker.main import create_app as reranker_app
 
 
 @asynccontextmanager
-async def embedder_client(**settings: object) -> AsyncIterator[HttpEmbedder]:
+async def serving(app: Any, way: str) -> AsyncIterator[tuple[str, httpx.AsyncBaseTransport | None]]:
+    """The app in-process (`way` "asgi") or on a real socket ("network"): (base URL, transport)."""
+    if way == "asgi":
+        async with LifespanManager(app) as manager:
+            yield "http://service", httpx.ASGITransport(app=manager.app)
+        return
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning", lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    for _ in range(1000):  # uvicorn sets a flag, no event
+        if server.started:
+            break
+        await asyncio.sleep(0.01)
+    assert server.started
+    try:
+        yield f"http://127.0.0.1:{port}", None
+    finally:
+        server.should_exit = True
+        await task
+
+
+@asynccontextmanager
+async def embedder_client(way: str = "asgi", **settings: object) -> AsyncIterator[HttpEmbedder]:
     app = embedder_app(EmbedderSettings(backend="fake", model="tiny", **settings))  # type: ignore[arg-type]
-    async with LifespanManager(app) as manager:
-        client = HttpEmbedder("http://embedder", 5, httpx.ASGITransport(app=manager.app))
+    async with serving(app, way) as (url, transport):
+        client = HttpEmbedder(url, 5, transport)
         await client.start()
         yield client
         await client.stop()
 
 
 @asynccontextmanager
-async def reranker_client(**settings: object) -> AsyncIterator[HttpReranker]:
+async def reranker_client(way: str = "asgi", **settings: object) -> AsyncIterator[HttpReranker]:
     app = reranker_app(RerankerSettings(backend="fake", model="tiny", **settings))  # type: ignore[arg-type]
-    async with LifespanManager(app) as manager:
-        client = HttpReranker("http://reranker", 5, httpx.ASGITransport(app=manager.app))
+    async with serving(app, way) as (url, transport):
+        client = HttpReranker(url, 5, transport)
         await client.start()
         yield client
         await client.stop()
 
 
-async def test_more_texts_than_a_request_takes_are_sent_in_pieces() -> None:
+WAYS = pytest.mark.parametrize("way", ["asgi", "network"])
+
+
+@WAYS
+async def test_more_texts_than_a_request_takes_are_sent_in_pieces(way: str) -> None:
     texts = [f"text {i} " + "word " * i for i in range(11)]
-    async with embedder_client(max_items_per_request=4) as client:
+    async with embedder_client(way, max_items_per_request=4) as client:
         result = await client.embed(texts, InputType.PASSAGE)
         with pytest.raises(InputTooLong) as raised:
             await client.embed([*texts, "w " * 300], InputType.PASSAGE)
@@ -60,13 +90,14 @@ async def test_more_texts_than_a_request_takes_are_sent_in_pieces() -> None:
     assert raised.value.field == "input[11]"  # its index in the whole call, not in its piece
 
     passages = [f"passage {i} about cats" if i % 3 else f"passage {i}" for i in range(11)]
-    async with reranker_client(max_items_per_request=4) as client:
+    async with reranker_client(way, max_items_per_request=4) as client:
         scores = await client.score("cats", passages)
     assert scores == await FakeReranker().score("cats", passages)
 
 
-async def test_clients_take_what_the_local_models_take() -> None:
-    async with embedder_client() as client:
+@WAYS
+async def test_clients_take_what_the_local_models_take(way: str) -> None:
+    async with embedder_client(way) as client:
         empty = await client.embed([], InputType.QUERY)
         blank = await client.embed(["ok", "  ", ""], InputType.PASSAGE)
         with pytest.raises(InvalidInput) as raised:
@@ -74,8 +105,46 @@ async def test_clients_take_what_the_local_models_take() -> None:
     assert empty.vectors.shape == (0, 64)
     assert blank.vectors.shape == (3, 64)
     assert raised.value.field == "input[1]"
-    async with reranker_client() as client:
+    async with reranker_client(way) as client:
         assert await client.score("q", []) == []
+
+
+async def test_a_service_that_is_not_there_is_unavailable_not_an_error_of_ours() -> None:
+    client = HttpEmbedder(f"http://127.0.0.1:{free_port()}", 5)  # nothing listens
+    await client.start()
+    try:
+        assert client.status.startswith("not ready: embedder service at http://127.0.0.1:")
+        assert "unreachable" in client.status
+        with pytest.raises(EmbedderUnavailable, match="unreachable"):
+            await client.embed(["x"], InputType.QUERY)
+    finally:
+        await client.stop()
+
+
+async def test_a_service_that_does_not_answer_in_time_is_unavailable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The exchange's own timeout is mapped (a bare TimeoutError would look like the
+    caller's deadline to StageGuard)."""
+    from app.models import http as clients
+
+    monkeypatch.setattr(clients, "PROBE_TIMEOUT_S", 0.2)
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+
+    server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = HttpReranker(f"http://127.0.0.1:{port}", 0.2)
+    await client.start()  # its /info times out too
+    try:
+        assert "timed out" in client.status
+        with pytest.raises(RerankerUnavailable, match=r"timed out \(0.2s\)"):
+            await client.score("q", ["p"])
+    finally:
+        await client.stop()
+        server.close()
 
 
 def answering(status: int, body: dict[str, object], headers: dict[str, str]) -> httpx.MockTransport:
@@ -173,3 +242,16 @@ async def test_the_clients_tell_the_service_how_long_the_caller_waits() -> None:
         await client.stop()
     assert sent[0] is None
     assert sent[-1] is not None and 1400 <= int(sent[-1]) <= 1500
+
+
+def test_the_environment_names_the_proxy_as_it_did_for_httpx(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from app.models.http import _env_proxy
+
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy:3128")
+    monkeypatch.setenv("NO_PROXY", "embedder.internal")
+    assert _env_proxy("http://reranker:8002") == "http://proxy:3128"
+    assert _env_proxy("http://embedder.internal:8001") is None
+    monkeypatch.delenv("HTTP_PROXY")
+    assert _env_proxy("http://reranker:8002") is None
