@@ -132,6 +132,33 @@ def test_dockerfiles_pass_hadolint_run_as_non_root_and_carry_no_secrets(dockerfi
         assert f"{secret}=" not in text
 
 
+@pytest.mark.parametrize(
+    ("image", "extras"), [("gateway", ["qdrant", "otel"]), ("model-service", ["models", "otel"])]
+)
+def test_the_image_locks_pin_every_dependency_pyproject_names(
+    image: str, extras: list[str]
+) -> None:
+    """The images install the lock, then semsearch with --no-deps: a dependency added to
+    pyproject.toml but not to the lock would be missing at run time (scripts/lock_images.sh)."""
+    import re
+    import tomllib
+
+    project = tomllib.loads((DEPLOY.parent / "pyproject.toml").read_text())["project"]
+    wanted = list(project["dependencies"])
+    for extra in extras:
+        wanted += project["optional-dependencies"][extra]
+
+    def name(requirement: str) -> str:
+        found = re.match(r"[A-Za-z0-9._-]+", requirement)
+        assert found is not None
+        return re.sub(r"[-_.]+", "-", found[0]).lower()
+
+    lock = (DEPLOY / "docker" / f"{image}.lock.txt").read_text().splitlines()
+    locked = {name(line) for line in lock if line and not line.startswith("#")}
+    locked.add("torch")  # installed by the Dockerfile itself, from its own index
+    assert {name(r) for r in wanted} - locked == set()
+
+
 def test_the_gateway_image_carries_no_torch() -> None:
     lock = (DEPLOY / "docker" / "gateway.lock.txt").read_text().lower()
     for heavy in ("torch", "sentence-transformers", "transformers=="):
