@@ -43,7 +43,13 @@ from app.logs import (
 )
 from app.models.batching import RequestTiming, request_timing
 from app.models.priority import PRIORITY_HEADER, priority_from_header, work_priority
-from app.protocol.common import ErrorResponse, HealthResponse, ReadyResponse, field_name
+from app.protocol.common import (
+    ErrorResponse,
+    HealthResponse,
+    ReadyResponse,
+    field_name,
+    problem_message,
+)
 from app.resilience import request_arrival
 
 log = get_logger("semsearch.http")
@@ -175,7 +181,7 @@ def _validation_error(error: RequestValidationError) -> JSONResponse:
             )
         name = field_name(loc)
         first_field = first_field or name
-        problems.append(f"{name}: {item.get('msg')}")
+        problems.append(f"{name}: {problem_message(item)}")
     return JSONResponse(
         error_body("invalid_request", "; ".join(problems) or "invalid request", first_field),
         status_code=422,

@@ -3,12 +3,12 @@ shape, health, readiness and TEI-style `/info`."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidatorFunctionWrapHandler,
@@ -30,8 +30,27 @@ def valid_text(value: str) -> str:
     return value
 
 
-Text = Annotated[str, AfterValidator(valid_text)]
+def _valid_if_text(value: Any) -> Any:
+    return valid_text(value) if isinstance(value, str) else value
+
+
+# Checked before the string's own validation, so a lone surrogate is named as such even where
+# a pattern applies (pydantic's regex engine would refuse it first, as "not a unicode string").
+Text = Annotated[str, BeforeValidator(_valid_if_text)]
 """A request text: any string that can be encoded as UTF-8 (422 naming the field if not)."""
+
+# A text that is not blank, as Python's str.isspace sees blank (it counts the ASCII separators
+# \x1c-\x1f, regular expressions' \s does not). As a schema pattern, so the schema states the
+# whole rule and clients (and schemathesis) agree with the server.
+NOT_BLANK = r"[^\s\x1c-\x1f]"
+
+
+def problem_message(problem: Mapping[str, Any]) -> str:
+    """A pydantic error's message as a client reads it ("must not be blank", not the regex)."""
+    context = problem.get("ctx") or {}
+    if problem.get("type") == "string_pattern_mismatch" and context.get("pattern") == NOT_BLANK:
+        return "must not be blank"
+    return str(problem.get("msg"))
 
 
 def _one_or_many(value: Any, handler: ValidatorFunctionWrapHandler) -> list[str]:

@@ -17,7 +17,7 @@ from pydantic import (
 
 from app.errors import PayloadTooLarge
 from app.ingest.journal import WriteStatus
-from app.protocol.common import StrictRequest, Text
+from app.protocol.common import NOT_BLANK, StrictRequest, Text
 from app.types import Document
 
 
@@ -54,9 +54,7 @@ DocId = Annotated[
 class DocumentIn(StrictRequest):
     id: DocId = Field(description="Stable id; writing it again replaces the document.")
     text: Text = Field(
-        # not blank, as Python's str.isspace sees blank (it counts the ASCII separators
-        # \x1c-\x1f, regular expressions' \s does not): the schema states the whole rule
-        pattern=r"[^\s\x1c-\x1f]",
+        pattern=NOT_BLANK,
         description="The text to index (long texts are cut into chunks); not blank.",
     )
     title: Text = Field("", description="Optional title, searched with the text.")

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field
 
-from app.protocol.common import StrictRequest, Text
+from app.protocol.common import NOT_BLANK, StrictRequest, Text
 from app.types import FusionMethod, GroupBy, RankedHit, SearchMode, SearchQuery, SearchResult
 
 
 class SearchRequest(StrictRequest):
     query: Text = Field(
-        description="What to search for.", examples=["What do microbes do in soil?"]
+        pattern=NOT_BLANK,
+        description="What to search for; not blank.",
+        examples=["What do microbes do in soil?"],
     )
     top_k: int | None = Field(None, ge=1, description="Results to return (default 10).")
     candidates: int | None = Field(
@@ -85,13 +87,6 @@ class SearchRequest(StrictRequest):
     highlight_html: bool = Field(
         False, description="Also give each snippet as HTML, escaped, the matched words in <em>."
     )
-
-    @field_validator("query")
-    @classmethod
-    def _has_text(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must not be empty")
-        return value
 
     def to_query(
         self,

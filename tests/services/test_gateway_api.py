@@ -127,6 +127,19 @@ async def test_bad_input_is_a_clear_4xx(
     assert_error(reply, status, error_type, field)
 
 
+async def test_a_blank_text_is_refused_in_words_not_as_a_regex(
+    gateway_env: GatewaySettings,
+) -> None:
+    async with asgi_client(create_app(gateway_env)) as client:
+        search = await client.post("/v1/search", json={"query": " \x1e "})
+        write = await client.post(
+            "/v1/collections/default/documents", json={"documents": [{"id": "d", "text": "\t"}]}
+        )
+    assert search.json()["error"]["message"] == "query: must not be blank"
+    assert write.status_code == 422, write.text
+    assert write.json()["error"]["message"] == "documents[0].text: must not be blank"
+
+
 async def test_malformed_json_and_oversized_body(gateway_env: GatewaySettings) -> None:
     async with asgi_client(create_app(gateway_env)) as client:
         assert_error(

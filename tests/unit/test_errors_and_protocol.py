@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import numpy as np
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from app.config import EmbedderSettings, GatewaySettings, RerankerSettings
 from app.errors import (
@@ -125,18 +126,27 @@ def test_defaults_are_the_embedded_default() -> None:
     assert RerankerSettings().model == "cross-encoder/ms-marco-MiniLM-L-6-v2"
 
 
-def test_a_document_text_is_refused_exactly_when_its_schema_pattern_says_so() -> None:
+@pytest.mark.parametrize(
+    ("schema", "field", "make"),
+    [
+        (DocumentIn, "text", lambda text: DocumentIn(id="d", text=text)),
+        (SearchRequest, "query", lambda text: SearchRequest(query=text)),
+    ],
+)
+def test_a_text_is_refused_as_blank_exactly_when_its_schema_pattern_says_so(
+    schema: type[BaseModel], field: str, make: Callable[[str], BaseModel]
+) -> None:
     """Blank as Python sees it (str.isspace counts \\x1c-\\x1f, which regular expressions' \\s
     does not): the schema's pattern states the whole rule, so clients and schemathesis agree
     with the server (a validator beyond the pattern refused "\\x1e", which the schema allowed)."""
     import re
 
-    pattern = re.compile(DocumentIn.model_json_schema()["properties"]["text"]["pattern"])
+    pattern = re.compile(schema.model_json_schema()["properties"][field]["pattern"])
     for text in ("   ", "\x1e", "\x85\t", "\u3000", "a", " \x1e a", "\ufeff"):
         blank = not text.strip()
         assert (pattern.search(text) is None) is blank, repr(text)
         if blank:
             with pytest.raises(ValidationError):
-                DocumentIn(id="d", text=text)
+                make(text)
         else:
-            assert DocumentIn(id="d", text=text).text == text
+            assert getattr(make(text), field) == text
