@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from app import metrics
 from app.config import GatewaySettings
 from app.errors import Overloaded
-from app.resilience import Clock
+from app.types import Clock
 
 BACKOFF = 0.9  # multiplicative decrease (concurrency-limits' AIMDLimit default)
 

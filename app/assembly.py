@@ -9,11 +9,11 @@ which URLs are set differs.
 
 from __future__ import annotations
 
+from app.breaker import BreakerPolicy, CircuitBreaker, Probe
 from app.config import EmbedderSettings, GatewaySettings, RerankerSettings
 from app.index.collections import Collections
 from app.models import Embedder, Reranker, build_embedder, build_reranker
 from app.models.http import HttpEmbedder, HttpReranker
-from app.resilience import BreakerPolicy, CircuitBreaker, Probe
 from app.search.cache import build_cache
 from app.search.config import Guards, PipelineConfig
 from app.search.pipeline import SearchPipeline

@@ -23,7 +23,7 @@ from enum import IntEnum
 from app import metrics
 from app.config import GatewaySettings
 from app.errors import Forbidden, Overloaded, SemsearchError, Unauthorized
-from app.resilience import Clock
+from app.types import Clock
 
 DIGEST_PREFIX = "sha256:"
 # Values that mean "someone forgot to set a real key": refused outside development.

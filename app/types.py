@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+# time.monotonic, or a fake one in tests (which step time instead of sleeping)
+Clock = Callable[[], float]
 
 FloatArray = npt.NDArray[np.float32]
 Metadata = dict[str, Any]

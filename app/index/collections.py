@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from app import metrics
+from app.breaker import BreakerPolicy, CircuitBreaker
 from app.config import GatewaySettings
 from app.errors import (
     DeadlineExceeded,
@@ -25,7 +26,6 @@ from app.index.fallback import FallbackIndex, UnopenedIndex
 from app.index.qdrant.connection import QdrantOptions, list_collections
 from app.index.qdrant.index import QdrantIndex
 from app.logs import get_logger
-from app.resilience import BreakerPolicy, CircuitBreaker
 
 log = get_logger(__name__)
 

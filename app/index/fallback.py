@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 
+from app.breaker import CircuitBreaker
 from app.errors import IndexUnavailable, InvalidInput, SemsearchError
 from app.index.base import AnnResult, Collection, CollectionStats
 from app.logs import get_logger
-from app.resilience import CircuitBreaker
 from app.types import Calibration, Document, Filter, FloatArray
 
 log = get_logger(__name__)

@@ -18,8 +18,8 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 import orjson
 
 from app import metrics
+from app.breaker import CircuitBreaker
 from app.logs import get_logger
-from app.resilience import CircuitBreaker
 from app.types import ChunkMatch, GroupBy, Hit, RankedHit, SearchMode, SearchResult
 
 log = get_logger(__name__)

@@ -6,15 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from app.admission import LimitPolicy
+from app.breaker import BreakerPolicy, CircuitBreaker, Probe
 from app.config import GatewaySettings
-from app.resilience import (
-    BreakerPolicy,
-    Bulkhead,
-    CircuitBreaker,
-    Probe,
-    RetryPolicy,
-    StageGuard,
-)
+from app.resilience import Bulkhead, RetryPolicy, StageGuard
 from app.search.query import QueryLimits
 from app.types import FusionMethod, GroupBy, SearchMode
 

@@ -8,13 +8,11 @@ from dataclasses import replace
 import pytest
 from prometheus_client import REGISTRY
 
+from app.breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from app.config import GatewaySettings
 from app.errors import CircuitOpen, DeadlineExceeded, InvalidInput, Overloaded, Unavailable
 from app.resilience import (
-    BreakerPolicy,
-    BreakerState,
     Bulkhead,
-    CircuitBreaker,
     Deadline,
     RetryPolicy,
     StageGuard,

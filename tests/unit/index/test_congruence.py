@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from qdrant_client import models
 
+from app.breaker import BreakerPolicy, CircuitBreaker
 from app.config import GatewaySettings
 from app.errors import IndexUnavailable, InvalidInput
 from app.index.base import Collection, VectorIndex
@@ -25,7 +26,6 @@ from app.index.faiss.index import FaissIndex
 from app.index.fallback import FallbackIndex
 from app.index.qdrant.connection import META_KEY, QdrantOptions, clients, read_meta
 from app.index.qdrant.index import QdrantIndex
-from app.resilience import BreakerPolicy, CircuitBreaker
 from app.types import Document, Filter, content_hash
 from tests.conftest import faiss_options, qdrant_options
 
