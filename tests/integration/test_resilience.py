@@ -325,7 +325,7 @@ def test_overload_degrades_then_sheds_in_milliseconds_and_admitted_searches_end_
     assert refused[0.05] >= 0.99 * refused[math.inf]
     # overload is not an outage: at least the closed-loop capacity is answered (skipping
     # reranking for some makes room for more), although the open-loop generator and the 429s
-    # share the two cores. Measured here 1.26-1.41x; 0.96-1.10x while the gateway called the
+    # share the two cores. Measured here 1.26-1.49x; 0.96-1.10x while the gateway called the
     # model services through httpx, whose CPU per call starved its event loop.
     assert answered >= capacity.rps
 
