@@ -4,6 +4,7 @@ real socket (aiohttp, what the gateway uses): they behave as the local models do
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -147,29 +148,48 @@ async def test_a_service_that_does_not_answer_in_time_is_unavailable(
         server.close()
 
 
-def answering(status: int, body: dict[str, object], headers: dict[str, str]) -> httpx.MockTransport:
-    def handle(request: httpx.Request) -> httpx.Response:
-        if request.url.path == "/info":
-            return httpx.Response(503, json={"error": {"type": "unavailable", "message": "x"}})
-        return httpx.Response(status, json=body, headers=headers)
+def answering(status: int, body: dict[str, object], headers: dict[str, str]) -> Any:
+    """An ASGI app answering every call with `status`, `body`, `headers` (/info with 503)."""
 
-    return httpx.MockTransport(handle)
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        info = scope["path"] == "/info"
+        content = json.dumps(
+            {"error": {"type": "unavailable", "message": "x"}} if info else body
+        ).encode()
+        names = {} if info else headers
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 503 if info else status,
+                "headers": [(b"content-type", b"application/json")]
+                + [(k.encode(), v.encode()) for k, v in names.items()],
+            }
+        )
+        await send({"type": "http.response.body", "body": content})
+
+    return app
 
 
+@WAYS
 @pytest.mark.parametrize(
     ("status", "error_type", "expected"),
     [(429, "overloaded", Overloaded), (503, "unavailable", EmbedderUnavailable)],
 )
 async def test_service_errors_keep_their_retry_after_and_field(
-    status: int, error_type: str, expected: type[Exception]
+    way: str, status: int, error_type: str, expected: type[Exception]
 ) -> None:
     body = {"error": {"type": error_type, "message": "busy", "field": "input"}}
-    transport = answering(status, body, {"Retry-After": "7"})
-    client = HttpEmbedder("http://embedder", 5, transport)
-    await client.start()
-    with pytest.raises(expected) as raised:
-        await client.embed(["x"], InputType.QUERY, Truncate.END)
-    await client.stop()
+    async with serving(answering(status, body, {"Retry-After": "7"}), way) as (url, transport):
+        client = HttpEmbedder(url, 5, transport)
+        await client.start()
+        with pytest.raises(expected) as raised:
+            await client.embed(["x"], InputType.QUERY, Truncate.END)
+        await client.stop()
     assert raised.value.retry_after_s == 7  # type: ignore[attr-defined]
     assert raised.value.field == "input"  # type: ignore[attr-defined]
 
