@@ -79,7 +79,7 @@ class ExchangeError(Exception):
 
 
 class Exchange(Protocol):
-    """One HTTP request and its whole answer, on a pooled connection."""
+    """One HTTP request (headers sent as given) and its whole answer, on a pooled connection."""
 
     async def send(
         self, method: str, path: str, body: bytes | None, headers: dict[str, str], timeout_s: float
@@ -104,8 +104,6 @@ class AiohttpExchange:
     async def send(
         self, method: str, path: str, body: bytes | None, headers: dict[str, str], timeout_s: float
     ) -> Reply:
-        if body is not None:
-            headers = {**headers, "Content-Type": "application/json"}
         try:
             async with self._session.request(
                 method,
@@ -144,8 +142,6 @@ class HttpxExchange:
     async def send(
         self, method: str, path: str, body: bytes | None, headers: dict[str, str], timeout_s: float
     ) -> Reply:
-        if body is not None:
-            headers = {**headers, "Content-Type": "application/json"}
         try:
             reply = await self._http.request(
                 method, path, content=body, headers=headers, timeout=timeout_s
@@ -279,7 +275,10 @@ class _ServiceClient:
             remaining_ms = (deadline - time.monotonic()) * 1000
             headers[TIMEOUT_HEADER] = str(max(0, math.floor(remaining_ms)))
         waited = timeout_s if timeout_s is not None else self._timeout
-        content = body.model_dump_json(exclude_none=True).encode() if body else None
+        content = None
+        if body is not None:
+            content = body.model_dump_json(exclude_none=True).encode()
+            headers["Content-Type"] = "application/json"
         try:
             reply = await self._http.send(method, path, content, headers, waited)
         except ExchangeTimeout as exc:
