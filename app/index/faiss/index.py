@@ -32,6 +32,7 @@ from app.index.faiss.layout import CollectionLayout, Manifest
 from app.index.faiss.lexical import DIRNAME as LEXICAL_DIRNAME
 from app.index.faiss.lexical import write_lexical
 from app.index.faiss.store import DocumentStore
+from app.index.offload import Offload
 from app.logs import get_logger
 from app.types import Calibration, Document, Filter, FloatArray, Hit, content_hash
 
@@ -56,6 +57,9 @@ class FaissIndex:
         self._generation: Generation | None = None
         self._store: DocumentStore | None = None
         self._writing = ExitStack()
+        # per kind of search: a filter or a batch of queries (FAISS's OpenMP team) can make
+        # one far longer than a lone unfiltered query
+        self._offloads: dict[tuple[str, bool, bool], Offload] = {}
 
     @classmethod
     async def open(
@@ -141,8 +145,13 @@ class FaissIndex:
         if generation is None:
             return AnnResult([[] for _ in range(len(vectors))], self.backend, 0)
         check_dimension(vectors, self._dimension, self.collection)
-        hits = await asyncio.to_thread(generation.search, vectors, k, filter)
+        hits = await self._offload("dense", filter, len(vectors)).run(
+            lambda: generation.search(vectors, k, filter)
+        )
         return AnnResult(hits, self.backend, generation.number)
+
+    def _offload(self, kind: str, filter: Filter | None, queries: int) -> Offload:
+        return self._offloads.setdefault((kind, filter is not None, queries > 1), Offload())
 
     @property
     def has_lexical(self) -> bool:
@@ -154,7 +163,9 @@ class FaissIndex:
         generation = self._generation
         if generation is None:
             return AnnResult([[] for _ in texts], self.backend, 0)
-        hits = await asyncio.to_thread(generation.lexical_search, texts, k, filter)
+        hits = await self._offload("lexical", filter, len(texts)).run(
+            lambda: generation.lexical_search(texts, k, filter)
+        )
         return AnnResult(hits, self.backend, generation.number)
 
     async def exact_ids(self, vectors: FloatArray, k: int) -> list[list[str]]:
