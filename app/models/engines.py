@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -16,8 +18,11 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from app.logs import get_logger
 from app.models.tokens import Padded
 from app.types import FloatArray
+
+log = get_logger(__name__)
 
 
 class Engine(Protocol):
@@ -72,6 +77,20 @@ def cpu_threads(setting: int) -> int:
 
 def use_cpu_threads(setting: int) -> None:
     torch.set_num_threads(cpu_threads(setting))
+
+
+def lower_thread_priority(niceness: int) -> None:
+    """Run the calling thread `niceness` steps nicer than now (Linux: a thread has its own
+    nice value, and the threads it starts, torch's and ONNX Runtime's pools among them,
+    inherit it). Meant for a model's worker thread, before the model is loaded."""
+    if niceness <= 0 or sys.platform != "linux":
+        return
+    thread = threading.get_native_id()
+    try:
+        now = os.getpriority(os.PRIO_PROCESS, thread)
+        os.setpriority(os.PRIO_PROCESS, thread, min(19, now + niceness))
+    except OSError as exc:  # e.g. a seccomp profile refusing it: the model still works
+        log.warning("compute_priority_unchanged", niceness=niceness, error=repr(exc))
 
 
 class TorchEngine:

@@ -32,6 +32,7 @@ from app.models.engines import (
     TorchEngine,
     bf16_min_tokens,
     cpu_threads,
+    lower_thread_priority,
     resolve_device,
     resolve_dtype,
     use_cpu_threads,
@@ -75,7 +76,12 @@ class _LocalModel:
         self._settings = settings
         self._model_name = model
         self._device = resolve_device(settings.device)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.kind}-model")
+        self._executor = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix=f"{self.kind}-model",
+            initializer=lower_thread_priority,  # before the engine starts its own threads
+            initargs=(settings.compute_niceness,),
+        )
         self._status = "loading"
         self._failures = 0
         self._loaded: _Loaded | None = None

@@ -8,6 +8,8 @@ cross-encoder trained in this workspace, when its folder is present.
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -295,3 +297,35 @@ async def test_onnx_backends_agree_with_torch(
     assert len(list(tmp_path.rglob("*.onnx"))) == 4  # one export per model, both precisions
     for model in (torch_e, onnx_e, torch_r, onnx_r):
         await model.stop()
+
+
+def _thread_niceness() -> dict[int, int]:
+    """{thread id: nice value} of this process's threads (Linux /proc)."""
+    found = {}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        found[int(task.name)] = int(fields[16])  # field 19 of stat, counted after the name
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="thread priorities: Linux")
+async def test_compute_threads_run_nicer_than_the_rest_of_the_process(
+    tiny_bi_encoder: Path,
+) -> None:
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    before = set(_thread_niceness())
+    settings = EmbedderSettings(
+        model=str(tiny_bi_encoder), dtype="float32", threads=2, compute_niceness=5
+    )
+    embedder = build_embedder(settings)
+    await embedder.start()
+    await embedder.embed(["word " * 100] * 64, InputType.PASSAGE)  # torch starts its team
+    new = {tid: nice for tid, nice in _thread_niceness().items() if tid not in before}
+    niced = [tid for tid, nice in new.items() if nice == min(19, base + 5)]
+    # the model's worker thread and torch's second intra-op thread, started by it
+    assert len(niced) >= 2, new
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base
+    await embedder.stop()
