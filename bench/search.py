@@ -95,7 +95,9 @@ def bare(store: Path, texts: list[str], repeats: int) -> dict[str, float]:
     }
 
 
-def start(target: str, index_dir: Path, collection: str, logs: Path) -> Service:
+def start(
+    target: str, index_dir: Path, collection: str, logs: Path, settings: dict[str, str]
+) -> Service:
     port = free_port()
     if target == "tutorial":
         env = child_env(
@@ -116,6 +118,7 @@ def start(target: str, index_dir: Path, collection: str, logs: Path) -> Service:
         # reranking's own cap (4 s) would skip what waits behind other searches' reranking:
         # raised so that both services do the same work at concurrency 4
         SEMSEARCH_RERANK_TIMEOUT_MS="60000",
+        **settings,
     )
     command = [sys.executable, "-m", "app.cli", "serve", "gateway", "--port", str(port)]
     service = start_service("semsearch", command, port, env, logs)
@@ -210,7 +213,15 @@ def main() -> None:
     parser.add_argument("--dataset", default=str(ROOT.parent / "shared/datasets/scifact"))
     parser.add_argument("--targets", default="tutorial,semsearch")
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per cell")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SEMSEARCH_NAME=VALUE",
+        help="a setting of the semsearch gateway (repeatable), to compare one change",
+    )
     args = parser.parse_args()
+    settings = dict(item.split("=", 1) for item in args.set)
 
     index_dir, collection = ensure_index(args)
     texts = queries(Path(args.dataset), 40_000)
@@ -220,7 +231,7 @@ def main() -> None:
     logs = Path(tempfile.mkdtemp(prefix="semsearch-bench-logs-"))
     cells: list[dict[str, Any]] = []
     for target in args.targets.split(","):
-        service = start(target, index_dir, collection, logs)
+        service = start(target, index_dir, collection, logs, settings)
         try:
             cells += measure(service, texts, args.duration)
         finally:

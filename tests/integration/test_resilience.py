@@ -325,9 +325,14 @@ def test_overload_degrades_then_sheds_in_milliseconds_and_admitted_searches_end_
     assert refused[0.05] >= 0.99 * refused[math.inf]
     # overload is not an outage: at least the closed-loop capacity is answered (skipping
     # reranking for some makes room for more), although the open-loop generator and the 429s
-    # share the two cores. Measured here 1.26-1.49x; 0.96-1.10x while the gateway called the
+    # share the two cores. Measured here 1.9-2.7x; 0.96-1.10x while the gateway called the
     # model services through httpx, whose CPU per call starved its event loop.
     assert answered >= capacity.rps
+    # The client's own view of a refusal, loosely (it includes the load generator's turns
+    # on the shared cores): p50 26-142 ms here. While the models' compute ran at the
+    # gateway's priority, it got too little CPU to accept connections as fast as they came,
+    # and clients waited 0.7-2.7 s in the kernel's accept queue for a 429 made in 50 ms.
+    assert client_429[0] < 500
 
 
 def test_schemathesis_finds_no_server_error(stack: Stack, tmp_path: Path) -> None:
