@@ -9,11 +9,13 @@ threads, 10.2-10.8 ms with both on the loop. Work that short costs more to send 
 do; work that is long (a large flat index, a filter matching half the collection) must not
 stall every other request on the loop.
 
-So each kind of call keeps a running estimate of the CPU it takes and runs on the loop while
-that is under `INLINE_BELOW_S`. The estimate counts the calling thread's CPU time
-(`time.thread_time`), not the wall clock: a thread waiting for the GIL or for a core is not
-doing the work. A kind with no estimate yet goes to a thread: the first search of a large
-collection must not be the one that stalls the loop.
+So each kind of call keeps a running estimate of how long it holds its thread and runs on the
+loop while that is under `INLINE_BELOW_S`. On the loop the estimate takes the wall clock,
+which is what every other request waited (disk reads of a cold page cache included). In a
+worker thread it takes the thread's CPU time (`time.thread_time`): there the wall clock also
+counts the waits for the GIL behind the loop, which would keep work in threads exactly when the
+hop costs most, under load. A kind with no estimate yet goes to a thread: the first search of
+a large collection must not be the one that stalls the loop.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ class Offload:
 
     def __init__(self, inline_below_s: float = INLINE_BELOW_S) -> None:
         self.inline_below_s = inline_below_s
-        self.typical_s: float | None = None  # CPU per call, a running average
+        self.typical_s: float | None = None  # per call, a running average
 
     @property
     def inline(self) -> bool:
@@ -45,15 +47,15 @@ class Offload:
 
     async def run(self, work: Callable[[], T]) -> T:
         if self.inline:
-            return self._timed(work)
-        return await asyncio.to_thread(self._timed, work)
+            return self._timed(work, time.perf_counter)
+        return await asyncio.to_thread(self._timed, work, time.thread_time)
 
-    def _timed(self, work: Callable[[], T]) -> T:
-        started = time.thread_time()
+    def _timed(self, work: Callable[[], T], clock: Callable[[], float]) -> T:
+        started = clock()
         try:
             return work()
         finally:
-            took = time.thread_time() - started
+            took = clock() - started
             self.typical_s = (
                 took if self.typical_s is None else (1 - _WEIGHT) * self.typical_s + _WEIGHT * took
             )

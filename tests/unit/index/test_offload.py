@@ -50,3 +50,14 @@ async def test_a_failure_is_raised_where_it_ran_and_still_measured() -> None:
         with pytest.raises(ValueError, match="broken"):
             await offload.run(fail)
         assert offload.typical_s is not None
+
+
+async def test_on_the_loop_a_wait_counts_as_much_as_work() -> None:
+    """A call that sleeps (a cold page cache, say) stalls the loop as much as one that works:
+    once measured on the loop, it goes back to a thread."""
+    offload = Offload(inline_below_s=0.01)
+    await offload.run(lambda: burn(0.0))
+    assert offload.inline
+    while offload.inline:
+        await offload.run(lambda: time.sleep(0.03))
+    assert offload.typical_s is not None and offload.typical_s >= 0.01
