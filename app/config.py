@@ -109,11 +109,12 @@ class ModelSettings(ServiceSettings):
         le=19,
         description="How much lower the model's compute threads run than the rest of the "
         "process (Linux nice steps, 0: the same). Model compute takes every core it is given; "
-        "below it, the HTTP side (answering 429s, /ready, and on one host the gateway and "
-        "Redis) keeps its turn on the CPU. With the three services on 2 cores at 4x their "
-        "sustainable rate, clients waited 1.7-2.7 s (p50) for an instant 429 at 0 and 30 ms "
-        "at 10. Nothing is lost when the machine is not busy: the scheduler gives idle CPU "
-        "to whoever wants it.",
+        "below it, the HTTP side (answering 429s and /ready) keeps its turn on the CPU, and so "
+        "do other processes of the same CPU group (one session or container: across "
+        "containers, compose's `cpu_shares` does it). With the three services as processes "
+        "of one session on 2 cores at 4x their sustainable rate, clients waited 0.7-2.8 s "
+        "(p50) for a 429 the gateway made in milliseconds at 0, and 26-142 ms at 10. Idle CPU "
+        "still goes to whoever wants it.",
     )
     onnx_cache_dir: Path = _shared(
         "onnx_cache_dir",

@@ -109,7 +109,7 @@ def start(
         command = [sys.executable, "-m", "uvicorn", "bench.tutorial_search:app"]
         command += ["--port", str(port), "--log-level", "warning"]
         return start_service("tutorial", command, port, env, logs, ready_path="/docs")
-    env = child_env(
+    defaults = dict(
         SEMSEARCH_LOG_LEVEL="warning",
         SEMSEARCH_INDEX_DIR=str(index_dir),
         SEMSEARCH_DEFAULT_COLLECTION=collection,
@@ -118,8 +118,8 @@ def start(
         # reranking's own cap (4 s) would skip what waits behind other searches' reranking:
         # raised so that both services do the same work at concurrency 4
         SEMSEARCH_RERANK_TIMEOUT_MS="60000",
-        **settings,
     )
+    env = child_env(**{**defaults, **settings})
     command = [sys.executable, "-m", "app.cli", "serve", "gateway", "--port", str(port)]
     service = start_service("semsearch", command, port, env, logs)
     for _ in range(600):  # ready already answers from words while the models load
@@ -221,6 +221,8 @@ def main() -> None:
         help="a setting of the semsearch gateway (repeatable), to compare one change",
     )
     args = parser.parse_args()
+    if malformed := [item for item in args.set if "=" not in item]:
+        parser.error(f"--set takes SEMSEARCH_NAME=VALUE, not {malformed[0]!r}")
     settings = dict(item.split("=", 1) for item in args.set)
 
     index_dir, collection = ensure_index(args)

@@ -95,6 +95,16 @@ def test_images_gpu_reservations_and_the_cpu_override() -> None:
         assert (ROOT / base[name]["build"]["dockerfile"]).is_file()
 
 
+def test_the_gateway_and_redis_go_before_model_compute_on_shared_cores() -> None:
+    """Containers are CPU groups of their own: nice values inside the model services order
+    their own threads only, so the weight between containers is set here."""
+    base = load_compose("compose.yml")["services"]
+    for models in (base, load_compose("compose.cpu.yml")["services"]):
+        weight = max(models[name].get("cpu_shares", 1024) for name in ("embedder", "reranker"))
+        for front in ("gateway", "redis"):
+            assert base[front]["cpu_shares"] >= 4 * weight, front
+
+
 def test_volumes_for_index_qdrant_models_and_grafana() -> None:
     stack = load_compose("compose.yml")
     assert set(stack["volumes"]) == {"index", "qdrant-storage", "model-cache", "grafana-data"}

@@ -284,7 +284,8 @@ def test_overload_degrades_then_sheds_in_milliseconds_and_admitted_searches_end_
     Latencies are asserted on the gateway's own histogram (from the request reaching the app to
     its answer): on two cores shared with the models and the load generator, what the load
     generator measures also holds its own and the gateway's waits for a CPU (hundreds of ms on
-    a busy machine); it is printed beside them."""
+    a busy machine); it is printed beside them, and only the client's 429 p50 is bounded,
+    loosely, against the seconds it took when the gateway was starved of CPU."""
     capacity = load(
         stack, unique_queries(20_000), concurrency=SUSTAINABLE_CLIENTS, duration_s=6
     ).result()
@@ -328,10 +329,11 @@ def test_overload_degrades_then_sheds_in_milliseconds_and_admitted_searches_end_
     # share the two cores. Measured here 1.9-2.7x; 0.96-1.10x while the gateway called the
     # model services through httpx, whose CPU per call starved its event loop.
     assert answered >= capacity.rps
-    # The client's own view of a refusal, loosely (it includes the load generator's turns
-    # on the shared cores): p50 26-142 ms here. While the models' compute ran at the
-    # gateway's priority, it got too little CPU to accept connections as fast as they came,
-    # and clients waited 0.7-2.7 s in the kernel's accept queue for a 429 made in 50 ms.
+    # The client's own view of a refusal, as a loose smoke check only (see the docstring: it
+    # includes the load generator's turns on the shared cores): p50 26-142 ms here. While the
+    # models' compute ran at the gateway's priority, the gateway got too little CPU to accept
+    # connections as fast as they came, and clients waited 0.7-2.8 s in the kernel's accept
+    # queue for a 429 made in 50 ms.
     assert client_429[0] < 500
 
 

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import faiss
 import numpy as np
@@ -37,6 +37,7 @@ from app.logs import get_logger
 from app.types import Calibration, Document, Filter, FloatArray, Hit, content_hash
 
 log = get_logger(__name__)
+T = TypeVar("T")
 
 
 class FaissIndex:
@@ -57,9 +58,8 @@ class FaissIndex:
         self._generation: Generation | None = None
         self._store: DocumentStore | None = None
         self._writing = ExitStack()
-        # per kind of search: a filter or a batch of queries (FAISS's OpenMP team) can make
-        # one far longer than a lone unfiltered query
-        self._offloads: dict[tuple[str, bool, bool], Offload] = {}
+        # where a lone query's dense and lexical search run, by (generation, kind)
+        self._offloads: dict[tuple[int, str], Offload] = {}
 
     @classmethod
     async def open(
@@ -145,13 +145,25 @@ class FaissIndex:
         if generation is None:
             return AnnResult([[] for _ in range(len(vectors))], self.backend, 0)
         check_dimension(vectors, self._dimension, self.collection)
-        hits = await self._offload("dense", filter, len(vectors)).run(
-            lambda: generation.search(vectors, k, filter)
+        lone = len(vectors) == 1 and filter is None
+        hits = await self._run(
+            generation, "dense", lone, lambda: generation.search(vectors, k, filter)
         )
         return AnnResult(hits, self.backend, generation.number)
 
-    def _offload(self, kind: str, filter: Filter | None, queries: int) -> Offload:
-        return self._offloads.setdefault((kind, filter is not None, queries > 1), Offload())
+    async def _run(self, generation: Generation, kind: str, lone: bool, work: Callable[[], T]) -> T:
+        """A lone unfiltered query's `work` where it costs least (`app.index.offload`); other
+        work in a thread: a filter not yet cached scans the store for its matches, and a
+        batch of queries runs FAISS's OpenMP team."""
+        if not lone:
+            return await asyncio.to_thread(work)
+        offload = self._offloads.get((generation.number, kind))
+        if offload is None:  # a new generation is measured anew: it may be far larger
+            self._offloads = {
+                key: known for key, known in self._offloads.items() if key[0] == generation.number
+            }
+            offload = self._offloads[generation.number, kind] = Offload()
+        return await offload.run(work)
 
     @property
     def has_lexical(self) -> bool:
@@ -163,8 +175,9 @@ class FaissIndex:
         generation = self._generation
         if generation is None:
             return AnnResult([[] for _ in texts], self.backend, 0)
-        hits = await self._offload("lexical", filter, len(texts)).run(
-            lambda: generation.lexical_search(texts, k, filter)
+        lone = len(texts) == 1 and filter is None
+        hits = await self._run(
+            generation, "lexical", lone, lambda: generation.lexical_search(texts, k, filter)
         )
         return AnnResult(hits, self.backend, generation.number)
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from app.errors import InvalidInput, NotFound, SemsearchError
 from app.index.base import VectorIndex
+from app.index.faiss.generation import Generation
 from app.index.faiss.index import FaissIndex
 from app.index.faiss.layout import KEEP_GENERATIONS, CollectionLayout
 from app.models.fake import FakeEmbedder
@@ -235,3 +238,40 @@ def test_atomic_write_never_leaves_a_partial_file(tmp_path: Path) -> None:
     atomic_write_text(target, "gen-000002\n")
     assert target.read_text() == "gen-000002\n"
     assert os.listdir(tmp_path) == ["CURRENT"]
+
+
+async def test_a_lone_querys_search_moves_onto_the_event_loop_other_searches_stay_in_threads(
+    tmp_path: Path, fake_embedder: FakeEmbedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """See app/index/offload.py: a lone unfiltered query's (short) search runs on the loop
+    once measured; a filter (its matches may need a scan of the store), a batch, and the
+    first search of a new generation go to a thread."""
+    ran_on: list[str] = []
+    loop_thread = threading.get_ident()
+    for name in ("search", "lexical_search"):
+        original = getattr(Generation, name)
+
+        def recorded(self: Generation, *args: Any, _original: Any = original) -> Any:
+            ran_on.append("loop" if threading.get_ident() == loop_thread else "thread")
+            return _original(self, *args)
+
+        monkeypatch.setattr(Generation, name, recorded)
+    index = await build_collection(tmp_path, "docs", SMALL_DOCS[:4], fake_embedder)
+    query = (await fake_embedder.embed(["cats purr"], InputType.QUERY)).vectors
+
+    async def where(search: Any) -> str:
+        await search
+        return ran_on[-1]
+
+    assert [await where(index.search(query, 3)) for _ in range(2)] == ["thread", "loop"]
+    assert [await where(index.lexical_search(["cats"], 3)) for _ in range(2)] == [
+        "thread",
+        "loop",
+    ]
+    assert await where(index.search(query, 3, {"lang": "en"})) == "thread"
+    assert await where(index.lexical_search(["cats"], 3, {"lang": "en"})) == "thread"
+    assert await where(index.search(np.vstack([query, query]), 3)) == "thread"
+    extra = [SMALL_DOCS[4]]
+    await index.upsert(extra, await vectors(fake_embedder, extra))
+    await index.publish()
+    assert [await where(index.search(query, 3)) for _ in range(2)] == ["thread", "loop"]

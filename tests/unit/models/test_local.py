@@ -316,16 +316,20 @@ async def test_compute_threads_run_nicer_than_the_rest_of_the_process(
     tiny_bi_encoder: Path,
 ) -> None:
     base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    if base + 5 > 19:
+        pytest.skip(f"this process already runs at nice {base}: no room to go 5 lower")
     before = set(_thread_niceness())
     settings = EmbedderSettings(
         model=str(tiny_bi_encoder), dtype="float32", threads=2, compute_niceness=5
     )
     embedder = build_embedder(settings)
     await embedder.start()
-    await embedder.embed(["word " * 100] * 64, InputType.PASSAGE)  # torch starts its team
-    new = {tid: nice for tid, nice in _thread_niceness().items() if tid not in before}
-    niced = [tid for tid, nice in new.items() if nice == min(19, base + 5)]
-    # the model's worker thread and torch's second intra-op thread, started by it
-    assert len(niced) >= 2, new
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base
-    await embedder.stop()
+    try:
+        await embedder.embed(["word " * 100] * 64, InputType.PASSAGE)  # torch starts its team
+        new = {tid: nice for tid, nice in _thread_niceness().items() if tid not in before}
+        niced = [tid for tid, nice in new.items() if nice == base + 5]
+        # the model's worker thread and torch's second intra-op thread, started by it
+        assert len(niced) >= 2, new
+        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base
+    finally:
+        await embedder.stop()
