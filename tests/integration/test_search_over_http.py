@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -22,6 +23,20 @@ def search(url: str, body: dict[str, object], request_id: str | None = None) -> 
     assert reply.status_code == 200, reply.text
     data: dict[str, object] = reply.json()
     return data
+
+
+def logged(service: Service, request_id: str, within_s: float = 5.0) -> bool:
+    """Whether `service` logs a line with `request_id` within `within_s`: a service writes its
+    request line once the answer is sent, so the caller may read the log before it is there
+    (the full suite once found the reranker's line missing a moment after the answer)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        lines = [json.loads(line) for line in service.logs().splitlines() if line.startswith("{")]
+        if any(line.get("request_id") == request_id for line in lines):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
 
 
 def test_three_services_as_processes_with_redis(
@@ -97,8 +112,7 @@ def test_three_services_as_processes_with_redis(
     first = load_sample_queries()[0]["text"]
     search(gateway.url, {"query": first + " (traced)"}, request_id="trace-me-42")
     for service in services:
-        lines = [json.loads(line) for line in service.logs().splitlines() if line.startswith("{")]
-        assert any(line.get("request_id") == "trace-me-42" for line in lines), service.name
+        assert logged(service, "trace-me-42"), service.name
 
     # a second identical query comes from Redis
     body = {"query": "Which cells contribute to adult macrophages?", "top_k": 3}
