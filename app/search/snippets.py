@@ -12,6 +12,7 @@ generator of its own, Qdrant has none, and one analyzer gives one answer.
 from __future__ import annotations
 
 import html
+import re
 import unicodedata
 from functools import lru_cache
 
@@ -76,9 +77,7 @@ def _matched(text: str, wanted: frozenset[str]) -> list[_Match]:
             at = lower.find(prefix, at + 1)
     found = []
     for start in sorted(starts):
-        end = start + 1
-        while end < len(text) and _is_word_char(text[end]):
-            end += 1
+        end = _WORD.match(text, start + 1).end()  # type: ignore[union-attr]  # always matches
         term = _term(text[start:end])
         if term in wanted:
             found.append((start, end, term))
@@ -103,6 +102,12 @@ def _unlike(char: str) -> bool:
 def _is_word_char(char: str) -> bool:
     """Inside a token of the analyzer's tokenizer (letters and digits)."""
     return char.isalnum()
+
+
+# The rest of a word from where it starts: letters and digits as `str.isalnum` has them
+# (Python's `\w` is exactly those plus the underscore). One C call per match, where a Python
+# loop over the word's characters took a third of the snippets' time.
+_WORD = re.compile(r"[^\W_]*")
 
 
 def _matched_slowly(text: str, wanted: frozenset[str]) -> list[_Match]:

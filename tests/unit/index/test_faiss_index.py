@@ -275,3 +275,32 @@ async def test_a_lone_querys_search_moves_onto_the_event_loop_other_searches_sta
     await index.upsert(extra, await vectors(fake_embedder, extra))
     await index.publish()
     assert [await where(index.search(query, 3)) for _ in range(2)] == ["thread", "loop"]
+
+
+async def test_rows_read_once_are_kept_up_to_a_bound_and_answer_alike(
+    tmp_path: Path, fake_embedder: FakeEmbedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A generation keeps the rows it read in memory (it never changes), up to a bound; rows
+    past it are read from the store each time. Either way a search answers the same."""
+    import app.index.faiss.generation as generation_module
+
+    index = await build_collection(tmp_path, "docs", SMALL_DOCS, fake_embedder)
+    query = (await fake_embedder.embed(["Paris France capital"], InputType.QUERY)).vectors
+    first = (await index.search(query, len(SMALL_DOCS))).hits[0]
+    generation = index._generation
+    assert generation is not None
+    assert len(generation._rows) == len(SMALL_DOCS)
+    assert (await index.search(query, len(SMALL_DOCS))).hits[0] == first
+
+    # a later generation whose bound one row already passes: nothing more is kept
+    monkeypatch.setattr(generation_module, "_ROWS_KEPT_BYTES", 1)
+    extra = [SMALL_DOCS[0]]
+    await index.upsert(extra, await vectors(fake_embedder, extra))
+    await index.publish()
+    again = (await index.search(query, len(SMALL_DOCS))).hits[0]
+    assert index._generation is not generation
+    assert index._generation is not None and len(index._generation._rows) == 1
+    assert [(h.id, h.text, h.title, h.metadata) for h in again] == [
+        (h.id, h.text, h.title, h.metadata) for h in first
+    ]
+    assert [h.score for h in again] == pytest.approx([h.score for h in first])
