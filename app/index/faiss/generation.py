@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -39,13 +40,14 @@ _faiss: Any = faiss
 _TEAM = faiss.omp_get_max_threads()
 
 # Rows a generation keeps in memory once read (id, title, text, metadata), up to about this
-# many bytes of text: the generation never changes, so they never go stale, and the rows
-# popular with queries are read first. Reading a lone search's hundred candidates from SQLite
-# and decoding their metadata took 0.8 of the 1.1 ms of turning its FAISS result into hits
-# (SciFact, 10k chunks, this 2-core host); kept, they cost a dictionary lookup. Qdrant keeps
-# payloads in memory by default for the same reason. Rows past the bound are read each time.
+# many bytes (each collection's current generation its own): the generation never changes, so
+# they never go stale. The first rows read are kept and none is evicted; queries' favourite
+# rows come early, and a lookup stays a dictionary's. Reading a lone search's hundred
+# candidates from SQLite and decoding their metadata took 0.8 of the 1.1 ms of turning its
+# FAISS result into hits (SciFact, 10k chunks, this 2-core host). Rows past the bound are read
+# each time.
 _ROWS_KEPT_BYTES = 64 * 2**20
-_ROW_OVERHEAD = 200  # bytes per kept row beyond its strings: the tuple, the dict, the key
+_ROW_OVERHEAD = 600  # bytes per kept row beyond its strings: the tuple, the entry, the key
 _Row = tuple[str, str, str, dict[str, Any]]  # id, title, text, metadata
 
 
@@ -84,7 +86,7 @@ class Generation:
         self._filters: OrderedDict[str, np.ndarray] = OrderedDict()
         self._filters_lock = threading.Lock()
         # read from worker threads and the loop alike: a dict's get and set are atomic, and
-        # a race on the byte count only moves the bound by a row
+        # a race on the byte count only loses one row's size
         self._rows: dict[int, _Row] = {}
         self._rows_bytes = 0
         lexical = path / LEXICAL_DIRNAME
@@ -257,7 +259,7 @@ class Generation:
                 row = read[seq] = (doc_id, title, text, _metadata(metadata))
                 if self._rows_bytes < _ROWS_KEPT_BYTES:
                     rows[seq] = row
-                    self._rows_bytes += len(text) + len(title) + len(metadata) + _ROW_OVERHEAD
+                    self._rows_bytes += _row_bytes(doc_id, title, text, metadata)
         results: list[list[Hit]] = []
         for row_scores, row_ids in zip(scores.tolist(), ids.tolist(), strict=True):
             hits = []
@@ -268,6 +270,13 @@ class Generation:
                     hits.append(Hit(doc_id, score, text, title, metadata))
             results.append(hits)
         return results
+
+
+def _row_bytes(doc_id: str, title: str, text: str, metadata: str) -> int:
+    """Memory a kept row takes, about: its strings as Python stores them (1-4 bytes a
+    character), its parsed metadata at three times its JSON, and the rest."""
+    strings = sys.getsizeof(doc_id) + sys.getsizeof(title) + sys.getsizeof(text)
+    return strings + 3 * len(metadata) + _ROW_OVERHEAD
 
 
 def _metadata(stored: str) -> dict[str, Any]:
