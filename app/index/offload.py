@@ -33,10 +33,11 @@ from typing import TypeVar
 T = TypeVar("T")
 
 # A stall of the event loop this short is cheaper than the hop (measured above: the hop
-# cost ~2 ms of CPU per list). A lone query's flat search of SciFact's 10k chunks takes ~1 ms,
-# and ~0.4 ms more to make hits of its hundred candidates once their rows are kept in memory
-# (`app.index.faiss.generation`): it runs on the loop. Reading the rows from SQLite each time
-# made it ~2.2 ms, and it went either way.
+# cost ~2 ms of CPU per list). A lone query's flat search of SciFact's 10k chunks took ~1 ms
+# in a process of its own, and ~0.4 ms more to make hits of its hundred candidates once their
+# rows are kept in memory (`app.index.faiss.generation`). In the gateway, right after the
+# query's embedding, the same search measured ~3 ms of thread CPU (FAISS ~2.4 ms of it; the
+# cause is not yet known), so there it still runs in a thread.
 INLINE_BELOW_S = 0.002
 _WEIGHT = 0.2  # of the newest call in the running estimate
 _MOST_STRIKES = 10  # the longest spell in a thread after stalls: 2**10 runs
