@@ -150,6 +150,7 @@ def test_a_text_is_refused_as_blank_exactly_when_its_schema_pattern_says_so(
     spaces = "".join(chr(c) for c in range(0x3001) if chr(c).isspace())
     for text in ("   ", spaces, *spaces, "a", " \x1e a", "\ufeff", "\u200b"):
         blank = not text.strip()
+        assert (pattern.search(text) is None) is blank, repr(text)
         if blank:
             with pytest.raises(ValidationError):
                 make(text)
