@@ -23,6 +23,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import metrics, tracing
+from app.blas import use_one_numpy_blas_thread
 from app.config import ServiceSettings
 from app.errors import (
     ClientDisconnected,
@@ -351,7 +352,8 @@ def app_from_environment(
     service: str, settings_class: type[S], create_app: Callable[[S], FastAPI]
 ) -> Callable[[str], FastAPI]:
     """A module `__getattr__` that builds `app` from the environment on first access, with
-    logging configured: `uvicorn services.gateway.main:app` and `semsearch serve` use it, while
+    logging, tracing and numpy's threads (`app.blas`) configured: `uvicorn
+    services.gateway.main:app` and `semsearch serve` use it, while
     importing the module (tests) has no side effects."""
 
     def module_getattr(name: str) -> FastAPI:
@@ -360,6 +362,7 @@ def app_from_environment(
         settings = settings_class()
         configure_logging(settings.log_level, settings.log_format, service)
         tracing.configure(service)
+        use_one_numpy_blas_thread()  # its spinning pool would take the model's cores
         return create_app(settings)
 
     return module_getattr
