@@ -33,11 +33,13 @@ from typing import TypeVar
 T = TypeVar("T")
 
 # A stall of the event loop this short is cheaper than the hop (measured above: the hop
-# cost ~2 ms of CPU per list). A lone query's flat search of SciFact's 10k chunks took ~1 ms
-# in a process of its own, and ~0.4 ms more to make hits of its hundred candidates once their
-# rows are kept in memory (`app.index.faiss.generation`). In the gateway, right after the
-# query's embedding, the same search measured ~3 ms of thread CPU (FAISS ~2.4 ms of it; the
-# cause is not yet known), so there it still runs in a thread.
+# cost ~2 ms of CPU per list). A lone query's FAISS flat search of SciFact's 10k chunks (k=100)
+# takes 1.6-2.0 ms on this 2-core host, in a process of its own as in the gateway, and ~0.4 ms
+# more to make hits of its hundred candidates once their rows are kept in memory
+# (`app.index.faiss.generation`): ~2.4 ms in all, so it runs in a thread. numpy's product on
+# one thread scans the same vectors in 0.9 ms back to back but 2.0 ms right after an
+# embedding, which pushes the 15 MB of vectors out of the cache: the scan is bound by memory,
+# and neither library brings a lone query under this bound at this size.
 INLINE_BELOW_S = 0.002
 _WEIGHT = 0.2  # of the newest call in the running estimate
 _MOST_STRIKES = 10  # the longest spell in a thread after stalls: 2**10 runs
