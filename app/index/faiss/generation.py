@@ -8,6 +8,7 @@ import re
 import sqlite3
 import sys
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -40,15 +41,34 @@ _faiss: Any = faiss
 _TEAM = faiss.omp_get_max_threads()
 
 # Rows a generation keeps in memory once read (id, title, text, metadata), up to about this
-# many bytes (each collection's current generation its own): the generation never changes, so
-# they never go stale. The first rows read are kept and none is evicted; queries' favourite
-# rows come early, and a lookup stays a dictionary's. Reading a lone search's hundred
+# many bytes for all generations of the process together (a gateway serving many collections
+# must not hold this much per collection): a generation never changes, so its rows never go
+# stale. The first rows read are kept and none is evicted; queries' favourite rows come early,
+# and a lookup stays a dictionary's. A generation gives its share back when it is dropped
+# (replaced by a newer one and no search holds it). Reading a lone search's hundred
 # candidates from SQLite and decoding their metadata took 0.8 of the 1.1 ms of turning its
 # FAISS result into hits (SciFact, 10k chunks, this 2-core host). Rows past the bound are read
 # each time.
 _ROWS_KEPT_BYTES = 64 * 2**20
 _ROW_OVERHEAD = 600  # bytes per kept row beyond its strings: the tuple, the entry, the key
 _Row = tuple[str, str, str, dict[str, Any]]  # id, title, text, metadata
+
+
+class _KeptBytes:
+    """Bytes of kept rows: one for the whole process, one per generation. Written from worker
+    threads and the loop without a lock: a race loses one row's size, no more."""
+
+    __slots__ = ("bytes",)
+
+    def __init__(self) -> None:
+        self.bytes = 0
+
+
+_KEPT = _KeptBytes()
+
+
+def _give_back(kept: _KeptBytes) -> None:
+    _KEPT.bytes -= kept.bytes
 
 
 class Generation:
@@ -85,10 +105,10 @@ class Generation:
         self._local = threading.local()
         self._filters: OrderedDict[str, np.ndarray] = OrderedDict()
         self._filters_lock = threading.Lock()
-        # read from worker threads and the loop alike: a dict's get and set are atomic, and
-        # a race on the byte count only loses one row's size
+        # read from worker threads and the loop alike: a dict's get and set are atomic
         self._rows: dict[int, _Row] = {}
-        self._rows_bytes = 0
+        self._kept = _KeptBytes()
+        weakref.finalize(self, _give_back, self._kept)
         lexical = path / LEXICAL_DIRNAME
         # generations published before lexical search existed have none: dense only
         self.lexical = LexicalReader(lexical) if lexical.is_dir() else None
@@ -257,9 +277,11 @@ class Generation:
             )
             for seq, doc_id, title, text, metadata in found:
                 row = read[seq] = (doc_id, title, text, _metadata(metadata))
-                if self._rows_bytes < _ROWS_KEPT_BYTES:
+                if _KEPT.bytes < _ROWS_KEPT_BYTES:
                     rows[seq] = row
-                    self._rows_bytes += _row_bytes(doc_id, title, text, metadata)
+                    size = _row_bytes(doc_id, title, text, metadata)
+                    self._kept.bytes += size
+                    _KEPT.bytes += size
         results: list[list[Hit]] = []
         for row_scores, row_ids in zip(scores.tolist(), ids.tolist(), strict=True):
             hits = []

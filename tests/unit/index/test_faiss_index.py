@@ -295,17 +295,52 @@ async def test_rows_read_once_are_kept_up_to_a_bound_and_answer_alike(
     # kept rows are shared between searches' hits: nothing may write into their metadata
     assert all(a.metadata is b.metadata for a, b in zip(first, second, strict=True))
 
-    # a later generation whose bound one row already passes: nothing more is kept
+    # a later generation, with the bound already passed: nothing more is kept
     monkeypatch.setattr(generation_module, "_ROWS_KEPT_BYTES", 1)
     extra = [SMALL_DOCS[0]]
     await index.upsert(extra, await vectors(fake_embedder, extra))
     await index.publish()
     again = (await index.search(query, len(SMALL_DOCS))).hits[0]
     assert index._generation is not generation
-    assert index._generation is not None and len(index._generation._rows) == 1
+    assert index._generation is not None and len(index._generation._rows) == 0
 
     def rows(hits: list[Hit]) -> list[tuple[str, str, str, dict[str, Any]]]:
         return sorted((h.id, h.text, h.title, h.metadata) for h in hits)
 
     assert rows(again) == rows(first)
     assert sorted(h.score for h in again) == pytest.approx(sorted(h.score for h in first))
+
+
+async def test_kept_rows_share_one_bound_across_collections_and_dropped_generations_free_it(
+    tmp_path: Path, fake_embedder: FakeEmbedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bound on kept rows is the process's, not each collection's: a gateway serving many
+    collections holds no more. A generation replaced by a newer one gives its share back."""
+    import gc
+
+    import app.index.faiss.generation as generation_module
+
+    one = await build_collection(tmp_path, "one", SMALL_DOCS, fake_embedder)
+    two = await build_collection(tmp_path, "two", SMALL_DOCS, fake_embedder)
+    query = (await fake_embedder.embed(["Paris France capital"], InputType.QUERY)).vectors
+    gc.collect()  # generations of earlier tests give their share back now, not mid-test
+    kept = generation_module._KEPT
+    monkeypatch.setattr(generation_module, "_ROWS_KEPT_BYTES", kept.bytes + 1)
+
+    def kept_rows(index: FaissIndex) -> int:
+        assert index._generation is not None
+        return len(index._generation._rows)
+
+    await one.search(query, len(SMALL_DOCS))
+    assert kept_rows(one) == 1  # the first row read passes the bound
+    await two.search(query, len(SMALL_DOCS))
+    assert kept_rows(two) == 0  # the bound is shared: the other collection used it
+
+    held = kept.bytes
+    extra = [SMALL_DOCS[0]]
+    await one.upsert(extra, await vectors(fake_embedder, extra))
+    await one.publish()  # the generation holding the row is dropped
+    gc.collect()
+    assert kept.bytes < held
+    await two.search(query, len(SMALL_DOCS))
+    assert kept_rows(two) == 1
