@@ -12,7 +12,7 @@ import hashlib
 import json
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import orjson
@@ -157,12 +157,32 @@ class SafeCache:
         self.inner = inner
         self._timeout = timeout_s
         self._breaker = breaker
+        self._writing: dict[str, asyncio.Task[None]] = {}  # by key, until written
 
     @property
     def backend(self) -> str:
         return self.inner.backend
 
+    def write_later(self, key: str, write: Coroutine[Any, Any, None]) -> None:
+        """Run `write` (which stores `key`) after the caller's answer is on its way: encoding
+        a ranking and a round trip to Redis are not the client's to wait for. Until it is done
+        a `get` of `key` waits for it, so whoever asks again finds the entry; `close` waits for
+        every write still running."""
+        task = asyncio.get_running_loop().create_task(write)
+        self._writing[key] = task
+        task.add_done_callback(lambda done: self._written(key, done))
+
+    def _written(self, key: str, task: asyncio.Task[None]) -> None:
+        if self._writing.get(key) is task:
+            del self._writing[key]
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("cache_write_failed", backend=self.backend, error=repr(task.exception()))
+
     async def get(self, key: str) -> bytes | None:
+        writing = self._writing.get(key)
+        if writing is not None:
+            # shielded: a caller that gives up must not cancel the write
+            await asyncio.wait([asyncio.shield(writing)], timeout=self._timeout)
         try:
             value = await self._call(lambda: self.inner.get(key))
         except Exception as exc:
@@ -185,6 +205,8 @@ class SafeCache:
         return await self.inner.ping()
 
     async def close(self) -> None:
+        if self._writing:
+            await asyncio.wait(list(self._writing.values()), timeout=2 * self._timeout + 1)
         await self.inner.close()
 
     async def _call(self, work: Callable[[], Awaitable[T]]) -> T:

@@ -97,6 +97,37 @@ async def test_safe_cache_turns_failures_and_stalls_into_misses() -> None:
     assert asyncio.get_running_loop().time() - started < 1
 
 
+async def test_a_write_later_is_awaited_by_a_get_of_its_key_and_by_close() -> None:
+    cache = SafeCache(LRUCache(10), timeout_s=1.0)
+
+    async def write(key: str, value: bytes) -> None:
+        await asyncio.sleep(0.05)
+        await cache.set(key, value, 60)
+
+    cache.write_later("k", write("k", b"v"))
+    assert await cache.get("k") == b"v"  # waited for the write
+    assert not cache._writing  # done writes are forgotten
+
+    async def fails() -> None:
+        raise RuntimeError("encoding failed")
+
+    cache.write_later("bad", fails())
+    assert await cache.get("bad") is None  # a failed write is a miss, not an error
+
+    inner = LRUCache(10)
+    closing = SafeCache(inner, timeout_s=1.0)
+
+    async def write_inner() -> None:
+        await asyncio.sleep(0.05)
+        await inner.set("late", b"v", 60)
+        written.append("late")
+
+    written: list[str] = []
+    closing.write_later("late", write_inner())
+    await closing.close()
+    assert written == ["late"]
+
+
 async def test_redis_cache_round_trip_and_ttl(redis_url: str) -> None:
     cache = RedisCache(redis_url, timeout_s=1.0)
     try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -153,6 +155,36 @@ async def test_second_identical_query_is_served_from_cache(
 
     other_k = await pipeline.search(query("Python readability", top_k=2))
     assert other_k.cached is False
+
+
+class _SlowWrites(LRUCache):
+    def __init__(self, max_entries: int) -> None:
+        super().__init__(max_entries)
+        self.written: list[str] = []
+
+    async def set(self, key: str, value: bytes, ttl_s: int) -> None:
+        await asyncio.sleep(0.3)
+        await super().set(key, value, ttl_s)
+        self.written.append(key)
+
+
+async def test_the_answer_does_not_wait_for_its_cache_write_and_asking_again_finds_it(
+    small_collection: Path, fake_embedder: FakeEmbedder, fake_reranker: FakeReranker
+) -> None:
+    cache = _SlowWrites(10)
+    pipeline = await make_pipeline(small_collection, fake_embedder, fake_reranker, cache)
+    started = time.perf_counter()
+    first = await pipeline.search(query("Python readability"))
+    assert time.perf_counter() - started < 0.3  # the 0.3 s write runs after the answer
+    assert first.cached is False and "cache_store" not in first.timings_ms
+    second = await pipeline.search(query("Python readability"))  # waits for the write
+    assert second.cached is True
+    assert [r.hit.id for r in second.results] == [r.hit.id for r in first.results]
+
+    await pipeline.search(query("Rust memory safety"))  # a write still running at stop
+    assert len(cache.written) == 1
+    await pipeline.stop()  # waits for it
+    assert len(cache.written) == 2
 
 
 async def test_reranker_down_degrades_to_ann_order_and_is_not_cached(
