@@ -290,7 +290,8 @@ class SearchPipeline:
 
     async def _store(self, key: str, ranking: SearchResult) -> None:
         """The whole ranking into the cache, after the answer left (`SafeCache.write_later`):
-        encoding it took 0.45 ms of a lone SciFact search and the write a round trip."""
+        for a lone SciFact search, encoding its 79 KiB took 0.15-0.45 ms and Redis's SET 0.57
+        ms on the same host."""
         with stage({}, "cache_store"):
             payload = encode_result(ranking)
             if payload is not None:
