@@ -157,32 +157,43 @@ class SafeCache:
         self.inner = inner
         self._timeout = timeout_s
         self._breaker = breaker
-        self._writing: dict[str, asyncio.Task[None]] = {}  # by key, until written
+        self._writing: dict[str, asyncio.Task[bytes | None]] = {}  # by key, until written
 
     @property
     def backend(self) -> str:
         return self.inner.backend
 
-    def write_later(self, key: str, write: Coroutine[Any, Any, None]) -> None:
-        """Run `write` (which stores `key`) after the caller's answer is on its way: encoding
-        a ranking and a round trip to Redis are not the client's to wait for. Until it is done
-        a `get` of `key` waits for it, so whoever asks again finds the entry; `close` waits for
-        every write still running."""
+    def write_later(self, key: str, write: Coroutine[Any, Any, bytes | None]) -> None:
+        """Run `write`, which stores `key` and returns the entry (None: there is none), after
+        the caller's answer is on its way: encoding a ranking and a round trip to Redis are not
+        the client's to wait for. Until it is done a `get` of `key` waits for it and answers
+        with that entry; `close` waits for every write still running. A second write of a
+        key already being written is dropped: it would store the same answer."""
+        if key in self._writing:
+            write.close()
+            return
         task = asyncio.get_running_loop().create_task(write)
         self._writing[key] = task
         task.add_done_callback(lambda done: self._written(key, done))
 
-    def _written(self, key: str, task: asyncio.Task[None]) -> None:
-        if self._writing.get(key) is task:
-            del self._writing[key]
+    def _written(self, key: str, task: asyncio.Task[bytes | None]) -> None:
+        del self._writing[key]
         if not task.cancelled() and task.exception() is not None:
             log.warning("cache_write_failed", backend=self.backend, error=repr(task.exception()))
 
     async def get(self, key: str) -> bytes | None:
         writing = self._writing.get(key)
         if writing is not None:
-            # shielded: a caller that gives up must not cancel the write
-            await asyncio.wait([asyncio.shield(writing)], timeout=self._timeout)
+            # what is being written is the answer: no round trip for it, and no longer a
+            # wait than any cache call (asyncio.wait leaves the write running either way)
+            await asyncio.wait([writing], timeout=self._timeout)
+            written = (
+                writing.result()
+                if writing.done() and not writing.cancelled() and writing.exception() is None
+                else None
+            )
+            metrics.CACHE_REQUESTS.labels("get", "hit" if written is not None else "miss").inc()
+            return written
         try:
             value = await self._call(lambda: self.inner.get(key))
         except Exception as exc:
@@ -205,8 +216,13 @@ class SafeCache:
         return await self.inner.ping()
 
     async def close(self) -> None:
-        if self._writing:
-            await asyncio.wait(list(self._writing.values()), timeout=2 * self._timeout + 1)
+        writes = list(self._writing.values())
+        if writes:
+            # each write's cache call is bounded by the timeout; encoding it, by little
+            _, late = await asyncio.wait(writes, timeout=2 * self._timeout + 1)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
         await self.inner.close()
 
     async def _call(self, work: Callable[[], Awaitable[T]]) -> T:

@@ -55,8 +55,7 @@ _Row = tuple[str, str, str, dict[str, Any]]  # id, title, text, metadata
 
 
 class _KeptBytes:
-    """Bytes of kept rows: one for the whole process, one per generation. Written from worker
-    threads and the loop without a lock: a race loses one row's size, no more."""
+    """Bytes of kept rows: one for the whole process, one per generation."""
 
     __slots__ = ("bytes",)
 
@@ -65,10 +64,21 @@ class _KeptBytes:
 
 
 _KEPT = _KeptBytes()
+# Rows are kept from worker threads and the loop, and given back from whichever thread drops
+# a generation: without the lock a lost update would stay in the process's count for good.
+# Reentrant: a finalizer may run on a thread inside `_keep` (a collection), not deadlock it.
+_KEPT_LOCK = threading.RLock()
+
+
+def _keep(kept: _KeptBytes, size: int) -> None:
+    with _KEPT_LOCK:
+        kept.bytes += size
+        _KEPT.bytes += size
 
 
 def _give_back(kept: _KeptBytes) -> None:
-    _KEPT.bytes -= kept.bytes
+    with _KEPT_LOCK:
+        _KEPT.bytes -= kept.bytes
 
 
 class Generation:
@@ -279,9 +289,7 @@ class Generation:
                 row = read[seq] = (doc_id, title, text, _metadata(metadata))
                 if _KEPT.bytes < _ROWS_KEPT_BYTES:
                     rows[seq] = row
-                    size = _row_bytes(doc_id, title, text, metadata)
-                    self._kept.bytes += size
-                    _KEPT.bytes += size
+                    _keep(self._kept, _row_bytes(doc_id, title, text, metadata))
         results: list[list[Hit]] = []
         for row_scores, row_ids in zip(scores.tolist(), ids.tolist(), strict=True):
             hits = []

@@ -97,35 +97,56 @@ async def test_safe_cache_turns_failures_and_stalls_into_misses() -> None:
     assert asyncio.get_running_loop().time() - started < 1
 
 
-async def test_a_write_later_is_awaited_by_a_get_of_its_key_and_by_close() -> None:
-    cache = SafeCache(LRUCache(10), timeout_s=1.0)
+async def test_a_get_waits_for_a_write_of_its_key_and_answers_with_it() -> None:
+    inner = LRUCache(10)
+    cache = SafeCache(inner, timeout_s=1.0)
+    stored: list[str] = []
 
-    async def write(key: str, value: bytes) -> None:
-        await asyncio.sleep(0.05)
+    async def write(key: str, value: bytes, delay_s: float = 0.05) -> bytes:
+        await asyncio.sleep(delay_s)
         await cache.set(key, value, 60)
+        stored.append(key)
+        return value
 
     cache.write_later("k", write("k", b"v"))
-    assert await cache.get("k") == b"v"  # waited for the write
-    assert not cache._writing  # done writes are forgotten
+    cache.write_later("k", write("k", b"again"))  # the same key in flight: dropped
+    assert await cache.get("k") == b"v"  # waited for the write, answered with its entry
+    assert stored == ["k"] and await inner.get("k") == b"v"
+    assert not cache._writing  # finished writes are forgotten
 
-    async def fails() -> None:
+    async def fails() -> bytes:
         raise RuntimeError("encoding failed")
 
     cache.write_later("bad", fails())
     assert await cache.get("bad") is None  # a failed write is a miss, not an error
 
+    # a write slower than the cache's timeout: the lookup misses in time, the write goes on
+    quick = SafeCache(inner, timeout_s=0.05)
+    quick.write_later("slow", write("slow", b"late", delay_s=0.5))
+    started = asyncio.get_running_loop().time()
+    assert await quick.get("slow") is None
+    assert asyncio.get_running_loop().time() - started < 0.4
+    await asyncio.sleep(0.6)
+    assert await inner.get("slow") == b"late"
+
+
+async def test_close_waits_for_writes_and_cancels_one_that_hangs() -> None:
     inner = LRUCache(10)
-    closing = SafeCache(inner, timeout_s=1.0)
+    cache = SafeCache(inner, timeout_s=0.05)  # close waits up to 2 x 0.05 + 1 s
+    done: list[str] = []
 
-    async def write_inner() -> None:
-        await asyncio.sleep(0.05)
-        await inner.set("late", b"v", 60)
-        written.append("late")
+    async def write(key: str, delay_s: float) -> bytes:
+        await asyncio.sleep(delay_s)
+        done.append(key)
+        return b"v"
 
-    written: list[str] = []
-    closing.write_later("late", write_inner())
-    await closing.close()
-    assert written == ["late"]
+    cache.write_later("soon", write("soon", 0.1))
+    cache.write_later("never", write("never", 60))
+    started = asyncio.get_running_loop().time()
+    await cache.close()
+    assert done == ["soon"]
+    assert asyncio.get_running_loop().time() - started < 5
+    assert not cache._writing  # the hanging one was cancelled, not left behind
 
 
 async def test_redis_cache_round_trip_and_ttl(redis_url: str) -> None:
