@@ -279,6 +279,7 @@ class Generation:
         wanted = np.unique(ids[ids >= 0]).tolist()
         missing = [seq for seq in wanted if seq not in rows]
         read: dict[int, _Row] = {}
+        kept = 0  # bytes of the rows this call keeps, counted in once at the end
         for start in range(0, len(missing), 900):  # SQLite's bound-parameter limit
             part = missing[start : start + 900]
             marks = ",".join("?" * len(part))
@@ -287,9 +288,11 @@ class Generation:
             )
             for seq, doc_id, title, text, metadata in found:
                 row = read[seq] = (doc_id, title, text, _metadata(metadata))
-                if _KEPT.bytes < _ROWS_KEPT_BYTES:
+                if _KEPT.bytes + kept < _ROWS_KEPT_BYTES:
                     rows[seq] = row
-                    _keep(self._kept, _row_bytes(doc_id, title, text, metadata))
+                    kept += _row_bytes(doc_id, title, text, metadata)
+        if kept:
+            _keep(self._kept, kept)
         results: list[list[Hit]] = []
         for row_scores, row_ids in zip(scores.tolist(), ids.tolist(), strict=True):
             hits = []
