@@ -1,6 +1,12 @@
 """HTTP load generators. Closed loop (genai-perf style): C workers, each sends a request, waits
 for the answer, sends the next. Open loop: requests at a fixed rate whatever the answers.
-Reports latency percentiles, requests/s, items/s and errors."""
+Reports latency percentiles, requests/s, items/s and errors.
+
+Both speak HTTP/1.1 over asyncio streams themselves, as wrk and hey do: the load generator
+shares this machine's two cores with the service it measures, so what it spends per request
+is taken from the service (and, in a closed loop, added to every latency). httpx's pooled
+client spent ~3 ms of CPU per search answer here, a plain keep-alive connection ~0.5 ms
+(bench/README.md, "The load generator")."""
 
 from __future__ import annotations
 
@@ -98,23 +104,102 @@ async def run_load(
 
     Only requests started inside the measured window count; each worker finishes its last one.
     """
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    target = httpx.URL(url)
     cycle = itertools.cycle(bodies)
-    async with httpx.AsyncClient(timeout=timeout_s, limits=limits, headers=headers) as client:
+    connections = [_Connection(target, timeout_s, headers) for _ in range(concurrency)]
+    try:
         for _ in range(warmup_requests):
-            await client.post(url, json=next(cycle))
+            await connections[0].post(_json(next(cycle)))
         result = LoadResult(concurrency, 0, 0, 0.0, items_per_request)
         started = time.perf_counter()
 
-        async def worker() -> None:
+        async def worker(connection: _Connection) -> None:
             while time.perf_counter() - started < duration_s or result.requests < min_requests:
                 result.requests += 1
-                body = next(cycle)
-                await _send(partial(client.post, url, json=body), result, ok, classify)
+                body = _json(next(cycle))
+                await _send(partial(connection.post, body), result, ok, classify)
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await asyncio.gather(*(worker(connection) for connection in connections))
         result.seconds = time.perf_counter() - started
+    finally:
+        for connection in connections:
+            connection.close()
     return result
+
+
+def _json(body: dict[str, Any]) -> bytes:
+    return json.dumps(body).encode()
+
+
+class _Connection:
+    """One closed-loop worker's keep-alive HTTP/1.1 connection: POSTs JSON, reads answers
+    whose length is declared or chunked, and opens again after the server closed it (or a
+    request failed)."""
+
+    def __init__(self, url: httpx.URL, timeout_s: float, headers: dict[str, str] | None) -> None:
+        self._host, self._port = url.host, url.port or 80
+        self._timeout_s = timeout_s
+        extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+        self._head = (
+            f"POST {url.raw_path.decode()} HTTP/1.1\r\nHost: {self._host}:{self._port}\r\n"
+            f"Content-Type: application/json\r\n{extra}Content-Length: "
+        )
+        self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def post(self, body: bytes) -> httpx.Response:
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                return await self._exchange(body)
+        except BaseException as exc:
+            self.close()  # its state is unknown (even when cancelled): the next one opens anew
+            broken = (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError)
+            if isinstance(exc, broken):  # TimeoutError is an OSError
+                raise httpx.TransportError(repr(exc)) from exc
+            raise
+
+    async def _exchange(self, body: bytes) -> httpx.Response:
+        if self._streams is None:
+            self._streams = await asyncio.open_connection(self._host, self._port)
+        reader, writer = self._streams
+        writer.write(f"{self._head}{len(body)}\r\n\r\n".encode() + body)
+        await writer.drain()
+        status, headers = _head(await reader.readuntil(b"\r\n\r\n"))
+        fields = {name.lower(): value for name, value in headers}
+        if "content-length" in fields:
+            content = await reader.readexactly(int(fields["content-length"]))
+        elif fields.get("transfer-encoding", "").lower() == "chunked":
+            content = await _chunked(reader)
+        else:  # the answer ends where the connection does
+            content = await reader.read()
+            fields["connection"] = "close"
+        if fields.get("connection", "").lower() == "close":
+            self.close()
+        return httpx.Response(status, headers=headers, content=content)
+
+    def close(self) -> None:
+        if self._streams is not None:
+            self._streams[1].close()
+            self._streams = None
+
+
+async def _chunked(reader: asyncio.StreamReader) -> bytes:
+    parts = []
+    while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+        parts.append(await reader.readexactly(size))
+        await reader.readexactly(2)  # the chunk's CRLF
+    while await reader.readuntil(b"\r\n") != b"\r\n":  # trailers, then the blank line
+        pass
+    return b"".join(parts)
+
+
+def _head(raw: bytes) -> tuple[int, list[tuple[str, str]]]:
+    """The status and headers of an answer's head (its status line and header lines)."""
+    status_line, *lines = raw.decode("latin-1").rstrip("\r\n").split("\r\n")
+    headers = [(name, value.strip()) for name, _, value in (line.partition(":") for line in lines)]
+    try:
+        return int(status_line.split()[1]), headers
+    except (IndexError, ValueError) as exc:
+        raise httpx.RemoteProtocolError(f"not an HTTP answer: {status_line!r}") from exc
 
 
 async def run_open_loop(
@@ -149,7 +234,7 @@ async def run_open_loop(
             result.statuses[-1] = result.statuses.get(-1, 0) + 1
             result.errors += 1
             continue
-        payload = json.dumps(next(cycle)).encode()
+        payload = _json(next(cycle))
         task = asyncio.ensure_future(
             _send(partial(_post_alone, target, payload, timeout_s), result, _ok, classify)
         )
@@ -183,12 +268,7 @@ async def _post_alone(url: httpx.URL, body: bytes, timeout_s: float) -> httpx.Re
     except (OSError, TimeoutError) as exc:
         raise httpx.TransportError(repr(exc)) from exc
     head, _, content = raw.partition(b"\r\n\r\n")
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = [(name, value) for name, _, value in (line.partition(": ") for line in lines)]
-    try:
-        status = int(status_line.split()[1])
-    except (IndexError, ValueError) as exc:
-        raise httpx.RemoteProtocolError(f"not an HTTP answer: {status_line!r}") from exc
+    status, headers = _head(head)
     return httpx.Response(status, headers=headers, content=content)
 
 
