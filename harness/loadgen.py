@@ -70,6 +70,26 @@ class LoadResult:
             values = self.ok_latencies_ms if admitted_only else self.latencies_ms
         return float(np.percentile(values, q)) if values else float("nan")
 
+    @classmethod
+    def pooled(cls, runs: Sequence[LoadResult]) -> LoadResult:
+        """One result of several runs at the same concurrency (rounds taking turns with
+        other targets): counts and time added up, latencies together."""
+        first = runs[0]
+        pooled = cls(first.concurrency, 0, 0, 0.0, first.items_per_request)
+        for run in runs:
+            pooled.requests += run.requests
+            pooled.errors += run.errors
+            pooled.seconds += run.seconds
+            pooled.latencies_ms += run.latencies_ms
+            pooled.ok_latencies_ms += run.ok_latencies_ms
+            for status, values in run.status_latencies_ms.items():
+                pooled.status_latencies_ms.setdefault(status, []).extend(values)
+            for status, count in run.statuses.items():
+                pooled.statuses[status] = pooled.statuses.get(status, 0) + count
+            for label, count in run.labels.items():
+                pooled.labels[label] = pooled.labels.get(label, 0) + count
+        return pooled
+
     def summary(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("latencies_ms")

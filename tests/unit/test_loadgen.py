@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 
 import httpx
 
-from harness.loadgen import run_load
+from harness.loadgen import LoadResult, run_load
 
 Answer = Callable[[int, dict[str, str], bytes], bytes]
 
@@ -141,3 +141,19 @@ async def test_statuses_other_than_200_are_errors_and_headers_are_sent() -> None
     assert result.statuses == {429: 2} and result.errors == 2
     assert [h["authorization"] for h in seen] == ["Bearer t", "Bearer t"]
     assert all(h["content-type"] == "application/json" for h in seen)
+
+
+def test_pooled_rounds_add_up_counts_and_time_and_keep_every_latency() -> None:
+    first = LoadResult(2, 3, 1, 1.5, 1, [1.0, 2.0, 9.0], [1.0, 2.0], {200: [1.0, 2.0], 429: [9.0]})
+    first.statuses, first.labels = {200: 2, 429: 1}, {"reranked": 2}
+    second = LoadResult(2, 2, 0, 0.5, 1, [3.0, 4.0], [3.0, 4.0], {200: [3.0, 4.0]})
+    second.statuses, second.labels = {200: 2}, {"reranked": 1, "not reranked": 1}
+    pooled = LoadResult.pooled([first, second])
+    assert (pooled.requests, pooled.errors, pooled.seconds) == (5, 1, 2.0)
+    assert pooled.rps == 2.0  # four answered in two seconds
+    assert sorted(pooled.latencies_ms) == [1.0, 2.0, 3.0, 4.0, 9.0]
+    assert pooled.percentile(50, admitted_only=True) == 2.5
+    assert pooled.status_latencies_ms == {200: [1.0, 2.0, 3.0, 4.0], 429: [9.0]}
+    assert pooled.statuses == {200: 4, 429: 1}
+    assert pooled.labels == {"reranked": 3, "not reranked": 1}
+    assert first.requests == 3 and first.latencies_ms == [1.0, 2.0, 9.0]  # inputs untouched
