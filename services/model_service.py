@@ -35,6 +35,13 @@ def served_model(request: Request) -> Embedder | Reranker:
     return model
 
 
+async def served_model_dependency(request: Request) -> Embedder | Reranker:
+    """`served_model` as routes' dependency. `async`, so FastAPI calls it on the event loop:
+    a plain `def` dependency runs in its thread pool, a thread hop for every request (py-spy
+    found the embedder's requests in AnyIO worker threads)."""
+    return served_model(request)
+
+
 def served_settings(request: Request) -> ModelSettings:
     settings: ModelSettings = request.app.state.settings
     return settings

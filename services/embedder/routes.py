@@ -19,13 +19,13 @@ from services.model_service import (
     MODEL_NOT_FOUND,
     auto_truncated,
     check_model_name,
-    served_model,
+    served_model_dependency,
     served_names,
     served_settings,
 )
 
 router = APIRouter(responses=ERROR_RESPONSES)
-ServedEmbedder = Annotated[Embedder, Depends(served_model)]
+ServedEmbedder = Annotated[Embedder, Depends(served_model_dependency)]
 
 
 async def _embed(

@@ -28,13 +28,13 @@ from services.model_service import (
     MODEL_NOT_FOUND,
     auto_truncated,
     check_model_name,
-    served_model,
+    served_model_dependency,
     served_names,
     served_settings,
 )
 
 router = APIRouter(responses=ERROR_RESPONSES)
-ServedReranker = Annotated[Reranker, Depends(served_model)]
+ServedReranker = Annotated[Reranker, Depends(served_model_dependency)]
 
 
 async def _score(
