@@ -5,7 +5,7 @@ Reports latency percentiles, requests/s, items/s and errors.
 Both speak HTTP/1.1 over asyncio streams themselves, as wrk and hey do: the load generator
 shares this machine's two cores with the service it measures, so what it spends per request
 is taken from the service (and, in a closed loop, added to every latency). httpx's pooled
-client spent ~3 ms of CPU per search answer here, a plain keep-alive connection ~0.5 ms
+client spent ~3 ms of CPU per search answer here, a plain keep-alive connection ~1 ms
 (bench/README.md, "The load generator")."""
 
 from __future__ import annotations
