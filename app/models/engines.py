@@ -79,6 +79,32 @@ def use_cpu_threads(setting: int) -> None:
     torch.set_num_threads(cpu_threads(setting))
 
 
+class ThreadShare:
+    """torch's CPU threads split between the batches computing at once: a batch alone runs
+    on all `threads`, two at once on half each (torch keeps the count per calling thread).
+    0 leaves the count alone (a GPU, ONNX Runtime's own pools)."""
+
+    def __init__(self, threads: int) -> None:
+        self._threads = threads
+        self._running = 0
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def share(self) -> Iterator[None]:
+        if not self._threads:
+            yield
+            return
+        with self._lock:
+            self._running += 1
+            mine = max(1, self._threads // self._running)
+        torch.set_num_threads(mine)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._running -= 1
+
+
 def lower_thread_priority(niceness: int) -> None:
     """Run the calling thread `niceness` steps nicer than now (Linux: a thread has its own
     nice value, and the threads it starts, torch's and ONNX Runtime's pools among them,

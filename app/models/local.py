@@ -26,9 +26,10 @@ from app.config import EmbedderSettings, ModelSettings, RerankerSettings
 from app.errors import ModelFailure, Unavailable
 from app.logs import get_logger
 from app.models import Embeddings
-from app.models.batching import BatchLimits, BatchQueue
+from app.models.batching import BatchLimits, BatchQueue, resolve_workers
 from app.models.engines import (
     Engine,
+    ThreadShare,
     TorchEngine,
     bf16_min_tokens,
     cpu_threads,
@@ -76,12 +77,25 @@ class _LocalModel:
         self._settings = settings
         self._model_name = model
         self._device = resolve_device(settings.device)
-        self._executor = ThreadPoolExecutor(
-            max_workers=1,
-            thread_name_prefix=f"{self.kind}-model",
-            initializer=lower_thread_priority,  # before the engine starts its own threads
-            initargs=(settings.compute_niceness,),
+        self._workers = resolve_workers(
+            settings.workers, self._device, cpu_threads(settings.threads)
         )
+        self._executors = [
+            ThreadPoolExecutor(
+                max_workers=1,
+                thread_name_prefix=f"{self.kind}-model-{worker}",
+                initializer=lower_thread_priority,  # before the engine starts its own threads
+                initargs=(settings.compute_niceness,),
+            )
+            for worker in range(self._workers)
+        ]
+        # batches computing at once split the CPU threads (torch sets them per thread)
+        shared = (
+            self._workers > 1
+            and self._device == "cpu"
+            and settings.backend == "sentence-transformers"
+        )
+        self._threads = ThreadShare(cpu_threads(settings.threads) if shared else 0)
         self._status = "loading"
         self._failures = 0
         self._loaded: _Loaded | None = None
@@ -111,7 +125,7 @@ class _LocalModel:
         metrics.MODEL_READY.labels(self.kind, self._model_name).set(0)
         loop = asyncio.get_running_loop()
         try:
-            self._loaded = await loop.run_in_executor(self._executor, self._load_and_warm_up)
+            self._loaded = await loop.run_in_executor(self._executors[0], self._load_and_warm_up)
         except Exception as exc:
             self._status = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
             log.error(
@@ -128,7 +142,7 @@ class _LocalModel:
         self._queue = BatchQueue(
             self._guarded(self._compute),
             size_of=len,
-            executor=self._executor,
+            executors=self._executors,
             limits=BatchLimits.from_settings(settings, self._info.device),
             kind=self.kind,
         )
@@ -149,7 +163,8 @@ class _LocalModel:
     async def stop(self) -> None:
         if self._queue is not None:
             await self._queue.stop()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        for executor in self._executors:
+            executor.shutdown(wait=False, cancel_futures=True)
 
     def _load_and_warm_up(self) -> _Loaded:
         folder = model_folder(self._model_name)
@@ -192,7 +207,8 @@ class _LocalModel:
     ) -> Callable[[list[Encoded]], list[Any]]:
         def run(batch: list[Encoded]) -> list[Any]:
             try:
-                result = compute(batch)
+                with self._threads.share():
+                    result = compute(batch)
             except Exception as exc:
                 self._failures += 1
                 raise ModelFailure(f"{self.kind} model failed on a batch: {exc!r}") from exc

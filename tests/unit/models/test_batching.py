@@ -13,11 +13,13 @@ import pytest
 from app import metrics
 from app.errors import DeadlineExceeded, Overloaded, Unavailable
 from app.models.batching import (
+    SIDE_BY_SIDE_AFTER,
     BatchLimits,
     BatchQueue,
     RequestTiming,
     request_timing,
     resolve_batch_tokens,
+    resolve_workers,
 )
 from app.models.priority import Priority
 from app.resilience import call_deadline
@@ -53,7 +55,7 @@ async def make_queue() -> AsyncIterator[Callable[..., tuple[BatchQueue[int, int]
         queue: BatchQueue[int, int] = BatchQueue(
             recorder,
             size_of=size_of,
-            executor=executor,
+            executors=[executor],
             limits=BatchLimits(
                 **{  # type: ignore[arg-type]
                     "max_batch_size": 256,
@@ -499,3 +501,129 @@ async def test_bulk_batches_are_cut_to_a_short_time_while_searches_come(make_que
         recorder.batches.clear()
         await queue.submit(list(range(200, 206)))
     assert [len(b) for b in recorder.batches] == [6]
+
+
+def test_workers_resolve_to_two_on_a_cpu_with_two_threads_and_one_on_a_gpu() -> None:
+    assert resolve_workers(0, "cpu", 2) == 2
+    assert resolve_workers(0, "cpu", 1) == 1
+    assert resolve_workers(0, "cuda:0", 8) == 1
+    assert resolve_workers(3, "cuda:0", 8) == 3
+
+
+@pytest.fixture
+async def two_workers() -> AsyncIterator[Callable[..., BatchQueue[int, int]]]:
+    """Queues with two workers (and an executor of two threads), over `compute`."""
+    executors = [ThreadPoolExecutor(1), ThreadPoolExecutor(1)]
+    queues: list[BatchQueue[int, int]] = []
+
+    def make(
+        compute: Callable[[list[int]], list[int]], size_of: Callable[[int], int] = lambda i: 1
+    ) -> BatchQueue[int, int]:
+        limits = BatchLimits(
+            max_batch_size=256,
+            max_batch_tokens=16_384,
+            max_wait_s=0.0,
+            max_queued_items=4096,
+        )
+        queue: BatchQueue[int, int] = BatchQueue(
+            compute, size_of=size_of, executors=executors, limits=limits, kind="test"
+        )
+        queue.start()
+        queues.append(queue)
+        return queue
+
+    yield make
+    for queue in queues:
+        await queue.stop()
+    for executor in executors:
+        executor.shutdown()
+
+
+async def test_two_workers_compute_small_batches_side_by_side(two_workers) -> None:  # type: ignore[no-untyped-def]
+    together = threading.Barrier(2, timeout=5)  # broken unless both batches are inside at once
+    batches: list[list[int]] = []
+
+    def compute(items: list[int]) -> list[int]:
+        together.wait()
+        batches.append(items)
+        return [2 * i for i in items]
+
+    queue = two_workers(compute)
+    queue._recent_sizes.extend([1] * SIDE_BY_SIDE_AFTER)  # queries have come one at a time
+    first = asyncio.ensure_future(queue.submit([1]))
+    await asyncio.sleep(0.05)  # the first batch is computing when the second request comes
+    assert await asyncio.gather(first, queue.submit([2])) == [[2], [4]]
+    assert sorted(batches) == [[1], [2]]
+
+
+async def test_two_workers_merge_overlapping_requests_instead(two_workers) -> None:  # type: ignore[no-untyped-def]
+    gate, entered = threading.Event(), threading.Semaphore(0)
+    batches: list[list[int]] = []
+    threads: set[str] = set()
+
+    def compute(items: list[int]) -> list[int]:
+        entered.release()
+        gate.wait(5)
+        batches.append(items)
+        threads.add(threading.current_thread().name)
+        return [2 * i for i in items]
+
+    queue = two_workers(compute)
+    queue._recent_sizes.extend([1] * (SIDE_BY_SIDE_AFTER - 1) + [3])  # a batch of three lately
+    first = asyncio.ensure_future(queue.submit([1]))
+    assert await asyncio.to_thread(entered.acquire, timeout=5)
+    later = asyncio.ensure_future(queue.submit([2]))
+    await asyncio.sleep(0.1)
+    assert not await asyncio.to_thread(entered.acquire, timeout=0.2)  # no second batch began
+    more = asyncio.ensure_future(queue.submit([3]))
+    await asyncio.sleep(0.05)
+    gate.set()
+    assert (await first, await later, await more) == ([2], [4], [6])
+    assert batches == [[1], [2, 3]]  # what waited beside the first batch went as one
+    assert len(threads) == 1  # one after the other, on the first worker
+
+
+async def test_stop_fails_every_batch_computing(two_workers) -> None:  # type: ignore[no-untyped-def]
+    gate, entered = threading.Event(), threading.Semaphore(0)
+
+    def compute(items: list[int]) -> list[int]:
+        entered.release()
+        gate.wait(5)
+        return items
+
+    queue = two_workers(compute)
+    queue._recent_sizes.extend([1] * SIDE_BY_SIDE_AFTER)
+    waiting = [asyncio.ensure_future(queue.submit([0]))]
+    assert await asyncio.to_thread(entered.acquire, timeout=5)
+    waiting.append(asyncio.ensure_future(queue.submit([1])))
+    entered.release()  # counted once more below
+    for _ in range(2):
+        assert await asyncio.to_thread(entered.acquire, timeout=5)
+    await queue.stop()
+    gate.set()
+    for request in waiting:
+        with pytest.raises(Unavailable):
+            await request
+
+
+async def test_a_free_worker_means_no_wait_for_the_batch_computing(two_workers) -> None:  # type: ignore[no-untyped-def]
+    gate, entered = threading.Event(), threading.Semaphore(0)
+
+    def compute(items: list[int]) -> list[int]:
+        entered.release()
+        gate.wait(5)
+        return items
+
+    queue = two_workers(compute)
+    queue._recent_sizes.extend([1] * SIDE_BY_SIDE_AFTER)
+    queue._cost[Priority.INTERACTIVE].observe(1, 2.0)  # a query's batch seems to take 2 s
+    first = asyncio.ensure_future(queue.submit([1]))
+    assert await asyncio.to_thread(entered.acquire, timeout=5)
+    one_free = queue.expected_wait(1)
+    second = asyncio.ensure_future(queue.submit([2]))
+    assert await asyncio.to_thread(entered.acquire, timeout=5)
+    none_free = queue.expected_wait(1)
+    gate.set()
+    await asyncio.gather(first, second)
+    assert one_free == pytest.approx(2.0, abs=0.2)  # its own batch only
+    assert none_free == pytest.approx(4.0, abs=0.3)  # the first worker's rest, then its batch
