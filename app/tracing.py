@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from app.extras import require
-from app.models.batching import RequestTiming, request_timing
+from app.models.timing import RequestTiming, request_timing
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import SpanProcessor

@@ -42,8 +42,8 @@ from app.logs import (
     get_logger,
     new_request_id,
 )
-from app.models.batching import RequestTiming, request_timing
 from app.models.priority import PRIORITY_HEADER, priority_from_header, work_priority
+from app.models.timing import RequestTiming, request_timing
 from app.protocol.common import (
     ErrorResponse,
     HealthResponse,

@@ -18,7 +18,7 @@ from app.config import ModelSettings
 from app.errors import InputTooLong, ModelNotFound, Unavailable
 from app.logs import get_logger
 from app.models import Embedder, Reranker
-from app.models.batching import resolve_batch_tokens
+from app.models.batch_limits import resolve_batch_tokens
 from app.protocol.common import ErrorResponse, InfoResponse, ModelCard, ModelList
 from app.resilience import TIMEOUT_HEADER, call_deadline, request_arrival
 from app.types import Truncate

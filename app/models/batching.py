@@ -1,16 +1,16 @@
 """BatchQueue: the one component that turns many small requests into few large model calls.
 
 Every item of every request gets a future. A single batcher task cuts batches by item count,
-by a padded-token budget (longest item x items, which is what a forward pass really costs) and
-by a short maximum wait, grouping items of similar length so little compute is spent on padding.
-The model runs on a worker thread while the next batch accumulates (a second worker takes a
-batch beside it while queries come one at a time: SIDE_BY_SIDE_AFTER); the queue is bounded and a
-request that does not fit is refused at once (429) instead of waiting. A request whose caller
-said how long it waits (`call_deadline`) is refused at once too when the queue ahead of it,
-costed by what recent batches took (`app.models.cost`), would answer it later. Items whose
-caller went away (its task was cancelled, e.g. on client disconnect) or whose deadline passed
-are dropped before compute, and stop counting toward the bound at once. A request larger than
-the whole queue is admitted only when nothing else waits, and is fed in pieces that fit.
+by a padded-token budget (longest item x items, what a forward pass really costs) and by a
+short maximum wait, grouping items of similar length so little compute goes to padding. The
+model runs on a worker thread while the next batch accumulates (a second worker takes one
+beside it while queries come one at a time: SIDE_BY_SIDE_AFTER). The queue is bounded: a
+request that does not fit is refused at once (429), as is one whose caller said how long it
+waits (`call_deadline`) when the queue ahead of it, costed by what recent batches took
+(`app.models.cost`), would answer later. Items whose caller went away (its task cancelled,
+e.g. on client disconnect) or whose deadline passed are dropped before compute and stop
+counting toward the bound at once. A request larger than the whole queue is admitted only
+when nothing else waits, and is fed in pieces that fit.
 """
 
 from __future__ import annotations
@@ -22,15 +22,14 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Generic, TypeVar
 
 from app import metrics
-from app.config import ModelSettings
 from app.errors import DeadlineExceeded, Overloaded, Unavailable
 from app.logs import get_logger
+from app.models.batch_limits import BatchLimits
 from app.models.cost import BatchCost
 from app.models.priority import (
     BULK_BATCH_S,
@@ -39,24 +38,13 @@ from app.models.priority import (
     Priority,
     work_priority,
 )
+from app.models.timing import request_timing
 from app.resilience import call_deadline
 
 log = get_logger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-@dataclass
-class RequestTiming:
-    """Queue and compute time of the batched work done for one request (TEI's headers)."""
-
-    queue_s: float = 0.0
-    compute_s: float = 0.0
-
-
-# Set per request by the services' middleware; the queue adds to it (`x-queue-time`).
-request_timing: ContextVar[RequestTiming | None] = ContextVar("request_timing", default=None)
 
 
 @dataclass(eq=False)
@@ -73,31 +61,6 @@ class _Entry(Generic[T, R]):
     compute_s: float = 0.0
 
 
-@dataclass(frozen=True)
-class BatchLimits:
-    max_batch_size: int
-    max_batch_tokens: int
-    max_wait_s: float
-    max_queued_items: int
-
-    @classmethod
-    def from_settings(cls, settings: ModelSettings, device: str) -> BatchLimits:
-        return cls(
-            max_batch_size=settings.max_batch_size,
-            max_batch_tokens=resolve_batch_tokens(settings.max_batch_tokens, device),
-            max_wait_s=settings.max_wait_ms / 1000,
-            max_queued_items=settings.max_queue_items,
-        )
-
-
-def resolve_workers(setting: int, device: str, threads: int) -> int:
-    """0 picks by device: two on a CPU with at least two threads, one on a GPU (unmeasured
-    there: one stream of batches keeps it busy)."""
-    if setting:
-        return setting
-    return 2 if not device.startswith("cuda") and threads >= 2 else 1
-
-
 # Batches compute side by side (on a share of the CPU threads each) only while requests come
 # one at a time: each of the last this many batches held one item, as does what waits. A
 # lone query's forward pass keeps a second core mostly idle, so two at once on a core each
@@ -107,15 +70,6 @@ def resolve_workers(setting: int, device: str, threads: int) -> int:
 # batches under 256 tokens) cost the embedder service 8-11% at 5-15 clients, the returning
 # requests cut into many small batches.
 SIDE_BY_SIDE_AFTER = 8
-
-
-def resolve_batch_tokens(setting: int, device: str) -> int:
-    """0 picks by device. A GPU wants big batches. A CPU runs long inputs faster in small
-    ones (activations stay in cache): measured here at 512 tokens, 11.3 pairs/s in batches
-    of 4-8 vs 9.3-9.9 in batches of 32; at 256 tokens, 5-10% faster at 8-16 than at 64."""
-    if setting:
-        return setting
-    return 16_384 if device.startswith("cuda") else 4_096
 
 
 class BatchQueue(Generic[T, R]):
@@ -205,15 +159,11 @@ class BatchQueue(Generic[T, R]):
         and the one bulk batch that may take its turn first) shared by the workers, then
         their own batch."""
         now = time.monotonic()
-        rest = 0.0
-        if len(self._computing) >= self._workers:
-            rest = max(
-                0.0,
-                min(
-                    self._cost[kind].seconds(computing) - (now - since)
-                    for computing, kind, since in self._computing.values()
-                ),
-            )
+        left = [
+            self._cost[kind].seconds(tokens) - (now - since)
+            for tokens, kind, since in self._computing.values()
+        ]
+        rest = max(0.0, min(left)) if len(left) >= self._workers else 0.0
         own = self._cost[priority].seconds(tokens)
         return rest + (self._queue_wait(tokens, priority) - own) / self._workers + own
 

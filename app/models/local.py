@@ -26,7 +26,8 @@ from app.config import EmbedderSettings, ModelSettings, RerankerSettings
 from app.errors import ModelFailure, Unavailable
 from app.logs import get_logger
 from app.models import Embeddings
-from app.models.batching import BatchLimits, BatchQueue, resolve_workers
+from app.models.batch_limits import BatchLimits, resolve_workers
+from app.models.batching import BatchQueue
 from app.models.engines import (
     Engine,
     ThreadShare,

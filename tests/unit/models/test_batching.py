@@ -12,16 +12,10 @@ import pytest
 
 from app import metrics
 from app.errors import DeadlineExceeded, Overloaded, Unavailable
-from app.models.batching import (
-    SIDE_BY_SIDE_AFTER,
-    BatchLimits,
-    BatchQueue,
-    RequestTiming,
-    request_timing,
-    resolve_batch_tokens,
-    resolve_workers,
-)
+from app.models.batch_limits import BatchLimits, resolve_batch_tokens, resolve_workers
+from app.models.batching import SIDE_BY_SIDE_AFTER, BatchQueue
 from app.models.priority import Priority
+from app.models.timing import RequestTiming, request_timing
 from app.resilience import call_deadline
 
 

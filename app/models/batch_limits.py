@@ -1,0 +1,42 @@
+"""How a model's batch queue is bounded and how many batches it computes at once: its
+settings resolved for the device it runs on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from app.config import ModelSettings
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    max_batch_size: int
+    max_batch_tokens: int
+    max_wait_s: float
+    max_queued_items: int
+
+    @classmethod
+    def from_settings(cls, settings: ModelSettings, device: str) -> BatchLimits:
+        return cls(
+            max_batch_size=settings.max_batch_size,
+            max_batch_tokens=resolve_batch_tokens(settings.max_batch_tokens, device),
+            max_wait_s=settings.max_wait_ms / 1000,
+            max_queued_items=settings.max_queue_items,
+        )
+
+
+def resolve_workers(setting: int, device: str, threads: int) -> int:
+    """0 picks by device: two on a CPU with at least two threads, one on a GPU (unmeasured
+    there: one stream of batches keeps it busy)."""
+    if setting:
+        return setting
+    return 2 if not device.startswith("cuda") and threads >= 2 else 1
+
+
+def resolve_batch_tokens(setting: int, device: str) -> int:
+    """0 picks by device. A GPU wants big batches. A CPU runs long inputs faster in small
+    ones (activations stay in cache): measured here at 512 tokens, 11.3 pairs/s in batches
+    of 4-8 vs 9.3-9.9 in batches of 32; at 256 tokens, 5-10% faster at 8-16 than at 64."""
+    if setting:
+        return setting
+    return 16_384 if device.startswith("cuda") else 4_096
