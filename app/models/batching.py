@@ -140,10 +140,9 @@ class BatchQueue(Generic[T, R]):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        for task in list(self._executing):
+        for task in self._executing:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await asyncio.gather(*self._executing, return_exceptions=True)
         computing = [entry for batch in self._inflight.values() for entry in batch]
         for entry in [*computing, *self._pending]:
             if not entry.future.done():
@@ -154,17 +153,19 @@ class BatchQueue(Generic[T, R]):
 
     def expected_wait(self, tokens: int, priority: Priority = Priority.INTERACTIVE) -> float:
         """Seconds until `tokens` more tokens of class `priority` would be computed, at what
-        recent batches of each class cost: until a worker is free (the rest of the batch on
-        the model that ends first), then the queue ahead of them (for a query: the queries,
-        and the one bulk batch that may take its turn first) shared by the workers, then
-        their own batch."""
+        recent batches of each class cost: the rest of the batches on the model, then the
+        queue ahead of them (for a query: the queries, and the one bulk batch that may take
+        its turn first), then their own batch. While requests come one at a time the workers
+        run side by side: then only until the first is free, and the queue is shared."""
         now = time.monotonic()
         left = [
             self._cost[kind].seconds(tokens) - (now - since)
             for tokens, kind, since in self._computing.values()
         ]
-        rest = max(0.0, min(left)) if len(left) >= self._workers else 0.0
         own = self._cost[priority].seconds(tokens)
+        if not self._one_at_a_time():  # a busy queue waits for every batch on the model
+            return max([0.0, *left]) + self._queue_wait(tokens, priority)
+        rest = max(0.0, min(left)) if len(left) >= self._workers else 0.0
         return rest + (self._queue_wait(tokens, priority) - own) / self._workers + own
 
     def _queue_wait(self, tokens: int, priority: Priority) -> float:
@@ -294,7 +295,7 @@ class BatchQueue(Generic[T, R]):
         metrics.BATCH_QUEUE_DEPTH.labels(self.kind).set(self._queued)
 
     def _retry_after(self, wanted: int) -> float:
-        rate = (self._items_per_s or 100.0) * self._workers
+        rate = (self._items_per_s or 100.0) * (self._workers if self._one_at_a_time() else 1)
         return max(1.0, (self._queued + self._reserved + wanted) / rate)
 
     async def _run(self) -> None:
@@ -315,15 +316,14 @@ class BatchQueue(Generic[T, R]):
             task.add_done_callback(self._executing.discard)
 
     def _may_run_beside(self) -> bool:
-        """Whether the next batch may start while others compute: a worker is free, and
-        requests come one at a time (SIDE_BY_SIDE_AFTER)."""
+        """Whether the next batch may start while others compute: a worker is free, one
+        item waits, and requests come one at a time."""
+        return len(self._executing) < self._workers and self._queued == 1 and self._one_at_a_time()
+
+    def _one_at_a_time(self) -> bool:
+        """Several workers, and each of the last SIDE_BY_SIDE_AFTER batches held one item."""
         recent = self._recent_sizes
-        return (
-            len(self._executing) < self._workers
-            and self._queued == 1
-            and len(recent) == recent.maxlen
-            and max(recent) == 1
-        )
+        return self._workers > 1 and len(recent) == recent.maxlen and max(recent) == 1
 
     def _begin(self, batch: list[_Entry[T, R]]) -> int:
         """Number `batch` and count it as computing, before its task first runs (the next

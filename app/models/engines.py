@@ -80,9 +80,12 @@ def use_cpu_threads(setting: int) -> None:
 
 
 class ThreadShare:
-    """torch's CPU threads split between the batches computing at once: a batch alone runs
-    on all `threads`, two at once on half each (torch keeps the count per calling thread).
-    0 leaves the count alone (a GPU, ONNX Runtime's own pools)."""
+    """torch's CPU threads split between the batches computing at once: a batch starting
+    alone runs on all `threads`, one starting beside another on its share (torch keeps the
+    count per calling thread). A batch keeps the count it started with, so for a while two
+    batches may use one thread more than there are: that is how the gains in
+    `app.models.batching` (SIDE_BY_SIDE_AFTER) were measured. 0 leaves the count alone (a
+    GPU, ONNX Runtime's own pools)."""
 
     def __init__(self, threads: int) -> None:
         self._threads = threads
@@ -97,8 +100,8 @@ class ThreadShare:
         with self._lock:
             self._running += 1
             mine = max(1, self._threads // self._running)
-        torch.set_num_threads(mine)
         try:
+            torch.set_num_threads(mine)
             yield
         finally:
             with self._lock:

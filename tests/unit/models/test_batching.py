@@ -621,3 +621,48 @@ async def test_a_free_worker_means_no_wait_for_the_batch_computing(two_workers) 
     await asyncio.gather(first, second)
     assert one_free == pytest.approx(2.0, abs=0.2)  # its own batch only
     assert none_free == pytest.approx(4.0, abs=0.3)  # the first worker's rest, then its batch
+
+
+async def test_two_items_waiting_do_not_start_beside_a_batch(two_workers) -> None:  # type: ignore[no-untyped-def]
+    gate, entered = threading.Event(), threading.Semaphore(0)
+    batches: list[list[int]] = []
+
+    def compute(items: list[int]) -> list[int]:
+        entered.release()
+        gate.wait(5)
+        batches.append(items)
+        return items
+
+    queue = two_workers(compute)
+    queue._recent_sizes.extend([1] * SIDE_BY_SIDE_AFTER)  # one at a time so far
+    first = asyncio.ensure_future(queue.submit([1]))
+    assert await asyncio.to_thread(entered.acquire, timeout=5)
+    both = asyncio.ensure_future(asyncio.gather(queue.submit([2]), queue.submit([3])))
+    assert not await asyncio.to_thread(entered.acquire, timeout=0.3)  # two wait: merged
+    gate.set()
+    await asyncio.gather(first, both)
+    assert batches == [[1], [2, 3]]
+
+
+async def test_a_busy_queue_is_priced_as_one_worker(two_workers) -> None:  # type: ignore[no-untyped-def]
+    gate, entered = threading.Event(), threading.Semaphore(0)
+
+    def compute(items: list[int]) -> list[int]:
+        entered.release()
+        gate.wait(5)
+        return items
+
+    queue = two_workers(compute)
+    queue._recent_sizes.extend([1] * (SIDE_BY_SIDE_AFTER - 1) + [2])  # requests overlapped
+    queue._cost[Priority.INTERACTIVE].observe(1, 2.0)  # a query's batch seems to take 2 s
+    first = asyncio.ensure_future(queue.submit([1]))
+    assert await asyncio.to_thread(entered.acquire, timeout=5)
+    waiting = asyncio.ensure_future(queue.submit([2]))
+    await asyncio.sleep(0.05)
+    busy = queue.expected_wait(1)
+    retry_after = queue._retry_after(1)
+    gate.set()
+    await asyncio.gather(first, waiting)
+    # the batch computing, then the query waiting, then this one: nothing runs beside
+    assert busy == pytest.approx(6.0, abs=0.3)
+    assert retry_after == pytest.approx(max(1.0, 3 / 100.0))  # no rate doubled by workers
