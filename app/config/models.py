@@ -80,9 +80,10 @@ class ModelSettings(ServiceSettings):
         0,
         ge=0,
         le=16,
-        description="Batches computed at once, each on a thread of its own; 0: two on a CPU "
-        "with two threads or more, one on a GPU. Batches run side by side (on a share of the "
-        "`threads` each) only while requests come one at a time, as a gateway's searches do at "
+        description="Batches computed at once, each on a thread of its own; 0: two for torch "
+        "models on a CPU with two threads or more, one on a GPU and for ONNX. Batches run "
+        "side by side (on a share of the `threads` each) only while requests come one at a "
+        "time, as a gateway's searches do at "
         "2 clients: one query leaves a second core mostly idle, and two at once answered 46% "
         "more searches at 2 clients and 25% more at 4 on 2 cores. Requests that overlap are "
         "merged into one batch on every thread.",

@@ -25,12 +25,15 @@ class BatchLimits:
         )
 
 
-def resolve_workers(setting: int, device: str, threads: int) -> int:
-    """0 picks by device: two on a CPU with at least two threads, one on a GPU (unmeasured
-    there: one stream of batches keeps it busy)."""
+def resolve_workers(setting: int, device: str, backend: str, threads: int) -> int:
+    """0 picks: two for torch (`sentence-transformers`) on a CPU with at least two threads,
+    where they were measured; one on a GPU (one stream of batches keeps it busy) and for ONNX
+    Runtime, whose sessions keep their own thread pools (two side by side would run twice
+    the threads there are)."""
     if setting:
         return setting
-    return 2 if not device.startswith("cuda") and threads >= 2 else 1
+    torch_cpu = not device.startswith("cuda") and backend == "sentence-transformers"
+    return 2 if torch_cpu and threads >= 2 else 1
 
 
 def resolve_batch_tokens(setting: int, device: str) -> int:

@@ -79,7 +79,7 @@ class _LocalModel:
         self._model_name = model
         self._device = resolve_device(settings.device)
         self._workers = resolve_workers(
-            settings.workers, self._device, cpu_threads(settings.threads)
+            settings.workers, self._device, settings.backend, cpu_threads(settings.threads)
         )
         self._executors = [
             ThreadPoolExecutor(

@@ -497,11 +497,13 @@ async def test_bulk_batches_are_cut_to_a_short_time_while_searches_come(make_que
     assert [len(b) for b in recorder.batches] == [6]
 
 
-def test_workers_resolve_to_two_on_a_cpu_with_two_threads_and_one_on_a_gpu() -> None:
-    assert resolve_workers(0, "cpu", 2) == 2
-    assert resolve_workers(0, "cpu", 1) == 1
-    assert resolve_workers(0, "cuda:0", 8) == 1
-    assert resolve_workers(3, "cuda:0", 8) == 3
+def test_workers_resolve_to_two_for_torch_on_a_cpu_with_two_threads_else_one() -> None:
+    torch = "sentence-transformers"
+    assert resolve_workers(0, "cpu", torch, 2) == 2
+    assert resolve_workers(0, "cpu", torch, 1) == 1
+    assert resolve_workers(0, "cuda:0", torch, 8) == 1
+    assert resolve_workers(0, "cpu", "onnx", 2) == 1
+    assert resolve_workers(3, "cuda:0", torch, 8) == 3
 
 
 @pytest.fixture
