@@ -535,6 +535,23 @@ async def two_workers() -> AsyncIterator[Callable[..., BatchQueue[int, int]]]:
         executor.shutdown()
 
 
+class Held:
+    """compute() for two workers: records each batch and its thread, and waits at `gate`
+    (set by the test); `entered` counts the batches that began."""
+
+    def __init__(self) -> None:
+        self.gate, self.entered = threading.Event(), threading.Semaphore(0)
+        self.batches: list[list[int]] = []
+        self.threads: set[str] = set()
+
+    def __call__(self, items: list[int]) -> list[int]:
+        self.entered.release()
+        self.gate.wait(5)
+        self.batches.append(items)
+        self.threads.add(threading.current_thread().name)
+        return [2 * i for i in items]
+
+
 async def test_two_workers_compute_small_batches_side_by_side(two_workers) -> None:  # type: ignore[no-untyped-def]
     together = threading.Barrier(2, timeout=5)  # broken unless both batches are inside at once
     batches: list[list[int]] = []
@@ -553,117 +570,81 @@ async def test_two_workers_compute_small_batches_side_by_side(two_workers) -> No
 
 
 async def test_two_workers_merge_overlapping_requests_instead(two_workers) -> None:  # type: ignore[no-untyped-def]
-    gate, entered = threading.Event(), threading.Semaphore(0)
-    batches: list[list[int]] = []
-    threads: set[str] = set()
-
-    def compute(items: list[int]) -> list[int]:
-        entered.release()
-        gate.wait(5)
-        batches.append(items)
-        threads.add(threading.current_thread().name)
-        return [2 * i for i in items]
-
-    queue = two_workers(compute)
+    held = Held()
+    queue = two_workers(held)
     queue._recent_sizes.extend([1] * (SIDE_BY_SIDE_AFTER - 1) + [3])  # a batch of three lately
     first = asyncio.ensure_future(queue.submit([1]))
-    assert await asyncio.to_thread(entered.acquire, timeout=5)
+    assert await asyncio.to_thread(held.entered.acquire, timeout=5)
     later = asyncio.ensure_future(queue.submit([2]))
     await asyncio.sleep(0.1)
-    assert not await asyncio.to_thread(entered.acquire, timeout=0.2)  # no second batch began
+    assert not await asyncio.to_thread(held.entered.acquire, timeout=0.2)  # no second batch began
     more = asyncio.ensure_future(queue.submit([3]))
     await asyncio.sleep(0.05)
-    gate.set()
+    held.gate.set()
     assert (await first, await later, await more) == ([2], [4], [6])
-    assert batches == [[1], [2, 3]]  # what waited beside the first batch went as one
-    assert len(threads) == 1  # one after the other, on the first worker
+    assert held.batches == [[1], [2, 3]]  # what waited beside the first batch went as one
+    assert len(held.threads) == 1  # one after the other, on the first worker
 
 
 async def test_stop_fails_every_batch_computing(two_workers) -> None:  # type: ignore[no-untyped-def]
-    gate, entered = threading.Event(), threading.Semaphore(0)
-
-    def compute(items: list[int]) -> list[int]:
-        entered.release()
-        gate.wait(5)
-        return items
-
-    queue = two_workers(compute)
+    held = Held()
+    queue = two_workers(held)
     queue._recent_sizes.extend([1] * SIDE_BY_SIDE_AFTER)
     waiting = [asyncio.ensure_future(queue.submit([0]))]
-    assert await asyncio.to_thread(entered.acquire, timeout=5)
+    assert await asyncio.to_thread(held.entered.acquire, timeout=5)
     waiting.append(asyncio.ensure_future(queue.submit([1])))
-    entered.release()  # counted once more below
+    held.entered.release()  # counted once more below
     for _ in range(2):
-        assert await asyncio.to_thread(entered.acquire, timeout=5)
+        assert await asyncio.to_thread(held.entered.acquire, timeout=5)
     await queue.stop()
-    gate.set()
+    held.gate.set()
     for request in waiting:
         with pytest.raises(Unavailable):
             await request
 
 
 async def test_a_free_worker_means_no_wait_for_the_batch_computing(two_workers) -> None:  # type: ignore[no-untyped-def]
-    gate, entered = threading.Event(), threading.Semaphore(0)
-
-    def compute(items: list[int]) -> list[int]:
-        entered.release()
-        gate.wait(5)
-        return items
-
-    queue = two_workers(compute)
+    held = Held()
+    queue = two_workers(held)
     queue._recent_sizes.extend([1] * SIDE_BY_SIDE_AFTER)
     queue._cost[Priority.INTERACTIVE].observe(1, 2.0)  # a query's batch seems to take 2 s
     first = asyncio.ensure_future(queue.submit([1]))
-    assert await asyncio.to_thread(entered.acquire, timeout=5)
+    assert await asyncio.to_thread(held.entered.acquire, timeout=5)
     one_free = queue.expected_wait(1)
     second = asyncio.ensure_future(queue.submit([2]))
-    assert await asyncio.to_thread(entered.acquire, timeout=5)
+    assert await asyncio.to_thread(held.entered.acquire, timeout=5)
     none_free = queue.expected_wait(1)
-    gate.set()
+    held.gate.set()
     await asyncio.gather(first, second)
     assert one_free == pytest.approx(2.0, abs=0.2)  # its own batch only
     assert none_free == pytest.approx(4.0, abs=0.3)  # the first worker's rest, then its batch
 
 
 async def test_two_items_waiting_do_not_start_beside_a_batch(two_workers) -> None:  # type: ignore[no-untyped-def]
-    gate, entered = threading.Event(), threading.Semaphore(0)
-    batches: list[list[int]] = []
-
-    def compute(items: list[int]) -> list[int]:
-        entered.release()
-        gate.wait(5)
-        batches.append(items)
-        return items
-
-    queue = two_workers(compute)
+    held = Held()
+    queue = two_workers(held)
     queue._recent_sizes.extend([1] * SIDE_BY_SIDE_AFTER)  # one at a time so far
     first = asyncio.ensure_future(queue.submit([1]))
-    assert await asyncio.to_thread(entered.acquire, timeout=5)
+    assert await asyncio.to_thread(held.entered.acquire, timeout=5)
     both = asyncio.ensure_future(asyncio.gather(queue.submit([2]), queue.submit([3])))
-    assert not await asyncio.to_thread(entered.acquire, timeout=0.3)  # two wait: merged
-    gate.set()
+    assert not await asyncio.to_thread(held.entered.acquire, timeout=0.3)  # two wait: merged
+    held.gate.set()
     await asyncio.gather(first, both)
-    assert batches == [[1], [2, 3]]
+    assert held.batches == [[1], [2, 3]]
 
 
 async def test_a_busy_queue_is_priced_as_one_worker(two_workers) -> None:  # type: ignore[no-untyped-def]
-    gate, entered = threading.Event(), threading.Semaphore(0)
-
-    def compute(items: list[int]) -> list[int]:
-        entered.release()
-        gate.wait(5)
-        return items
-
-    queue = two_workers(compute)
+    held = Held()
+    queue = two_workers(held)
     queue._recent_sizes.extend([1] * (SIDE_BY_SIDE_AFTER - 1) + [2])  # requests overlapped
     queue._cost[Priority.INTERACTIVE].observe(1, 2.0)  # a query's batch seems to take 2 s
     first = asyncio.ensure_future(queue.submit([1]))
-    assert await asyncio.to_thread(entered.acquire, timeout=5)
+    assert await asyncio.to_thread(held.entered.acquire, timeout=5)
     waiting = asyncio.ensure_future(queue.submit([2]))
     await asyncio.sleep(0.05)
     busy = queue.expected_wait(1)
     retry_after = queue._retry_after(1)
-    gate.set()
+    held.gate.set()
     await asyncio.gather(first, waiting)
     # the batch computing, then the query waiting, then this one: nothing runs beside
     assert busy == pytest.approx(6.0, abs=0.3)
