@@ -266,30 +266,13 @@ async def run_open_loop(
 
 
 async def _post_alone(url: httpx.URL, body: bytes, timeout_s: float) -> httpx.Response:
-    """POST `body` (JSON) over a connection of its own (HTTP/1.1, closed by the server after
-    the answer, whose length it declares)."""
-
-    async def exchange() -> bytes:
-        reader, writer = await asyncio.open_connection(url.host, url.port)
-        try:
-            head = (
-                f"POST {url.raw_path.decode()} HTTP/1.1\r\nHost: {url.host}:{url.port}\r\n"
-                "Content-Type: application/json\r\nConnection: close\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n"
-            )
-            writer.write(head.encode() + body)
-            await writer.drain()
-            return await reader.read()
-        finally:
-            writer.close()
-
+    """POST `body` (JSON) over a connection of its own, which the server closes after the
+    answer."""
+    connection = _Connection(url, timeout_s, {"Connection": "close"})
     try:
-        raw = await asyncio.wait_for(exchange(), timeout_s)
-    except (OSError, TimeoutError) as exc:
-        raise httpx.TransportError(repr(exc)) from exc
-    head, _, content = raw.partition(b"\r\n\r\n")
-    status, headers = _head(head)
-    return httpx.Response(status, headers=headers, content=content)
+        return await connection.post(body)
+    finally:
+        connection.close()
 
 
 def _ok(reply: httpx.Response) -> bool:

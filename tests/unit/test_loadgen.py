@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 
 import httpx
 
-from harness.loadgen import LoadResult, run_load
+from harness.loadgen import LoadResult, run_load, run_open_loop
 
 Answer = Callable[[int, dict[str, str], bytes], bytes]
 
@@ -157,3 +157,11 @@ def test_pooled_rounds_add_up_counts_and_time_and_keep_every_latency() -> None:
     assert pooled.statuses == {200: 4, 429: 1}
     assert pooled.labels == {"reranked": 3, "not reranked": 1}
     assert first.requests == 3 and first.latencies_ms == [1.0, 2.0, 9.0]  # inputs untouched
+
+
+async def test_the_open_loop_sends_each_request_on_a_connection_of_its_own() -> None:
+    async with server(echo()) as (url, per_connection, seen):
+        result = await run_open_loop(url, BODIES, rate_per_s=50, duration_s=0.1)
+    assert result.requests == 5 and result.errors == 0 and result.statuses == {200: 5}
+    assert per_connection == [1] * 5
+    assert all(h["connection"] == "close" for h in seen)
