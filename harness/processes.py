@@ -21,10 +21,16 @@ def free_port() -> int:
         return port
 
 
+# Settings every child gets unless `child_env` is given others: the test suite keeps its
+# model services off ONNX Runtime here (tests/conftest.py).
+CHILD_DEFAULTS: dict[str, str] = {}
+
+
 def child_env(**settings: str) -> dict[str, str]:
-    """The current environment without SEMSEARCH_* settings, offline, plus `settings`."""
+    """The current environment without SEMSEARCH_* settings, offline, plus CHILD_DEFAULTS and
+    `settings`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEMSEARCH_")}
-    env.update(HF_HUB_OFFLINE="1", SEMSEARCH_LOG_FORMAT="json", **settings)
+    env.update(HF_HUB_OFFLINE="1", SEMSEARCH_LOG_FORMAT="json", **CHILD_DEFAULTS, **settings)
     return env
 
 

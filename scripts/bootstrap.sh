@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-extras="models"
+extras="models,onnx"
 [[ "${1:-}" == "--dev" ]] && extras="models,dev"
 python="${PYTHON:-python3}"
 torch_pin="${SEMSEARCH_TORCH_PIN:-torch==2.13.0}"

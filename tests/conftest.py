@@ -21,6 +21,7 @@ from app.index.qdrant.connection import QdrantOptions
 from app.ingest.indexer import index_documents
 from app.models.fake import FakeEmbedder, FakeReranker
 from app.types import Document
+from harness import processes
 from harness.processes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,12 +54,24 @@ def _restore_logging() -> Iterator[None]:
     structlog.reset_defaults()
 
 
+# Models in tests stay on torch: each start would otherwise export the model to ONNX in a
+# child process (seconds of CPU, killed again when a short test stops the model). The move
+# to ONNX Runtime has tests of its own (tests/unit/models/test_float32_on_onnx.py).
+NO_ONNX_EXPORTS = {
+    "SEMSEARCH_EMBEDDER_FLOAT32_ON_ONNX": "false",
+    "SEMSEARCH_RERANKER_FLOAT32_ON_ONNX": "false",
+}
+processes.CHILD_DEFAULTS.update(NO_ONNX_EXPORTS)
+
+
 @pytest.fixture(autouse=True)
 def _hermetic_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     """Settings come from each test, never from the developer's shell."""
     for name in list(os.environ):
         if name.startswith("SEMSEARCH_") and name != "SEMSEARCH_TEST_RERANKER_DIR":
             monkeypatch.delenv(name)
+    for name, value in NO_ONNX_EXPORTS.items():
+        monkeypatch.setenv(name, value)
 
 
 def faiss_options(**settings: Any) -> FaissOptions:

@@ -34,16 +34,26 @@ class ModelSettings(ServiceSettings):
         "for small ones (see bf16_min_batch_tokens); float32 on other CPUs.",
     )
     bf16_min_batch_tokens: int = Field(
-        512,
+        256,
         ge=0,
         description="With dtype `auto` on a CPU with bf16 units: batches of fewer padded "
-        "tokens (longest item x items) run in float32, larger ones in bfloat16. bf16 autocast "
-        "converts the weights at each call, which a lone query does not win back (measured on "
-        "an AVX512-BF16 EPYC: 14.5 vs 9.9 ms per query), while large batches run 1.7-2.8x "
-        "faster. The same text can thus be embedded in either precision, depending on what it "
-        "was batched with (cosines differ in the third decimal). 0: bfloat16 for every "
-        "batch; an explicit dtype applies to every batch. `python -m bench.precision` prints "
-        "this machine's crossover.",
+        "tokens (longest item x items) run in float32 (on ONNX Runtime, see float32_on_onnx), "
+        "larger ones in torch's bfloat16. Measured here (`python -m bench.precision`, which "
+        "prints this machine's crossover): ONNX Runtime's float32 ran 1x16 tokens in 9.5 ms "
+        "against 28 ms in bf16 and 4x32 in 30 vs 37 ms, while bf16 ran 8x32 in 26 vs 45 ms "
+        "and 32x256 2.9x faster. The same text can thus be embedded in either precision, "
+        "depending on what it was batched with (cosines differ in the third decimal). 0: "
+        "bfloat16 for every batch; an explicit dtype applies to every batch.",
+    )
+    float32_on_onnx: bool = Field(
+        True,
+        description="With dtype `auto` on a CPU: float32 batches (below bf16_min_batch_tokens, "
+        "or all of them on a CPU without bf16 units) run on ONNX Runtime's fused graph, "
+        "bfloat16 ones stay on torch. A lone query took 7.7-8.7 ms there against 19-46 ms in "
+        "torch (bench/README.md). The export is made once per model and machine, in a child "
+        "process after the model is ready, into onnx_cache_dir (about 15 s of CPU for "
+        "MiniLM); torch serves until it is loaded. Needs the `onnx` extra; without it, torch "
+        "runs every batch.",
     )
     max_batch_size: int = Field(256, ge=1, le=8192, description="Most items in one forward pass.")
     max_batch_tokens: int = Field(

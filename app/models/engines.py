@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import sys
 import threading
@@ -73,6 +74,11 @@ def cpu_threads(setting: int) -> int:
     """`setting`, or for 0 every core the process may run on (torch's and ONNX Runtime's
     defaults ignore CPU affinity, e.g. a container's CPU set)."""
     return setting or max(1, len(os.sched_getaffinity(0)))
+
+
+def has_onnx_runtime() -> bool:
+    """Whether the `onnx` extra (ONNX Runtime, and onnx to export with) is installed."""
+    return all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime"))
 
 
 def use_cpu_threads(setting: int) -> None:
@@ -170,6 +176,29 @@ class TorchEngine:
         if self._autocast and batch.input_ids.size >= self._bf16_min_tokens:
             return torch.autocast(self._device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+
+class SplitEngine:
+    """Batches under `below` padded tokens on a second engine once one is attached; the rest,
+    and every batch until then, on `large`.
+
+    On a CPU the float32 batches go to ONNX Runtime's fused graph (`app.models.onnx`) and the
+    bfloat16 ones stay on torch: a lone query took 7.7-8.7 ms there against 19-46 ms in torch
+    eager, whose per-layer Python and thread hand-offs are most of a small batch's cost, while
+    large batches run fastest in torch's bfloat16 (bench/README.md, `bench.precision`). The
+    second engine is attached from another thread when its export is ready: a plain attribute,
+    read once per batch."""
+
+    def __init__(self, large: Engine, below: int) -> None:
+        self.large = large
+        self.below = below
+        self.small: Engine | None = None
+
+    def __call__(self, batch: Padded) -> FloatArray:
+        small = self.small
+        if small is not None and batch.input_ids.size < self.below:
+            return small(batch)
+        return self.large(batch)
 
 
 def split_on_oom(run: Callable[[Padded], FloatArray], batch: Padded) -> FloatArray:

@@ -10,7 +10,10 @@ event loop (torch and onnxruntime release the GIL). This is the only module, wit
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
+import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -30,10 +33,12 @@ from app.models.batch_limits import BatchLimits, resolve_workers
 from app.models.batching import BatchQueue
 from app.models.engines import (
     Engine,
+    SplitEngine,
     ThreadShare,
     TorchEngine,
     bf16_min_tokens,
     cpu_threads,
+    has_onnx_runtime,
     lower_thread_priority,
     resolve_device,
     resolve_dtype,
@@ -66,12 +71,14 @@ class _Loaded:
     tokenizer: TextTokenizer
     engine: Engine
     info: ModelInfo
+    folder: Path
 
 
 class _LocalModel:
     """Lifecycle shared by the embedder and the reranker: load, warm up, batch, health."""
 
     kind = "model"
+    output = ""  # the sentence-transformers output the engines return
     setting_name = "SEMSEARCH_MODEL"
 
     def __init__(self, settings: ModelSettings, model: str) -> None:
@@ -101,6 +108,7 @@ class _LocalModel:
         self._failures = 0
         self._loaded: _Loaded | None = None
         self._queue: BatchQueue[Encoded, Any] | None = None
+        self._onnx: asyncio.Task[None] | None = None
         self._info = ModelInfo(model, self.kind, None, 0, settings.backend, self._device)
 
     @property
@@ -148,6 +156,11 @@ class _LocalModel:
             kind=self.kind,
         )
         self._queue.start()
+        if isinstance(self._loaded.engine, SplitEngine):
+            self._onnx = asyncio.create_task(
+                self._attach_onnx(self._loaded.engine, self._loaded.folder),
+                name=f"{self.kind}-onnx-float32",
+            )
         seconds = time.perf_counter() - started
         metrics.MODEL_LOAD_SECONDS.labels(self.kind, self._model_name).set(seconds)
         metrics.MODEL_READY.labels(self.kind, self._model_name).set(1)
@@ -162,6 +175,10 @@ class _LocalModel:
         )
 
     async def stop(self) -> None:
+        if self._onnx is not None:
+            self._onnx.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._onnx
         if self._queue is not None:
             await self._queue.stop()
         for executor in self._executors:
@@ -180,9 +197,7 @@ class _LocalModel:
     def _load(self, folder: Path) -> _Loaded:
         raise NotImplementedError
 
-    def _engine(
-        self, folder: Path, output: str, load_torch: Callable[[str], Any]
-    ) -> tuple[Engine, str]:
+    def _engine(self, folder: Path, load_torch: Callable[[str], Any]) -> tuple[Engine, str]:
         """The configured engine for `folder`, and a label for /info."""
         backend = self._settings.backend
         if backend in ("onnx", "onnx-int8"):
@@ -194,14 +209,50 @@ class _LocalModel:
             if not path.is_file():
                 export(folder, self.kind, path)
             threads = cpu_threads(self._settings.threads)
-            return OnnxEngine(path, self._device, output, threads), backend
+            return OnnxEngine(path, self._device, self.output, threads), backend
         if self._device == "cpu":
             use_cpu_threads(self._settings.threads)
         settings = self._settings
         dtype = resolve_dtype(settings.dtype, self._device)
         mixed = bf16_min_tokens(settings.dtype, dtype, self._device, settings.bf16_min_batch_tokens)
-        engine = TorchEngine(load_torch(self._device), output, self._device, dtype, mixed)
-        return engine, f"torch-float32+bfloat16>={mixed}" if mixed else f"torch-{dtype}"
+        engine = TorchEngine(load_torch(self._device), self.output, self._device, dtype, mixed)
+        label = f"torch-float32+bfloat16>={mixed}" if mixed else f"torch-{dtype}"
+        float32_below = mixed or (sys.maxsize if dtype == "float32" else 0)
+        if (
+            settings.float32_on_onnx
+            and settings.dtype == "auto"
+            and self._device == "cpu"
+            and float32_below
+            and has_onnx_runtime()
+        ):  # ONNX Runtime takes the float32 batches once exported (_attach_onnx)
+            return SplitEngine(engine, float32_below), label
+        return engine, label
+
+    async def _attach_onnx(self, split: SplitEngine, folder: Path) -> None:
+        """Move `split`'s float32 batches to ONNX Runtime once the model is exported and
+        loaded. Torch serves them until then, and for good if any of it fails."""
+        from app.models.onnx import load_float32
+
+        started = time.perf_counter()
+        try:
+            onnx = await load_float32(
+                folder, self.kind, self.output, self._settings, self._executors[-1]
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("onnx_float32_unavailable", kind=self.kind, error=repr(exc))
+            return
+        split.small = onnx
+        below = "" if split.below == sys.maxsize else f"<{split.below}"
+        label = f"onnx-float32{below}+torch-bfloat16" if below else "onnx-float32"
+        self._info = dataclasses.replace(self._info, backend=label)
+        log.info(
+            "onnx_float32_attached",
+            kind=self.kind,
+            backend=label,
+            seconds=round(time.perf_counter() - started, 2),
+        )
 
     def _guarded(
         self, compute: Callable[[list[Encoded]], list[Any]]
@@ -238,6 +289,7 @@ class LocalEmbedder(_LocalModel):
     """A sentence-transformers bi-encoder; vectors are L2-normalized."""
 
     kind = "embedding"
+    output = "sentence_embedding"
     setting_name = "SEMSEARCH_EMBEDDER_MODEL"
 
     def __init__(self, settings: EmbedderSettings) -> None:
@@ -255,11 +307,11 @@ class LocalEmbedder(_LocalModel):
             model.max_seq_length = window
             return model
 
-        engine, backend = self._engine(folder, "sentence_embedding", load_torch)
+        engine, backend = self._engine(folder, load_torch)
         tokenizer = _tokenizer(folder, window)
         dimension = int(engine(tokenizer.pad(tokenizer.encode(["x"], Truncate.END))).shape[1])
         info = ModelInfo(settings.model, self.kind, dimension, window, backend, self._device)
-        return _Loaded(tokenizer, engine, info)
+        return _Loaded(tokenizer, engine, info, folder)
 
     def _compute(self, batch: list[Encoded]) -> list[FloatArray]:
         loaded = self._loaded
@@ -295,6 +347,7 @@ class LocalReranker(_LocalModel):
     """A sentence-transformers cross-encoder returning raw logits (no sigmoid)."""
 
     kind = "reranker"
+    output = "scores"
     setting_name = "SEMSEARCH_RERANKER_MODEL"
 
     def __init__(self, settings: RerankerSettings) -> None:
@@ -309,11 +362,11 @@ class LocalReranker(_LocalModel):
         def load_torch(device: str) -> Any:
             return CrossEncoder(str(folder), device=device, max_length=window)
 
-        engine, backend = self._engine(folder, "scores", load_torch)
+        engine, backend = self._engine(folder, load_torch)
         info = ModelInfo(
             self._reranker_settings.model, self.kind, None, window, backend, self._device
         )
-        return _Loaded(_tokenizer(folder, window), engine, info)
+        return _Loaded(_tokenizer(folder, window), engine, info, folder)
 
     def _compute(self, batch: list[Encoded]) -> list[float]:
         loaded = self._loaded

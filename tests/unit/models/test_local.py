@@ -8,6 +8,7 @@ cross-encoder trained in this workspace, when its folder is present.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import threading
 from pathlib import Path
@@ -228,11 +229,8 @@ async def test_model_that_keeps_failing_turns_unhealthy(tiny_bi_encoder: Path) -
     def broken(batch: object) -> object:
         raise RuntimeError("CUDA error: device-side assert triggered")
 
-    embedder._loaded = embedder._loaded.__class__(  # type: ignore[union-attr]
-        embedder._loaded.tokenizer,
-        broken,
-        embedder._loaded.info,  # type: ignore[union-attr,arg-type]
-    )
+    assert embedder._loaded is not None
+    embedder._loaded = dataclasses.replace(embedder._loaded, engine=broken)
     for _ in range(3):
         with pytest.raises(ModelFailure, match="device-side assert"):
             await embedder.embed(["x"], InputType.QUERY)
