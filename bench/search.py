@@ -131,9 +131,12 @@ def start(
     env = child_env(**{**defaults, **settings})
     command = [sys.executable, "-m", "app.cli", "serve", "gateway", "--port", str(port)]
     service = start_service("semsearch", command, port, env, logs)
-    for _ in range(600):  # ready already answers from words while the models load
+    for _ in range(1500):  # ready already answers from words while the models load
         components = httpx.get(f"{service.url}/ready").json()["components"]
-        if components["embedder"]["status"] == components["reranker"]["status"] == "ready":
+        models = (components["embedder"], components["reranker"])
+        # and the first start on a machine exports the models for ONNX Runtime (~15 s of CPU
+        # each), while torch serves: measured once that is done
+        if all(m["status"] == "ready" and "pending" not in m["backend"] for m in models):
             break
         time.sleep(0.2)
     return service

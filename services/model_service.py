@@ -79,7 +79,10 @@ async def info(request: Request) -> InfoResponse:
 @common_routes.get("/ready", tags=["ops"], summary="Readiness: the model is loaded and warmed up.")
 async def ready(request: Request) -> JSONResponse:
     model = served_model(request)
-    return ready_response(model.ready, {"model": model.info.model_id, "status": model.status})
+    return ready_response(
+        model.ready,
+        {"model": model.info.model_id, "backend": model.info.backend, "status": model.status},
+    )
 
 
 async def caller_deadline(

@@ -47,9 +47,10 @@ class ModelSettings(ServiceSettings):
     )
     float32_on_onnx: bool = Field(
         True,
-        description="With dtype `auto` on a CPU: float32 batches (below bf16_min_batch_tokens, "
-        "or all of them on a CPU without bf16 units) run on ONNX Runtime's fused graph, "
-        "bfloat16 ones stay on torch. A lone query took 7.7-8.7 ms there against 19-46 ms in "
+        description="On a CPU, float32 batches run on ONNX Runtime's fused graph (the same "
+        "numbers) and bfloat16 ones stay on torch: with dtype `auto`, those below "
+        "bf16_min_batch_tokens (all of them on a CPU without bf16 units); with dtype "
+        "`float32`, all of them. A lone query took 7.7-8.7 ms there against 19-46 ms in "
         "torch (bench/README.md). The export is made once per model and machine, in a child "
         "process after the model is ready, into onnx_cache_dir (about 15 s of CPU for "
         "MiniLM); torch serves until it is loaded. Needs the `onnx` extra; without it, torch "

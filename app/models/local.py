@@ -64,6 +64,8 @@ logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
 _INLINE_TOKENIZE_CHARS = 4_000
 # Consecutive failed batches after which the model counts as broken (/health turns 503).
 _UNHEALTHY_AFTER = 3
+# The backend's label while float32 batches wait for their ONNX export (float32_on_onnx).
+_ONNX_PENDING = " (float32 to onnx: pending)"
 
 
 @dataclass(frozen=True)
@@ -220,12 +222,11 @@ class _LocalModel:
         float32_below = mixed or (sys.maxsize if dtype == "float32" else 0)
         if (
             settings.float32_on_onnx
-            and settings.dtype == "auto"
             and self._device == "cpu"
             and float32_below
             and has_onnx_runtime()
         ):  # ONNX Runtime takes the float32 batches once exported (_attach_onnx)
-            return SplitEngine(engine, float32_below), label
+            return SplitEngine(engine, float32_below), label + _ONNX_PENDING
         return engine, label
 
     async def _attach_onnx(self, split: SplitEngine, folder: Path) -> None:
@@ -242,6 +243,9 @@ class _LocalModel:
             raise
         except Exception as exc:
             log.warning("onnx_float32_unavailable", kind=self.kind, error=repr(exc))
+            self._info = dataclasses.replace(
+                self._info, backend=self._info.backend.removesuffix(_ONNX_PENDING)
+            )
             return
         split.small = onnx
         below = "" if split.below == sys.maxsize else f"<{split.below}"

@@ -147,8 +147,16 @@ class SearchPipeline:
         default = collections.get(self.default_collection)
         ready = default is not None and (self.embedder.ready or bool(default.get("lexical")))
         return ready, {
-            "embedder": {"model": self.embedder.info.model_id, "status": self.embedder.status},
-            "reranker": {"model": self.reranker.info.model_id, "status": self.reranker.status},
+            "embedder": {
+                "model": self.embedder.info.model_id,
+                "backend": self.embedder.info.backend,
+                "status": self.embedder.status,
+            },
+            "reranker": {
+                "model": self.reranker.info.model_id,
+                "backend": self.reranker.info.backend,
+                "status": self.reranker.status,
+            },
             "cache": self.cache.backend,
             "collections": collections,
             "default_collection": self.default_collection,

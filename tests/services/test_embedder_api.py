@@ -175,7 +175,10 @@ async def test_ops_endpoints() -> None:
     async with asgi_client(fake_app()) as client:
         assert (await client.get("/health")).json() == {"status": "ok"}
         ready = (await client.get("/ready")).json()
-        assert ready == {"status": "ready", "components": {"model": "fake:tiny", "status": "ready"}}
+        assert ready == {
+            "status": "ready",
+            "components": {"model": "fake:tiny", "backend": "fake", "status": "ready"},
+        }
         info = (await client.get("/info")).json()
         assert info["model_id"] == "fake:tiny"
         assert info["dimension"] == 64

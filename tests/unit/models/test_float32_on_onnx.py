@@ -103,7 +103,8 @@ async def test_float32_batches_move_to_onnx_and_give_the_same_answers(
         await model.start()
         assert model.ready, model.status
     assert isinstance(embedder, LocalEmbedder) and isinstance(reranker, LocalReranker)
-    # torch serves while the export runs
+    # torch serves while the export runs, and says so
+    assert embedder.info.backend.endswith("(float32 to onnx: pending)")
     before = await embedder.embed(["cats purr"], InputType.QUERY)
 
     split = await attached(embedder)
@@ -140,7 +141,7 @@ async def test_a_failed_export_leaves_torch_serving(tiny_bi_encoder: Path, tmp_p
     task = embedder._onnx
     assert task is not None
     await asyncio.wait_for(task, ATTACH_TIMEOUT_S)  # ends: the child failed
-    assert embedder.info.backend.startswith("torch")
+    assert embedder.info.backend.startswith("torch") and "pending" not in embedder.info.backend
     out = await embedder.embed(["still answering"], InputType.QUERY)
     assert out.vectors.shape == (1, 32)
     await embedder.stop()
