@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from app.config import EmbedderSettings
-from app.models.engines import Engine, TorchEngine, cpu_has_bf16, has_onnx_runtime
+from app.models.cpu import cpu_has_bf16, cpu_threads
+from app.models.engines import Engine, TorchEngine, has_onnx_runtime
 from app.models.paths import resolve_model_path
 from app.models.tokens import Padded
 from bench.common import machine, table, write_json
@@ -59,7 +60,6 @@ def timed_ms(engines: dict[str, Engine], batch: Padded, repeats: int) -> dict[st
 def onnx_engine(model: str) -> Engine | None:
     if not has_onnx_runtime():
         return None
-    from app.models.engines import cpu_threads
     from app.models.onnx import OnnxEngine, export, exported_path
 
     folder = Path(resolve_model_path(model))

@@ -13,13 +13,13 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from app.logs import get_logger
+from app.models.cpu import cpu_has_bf16, cpu_threads
 from app.models.tokens import Padded
 from app.types import FloatArray
 
@@ -59,21 +59,6 @@ def bf16_min_tokens(setting: str, dtype: str, device: str, configured: int) -> i
     if setting != "auto" or dtype != "bfloat16" or device.startswith("cuda"):
         return 0
     return configured
-
-
-def cpu_has_bf16() -> bool:
-    """Native bf16 arithmetic (AVX512-BF16 or AMX), read from /proc/cpuinfo (Linux)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
-
-
-def cpu_threads(setting: int) -> int:
-    """`setting`, or for 0 every core the process may run on (torch's and ONNX Runtime's
-    defaults ignore CPU affinity, e.g. a container's CPU set)."""
-    return setting or max(1, len(os.sched_getaffinity(0)))
 
 
 def has_onnx_runtime() -> bool:

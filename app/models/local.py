@@ -31,13 +31,13 @@ from app.logs import get_logger
 from app.models import Embeddings
 from app.models.batch_limits import BatchLimits, resolve_workers
 from app.models.batching import BatchQueue
+from app.models.cpu import cpu_threads
 from app.models.engines import (
     Engine,
     SplitEngine,
     ThreadShare,
     TorchEngine,
     bf16_min_tokens,
-    cpu_threads,
     has_onnx_runtime,
     lower_thread_priority,
     resolve_device,

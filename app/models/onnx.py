@@ -28,7 +28,7 @@ import numpy as np
 
 from app.extras import require
 from app.logs import get_logger
-from app.models.engines import cpu_threads
+from app.models.cpu import cpu_threads
 from app.models.tokens import Padded
 from app.types import FloatArray
 

@@ -4,6 +4,7 @@ timing headers, overload, health, client disconnects."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from pathlib import Path
 from typing import Any
@@ -148,7 +149,7 @@ async def test_full_queue_answers_429_with_retry_after(tiny_bi_encoder: Path) ->
             gate.wait(10)
             return engine(batch)
 
-        model._loaded = model._loaded.__class__(model._loaded.tokenizer, slow, model._loaded.info)
+        model._loaded = dataclasses.replace(model._loaded, engine=slow)
         first = asyncio.ensure_future(client.post("/v1/embeddings", json={"input": ["a"]}))
         await asyncio.sleep(0.1)  # "a" is on the model, held by the gate
         queued = asyncio.ensure_future(
@@ -172,7 +173,7 @@ async def test_health_turns_503_when_the_model_keeps_failing(tiny_cross_encoder:
         def broken(batch: Any) -> Any:
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
-        model._loaded = model._loaded.__class__(model._loaded.tokenizer, broken, model._loaded.info)
+        model._loaded = dataclasses.replace(model._loaded, engine=broken)
         for _ in range(3):
             reply = await client.post("/rerank", json={"query": "q", "documents": ["d"]})
             assert_error(reply, 500, "model_failed")
@@ -228,7 +229,7 @@ async def test_a_caller_that_would_time_out_in_the_queue_gets_429_at_once(
             gate.wait(10)
             return engine(batch)
 
-        model._loaded = model._loaded.__class__(model._loaded.tokenizer, slow, model._loaded.info)
+        model._loaded = dataclasses.replace(model._loaded, engine=slow)
         first = asyncio.ensure_future(client.post("/v1/embeddings", json={"input": ["a"]}))
         await asyncio.sleep(0.1)  # "a" is on the model, held by the gate
         refused = await client.post(

@@ -12,6 +12,7 @@ import pytest
 
 from app import metrics
 from app.errors import DeadlineExceeded, Overloaded, Unavailable
+from app.models import batch_limits
 from app.models.batch_limits import BatchLimits, resolve_batch_tokens, resolve_workers
 from app.models.batching import SIDE_BY_SIDE_AFTER, BatchQueue
 from app.models.priority import Priority
@@ -311,10 +312,16 @@ async def test_a_request_larger_than_the_queue_runs_when_nothing_waits(make_queu
     await asyncio.gather(running, waiting)
 
 
-def test_token_budget_defaults_by_device_and_an_explicit_one_wins() -> None:
+def test_token_budget_defaults_by_device_and_an_explicit_one_wins(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(batch_limits, "cpu_has_bf16", lambda: False)
     assert resolve_batch_tokens(0, "cpu") == 4_096
     assert resolve_batch_tokens(0, "cuda:0") == 16_384
     assert resolve_batch_tokens(8_192, "cpu") == 8_192
+    monkeypatch.setattr(batch_limits, "cpu_has_bf16", lambda: True)  # large batches in bf16
+    assert resolve_batch_tokens(0, "cpu") == 8_192
+    assert resolve_batch_tokens(2_048, "cpu") == 2_048
 
 
 async def test_bulk_items_wait_while_interactive_ones_do(make_queue) -> None:  # type: ignore[no-untyped-def]
