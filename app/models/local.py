@@ -235,10 +235,15 @@ class _LocalModel:
         from app.models.onnx import load_float32
 
         started = time.perf_counter()
+        loop = asyncio.get_running_loop()
         try:
             onnx = await load_float32(
                 folder, self.kind, self.output, self._settings, self._executors[-1]
             )
+            large = split.large
+            if isinstance(large, TorchEngine) and split.below < sys.maxsize:
+                # what is left for torch runs in bfloat16 only: hold the weights in it
+                large = await loop.run_in_executor(self._executors[-1], large.in_bfloat16)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -247,7 +252,7 @@ class _LocalModel:
                 self._info, backend=self._info.backend.removesuffix(_ONNX_PENDING)
             )
             return
-        split.small = onnx
+        split.small, split.large = onnx, large
         below = "" if split.below == sys.maxsize else f"<{split.below}"
         label = f"onnx-float32{below}+torch-bfloat16" if below else "onnx-float32"
         self._info = dataclasses.replace(self._info, backend=label)

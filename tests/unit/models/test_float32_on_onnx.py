@@ -19,7 +19,7 @@ import pytest
 from app.config import EmbedderSettings, RerankerSettings
 from app.models import build_embedder, build_reranker
 from app.models import onnx as onnx_module
-from app.models.engines import SplitEngine
+from app.models.engines import SplitEngine, TorchEngine
 from app.models.local import LocalEmbedder, LocalReranker
 from app.models.tokens import Padded
 from app.types import FloatArray, InputType
@@ -115,9 +115,13 @@ async def test_float32_batches_move_to_onnx_and_give_the_same_answers(
     np.testing.assert_allclose(before.vectors, reference.vectors, atol=1e-2)  # bf16 or not
     assert len(small) == 1 and small[0] < 64
     passages = [f"passage {i} " + "word " * 20 for i in range(6)]  # 6 x ~25 tokens
-    await embedder.embed(passages, InputType.PASSAGE)
-    if split.below < 1_000_000:  # a CPU with bf16 units: the large batch stayed on torch
-        assert len(small) == 1
+    large = await embedder.embed(passages, InputType.PASSAGE)
+    expected = await torch_embedder.embed(passages, InputType.PASSAGE)
+    assert np.sum(large.vectors * expected.vectors, axis=1).min() > 0.999
+    if split.below < 1_000_000:  # a CPU with bf16 units: the large batch stayed on torch,
+        assert len(small) == 1  # which now holds its weights in bfloat16
+        assert isinstance(split.large, TorchEngine)
+        assert split.large.precision(Padded(*(np.ones((1, 4), np.int64),) * 3)) == "bfloat16"
     assert "onnx-float32" in embedder.info.backend
 
     rerank_split = await attached(reranker)

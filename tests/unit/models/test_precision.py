@@ -39,7 +39,7 @@ class Echo(torch.nn.Module):
         self.linear = torch.nn.Linear(1, 1)
 
     def forward(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        x = features["input_ids"][:, :1].float()
+        x = features["input_ids"][:, :1].to(self.linear.weight.dtype)  # as an embedding is
         out = self.linear(x)
         marker = 1.0 if out.dtype == torch.bfloat16 else 0.0
         return {"sentence_embedding": torch.full((len(x), 1), marker)}
@@ -61,3 +61,14 @@ def test_an_explicit_dtype_applies_to_every_batch() -> None:
     assert engine(padded(1, 20))[0, 0] == 1.0
     engine = TorchEngine(Echo(), "sentence_embedding", "cpu", "float32")
     assert engine.precision(padded(32, 256)) == "float32"
+
+
+def test_a_copy_in_bfloat16_runs_every_batch_in_it_and_leaves_the_original() -> None:
+    engine = TorchEngine(Echo(), "sentence_embedding", "cpu", "bfloat16", bf16_min_tokens=512)
+    copy = engine.in_bfloat16()
+    lone_query = padded(1, 20)
+    assert copy.precision(lone_query) == "bfloat16"
+    assert copy(lone_query)[0, 0] == 1.0  # the weights themselves, no autocast needed
+    assert copy(lone_query).dtype == np.float32  # answers stay float32 arrays
+    assert engine.precision(lone_query) == "float32"  # the original keeps float32 weights
+    assert engine(lone_query)[0, 0] == 0.0
