@@ -27,6 +27,13 @@ from app.logs import configure_logging
 from app.types import Calibration
 
 
+def _indexing_embedder() -> EmbedderSettings:
+    """The embedder's settings for a batch job: its batches are large (bfloat16 on torch), so
+    the ONNX Runtime export for float32 batches would only take CPU from it, and be killed
+    when a short job ends."""
+    return EmbedderSettings(float32_on_onnx=False)
+
+
 class Format(StrEnum):
     auto = "auto"
     jsonl = "jsonl"
@@ -130,7 +137,7 @@ async def _index(job: IndexJob, settings: GatewaySettings) -> None:
     from app.ingest.readers import count_documents, read_documents
 
     total = count_documents(job.path, job.fmt)  # refuses a path that does not fit the format
-    embedder = embedder_for(settings, EmbedderSettings())
+    embedder = embedder_for(settings, _indexing_embedder())
     with console.status(f"loading the embedder ({embedder.info.model_id})"):
         await embedder.start()
     if not embedder.ready:
@@ -265,7 +272,7 @@ async def _rebuild(name: str, settings: GatewaySettings) -> None:
     from app.index.collections import open_collection
     from app.search.calibration import calibrate
 
-    embedder = embedder_for(settings, EmbedderSettings())
+    embedder = embedder_for(settings, _indexing_embedder())
     with console.status(f"loading the embedder ({embedder.info.model_id})"):
         await embedder.start()
     if not embedder.ready:

@@ -241,7 +241,9 @@ class _LocalModel:
                 folder, self.kind, self.output, self._settings, self._executors[-1]
             )
             large = split.large
-            if isinstance(large, TorchEngine) and split.below < sys.maxsize:
+            if split.below == sys.maxsize:  # every batch is float32: torch's weights can go
+                large = onnx
+            elif isinstance(large, TorchEngine):
                 # what is left for torch runs in bfloat16 only: hold the weights in it
                 large = await loop.run_in_executor(self._executors[-1], large.in_bfloat16)
         except asyncio.CancelledError:

@@ -208,3 +208,22 @@ async def test_real_minilm_queries_run_on_onnx_with_the_same_vectors(tmp_path: P
     assert len(small) == len(queries)
     for model in (embedder, reference):
         await model.stop()
+
+
+async def test_with_dtype_float32_every_batch_moves_and_torch_lets_go(
+    tiny_bi_encoder: Path, tmp_path: Path
+) -> None:
+    settings = EmbedderSettings(
+        model=str(tiny_bi_encoder), dtype="float32", float32_on_onnx=True, onnx_cache_dir=tmp_path
+    )
+    embedder = build_embedder(settings)
+    await embedder.start()
+    assert isinstance(embedder, LocalEmbedder)
+    split = await attached(embedder)
+    assert embedder.info.backend == "onnx-float32"
+    assert split.large is split.small  # no torch weights kept for batches that never come
+    out = await embedder.embed(
+        [f"passage {i} " + "word " * 60 for i in range(40)], InputType.PASSAGE
+    )
+    assert out.vectors.shape == (40, 32)
+    await embedder.stop()
