@@ -45,7 +45,13 @@ from app.models.engines import (
     use_cpu_threads,
 )
 from app.models.paths import model_folder
-from app.models.tokens import Encoded, TextTokenizer
+from app.models.tokens import (
+    Encoded,
+    TextTokenizer,
+    configured_window,
+    tokenizer_for,
+    within_positions,
+)
 from app.types import FloatArray, InputType, ModelInfo, Truncate
 
 log = get_logger(__name__)
@@ -311,7 +317,7 @@ class LocalEmbedder(_LocalModel):
         from sentence_transformers import SentenceTransformer
 
         settings = self._embedder_settings
-        window = _within_positions(folder, settings.max_seq_length or _configured_window(folder))
+        window = within_positions(folder, settings.max_seq_length or configured_window(folder))
 
         def load_torch(device: str) -> Any:
             model = SentenceTransformer(str(folder), device=device)
@@ -319,7 +325,7 @@ class LocalEmbedder(_LocalModel):
             return model
 
         engine, backend = self._engine(folder, load_torch)
-        tokenizer = _tokenizer(folder, window)
+        tokenizer = tokenizer_for(folder, window)
         dimension = int(engine(tokenizer.pad(tokenizer.encode(["x"], Truncate.END))).shape[1])
         info = ModelInfo(settings.model, self.kind, dimension, window, backend, self._device)
         return _Loaded(tokenizer, engine, info, folder)
@@ -368,7 +374,7 @@ class LocalReranker(_LocalModel):
     def _load(self, folder: Path) -> _Loaded:
         from sentence_transformers import CrossEncoder
 
-        window = _within_positions(folder, self._reranker_settings.max_length)
+        window = within_positions(folder, self._reranker_settings.max_length)
 
         def load_torch(device: str) -> Any:
             return CrossEncoder(str(folder), device=device, max_length=window)
@@ -377,7 +383,7 @@ class LocalReranker(_LocalModel):
         info = ModelInfo(
             self._reranker_settings.model, self.kind, None, window, backend, self._device
         )
-        return _Loaded(_tokenizer(folder, window), engine, info, folder)
+        return _Loaded(tokenizer_for(folder, window), engine, info, folder)
 
     def _compute(self, batch: list[Encoded]) -> list[float]:
         loaded = self._loaded
@@ -396,59 +402,3 @@ class LocalReranker(_LocalModel):
         )
         scores: list[float] = await queue.submit(encoded)
         return scores
-
-
-def _configured_window(folder: Path) -> int:
-    """The model's own token window, from the files sentence-transformers and transformers
-    write (sentence-transformers 6 keeps it in tokenizer_config.json), else 512."""
-    import json
-
-    def read(name: str, key: str) -> int | None:
-        path = folder / name
-        value = json.loads(path.read_text()).get(key) if path.is_file() else None
-        return int(value) if isinstance(value, int | float) and 0 < value < 100_000 else None
-
-    return (
-        read("sentence_bert_config.json", "max_seq_length")
-        or read("tokenizer_config.json", "model_max_length")
-        or read("config.json", "max_position_embeddings")
-        or 512
-    )
-
-
-# Architectures whose position ids start after the padding index (fairseq's convention), so
-# two of `max_position_embeddings` are never usable: RoBERTa's 514 read 512 tokens.
-_OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "mpnet", "longformer", "bart"}
-
-
-def _within_positions(folder: Path, window: int) -> int:
-    """`window`, capped at the tokens the model has positions for: a longer input would index
-    past the position table and fail the whole batch it is in."""
-    import json
-
-    path = folder / "config.json"
-    config = json.loads(path.read_text()) if path.is_file() else {}
-    positions = config.get("max_position_embeddings")
-    if not isinstance(positions, int) or positions <= 0:
-        return window
-    if config.get("model_type") in _OFFSET_POSITIONS:
-        positions -= 2
-    if window <= positions:
-        return window
-    log.warning(
-        "model_window_capped",
-        model=str(folder),
-        configured=window,
-        window=positions,
-        reason="the model has no position embeddings past this",
-    )
-    return positions
-
-
-def _tokenizer(folder: Path, window: int) -> TextTokenizer:
-    if (folder / "tokenizer.json").is_file():
-        return TextTokenizer.from_folder(folder, window)
-    # Older checkpoints ship only a vocabulary: let transformers build the fast tokenizer.
-    from transformers import AutoTokenizer
-
-    return TextTokenizer(AutoTokenizer.from_pretrained(str(folder)).backend_tokenizer, window)

@@ -3,10 +3,14 @@
 Built on the `tokenizers` library directly (no torch, no transformers), so every backend
 (torch, ONNX) and the batcher's token budget see the same ids. Truncation is applied to each
 encoding, never set on the shared tokenizer, so concurrent requests cannot disturb each other.
+
+Also what a model folder declares: its token window, the positions it has room for, and its
+tokenizer (transformers builds one only for older checkpoints that ship a bare vocabulary).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +20,10 @@ import numpy.typing as npt
 from tokenizers import Encoding, Tokenizer
 
 from app.errors import InputTooLong
+from app.logs import get_logger
 from app.types import Truncate
+
+log = get_logger(__name__)
 
 IntArray = npt.NDArray[np.int64]
 
@@ -167,3 +174,60 @@ class TextTokenizer:
 
 def _cut(enc: Encoding, room: int, truncate: Truncate) -> None:
     enc.truncate(max(room, 0), direction="left" if truncate is Truncate.START else "right")
+
+
+# -- what a model folder declares ---------------------------------------------------------
+
+
+def configured_window(folder: Path) -> int:
+    """The model's own token window, from the files sentence-transformers and transformers
+    write (sentence-transformers 6 keeps it in tokenizer_config.json), else 512."""
+
+    def read(name: str, key: str) -> int | None:
+        path = folder / name
+        value = json.loads(path.read_text()).get(key) if path.is_file() else None
+        return int(value) if isinstance(value, int | float) and 0 < value < 100_000 else None
+
+    return (
+        read("sentence_bert_config.json", "max_seq_length")
+        or read("tokenizer_config.json", "model_max_length")
+        or read("config.json", "max_position_embeddings")
+        or 512
+    )
+
+
+# Architectures whose position ids start after the padding index (fairseq's convention), so
+# two of `max_position_embeddings` are never usable: RoBERTa's 514 read 512 tokens.
+_OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "mpnet", "longformer", "bart"}
+
+
+def within_positions(folder: Path, window: int) -> int:
+    """`window`, capped at the tokens the model has positions for: a longer input would index
+    past the position table and fail the whole batch it is in."""
+    path = folder / "config.json"
+    config = json.loads(path.read_text()) if path.is_file() else {}
+    positions = config.get("max_position_embeddings")
+    if not isinstance(positions, int) or positions <= 0:
+        return window
+    if config.get("model_type") in _OFFSET_POSITIONS:
+        positions -= 2
+    if window <= positions:
+        return window
+    log.warning(
+        "model_window_capped",
+        model=str(folder),
+        configured=window,
+        window=positions,
+        reason="the model has no position embeddings past this",
+    )
+    return positions
+
+
+def tokenizer_for(folder: Path, window: int) -> TextTokenizer:
+    """The fast tokenizer of a model folder, cutting at `window` tokens."""
+    if (folder / "tokenizer.json").is_file():
+        return TextTokenizer.from_folder(folder, window)
+    # Older checkpoints ship only a vocabulary: let transformers build the fast tokenizer.
+    from transformers import AutoTokenizer
+
+    return TextTokenizer(AutoTokenizer.from_pretrained(str(folder)).backend_tokenizer, window)
