@@ -40,6 +40,7 @@ log = get_logger(__name__)
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 RECIPE = "2"  # bump when the export changes, so cached exports are rebuilt
 EXPORTING = "exporting a model to ONNX"
+_STOP_WAIT_S = 10.0  # for an export child to stop when asked, before it is killed
 
 
 def exported_path(folder: Path, kind: str, quantized: bool, cache_dir: Path) -> Path:
@@ -78,7 +79,8 @@ def _exclusive(export_dir: Path) -> Iterator[None]:
 async def export_in_child(folder: Path, kind: str, target: Path, niceness: int) -> None:
     """`export` in a child process `niceness` steps nicer than this one: the export keeps the
     GIL for seconds at a time (the graph optimizer is Python), which a process that is serving
-    cannot spare. The child is stopped when the caller is cancelled.
+    cannot spare. The child is stopped when the caller is cancelled: asked first (it removes
+    its half-written files), killed if a long call inside torch keeps it from answering.
 
     Raises:
         RuntimeError: the export failed (its reasons are in the child's log lines)."""
@@ -90,7 +92,11 @@ async def export_in_child(folder: Path, kind: str, target: Path, niceness: int) 
     except BaseException:
         if child.returncode is None:
             child.terminate()
-            await asyncio.shield(child.wait())
+            try:
+                await asyncio.wait_for(asyncio.shield(child.wait()), _STOP_WAIT_S)
+            except TimeoutError:
+                child.kill()
+                await child.wait()
         raise
     if code != 0:
         raise RuntimeError(f"the ONNX export of {folder} exited with {code}")
