@@ -24,8 +24,9 @@ from typing import Any
 import numpy as np
 
 from app.config import EmbedderSettings
+from app.extras import installed
 from app.models.cpu import cpu_has_bf16, cpu_threads
-from app.models.engines import Engine, TorchEngine, has_onnx_runtime
+from app.models.engines import Engine, TorchEngine
 from app.models.paths import resolve_model_path
 from app.models.tokens import Padded
 from bench.common import machine, table, write_json
@@ -58,7 +59,7 @@ def timed_ms(engines: dict[str, Engine], batch: Padded, repeats: int) -> dict[st
 
 
 def onnx_engine(model: str) -> Engine | None:
-    if not has_onnx_runtime():
+    if not installed("onnx"):
         return None
     from app.models.onnx import OnnxEngine, export, exported_path
 

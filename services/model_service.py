@@ -17,7 +17,7 @@ from app import __version__, metrics
 from app.config import ModelSettings
 from app.errors import InputTooLong, ModelNotFound, Unavailable
 from app.logs import get_logger
-from app.models import Embedder, Reranker
+from app.models import Embedder, Reranker, readiness
 from app.models.batch_limits import resolve_batch_tokens
 from app.protocol.common import ErrorResponse, InfoResponse, ModelCard, ModelList
 from app.resilience import TIMEOUT_HEADER, call_deadline, request_arrival
@@ -79,10 +79,7 @@ async def info(request: Request) -> InfoResponse:
 @common_routes.get("/ready", tags=["ops"], summary="Readiness: the model is loaded and warmed up.")
 async def ready(request: Request) -> JSONResponse:
     model = served_model(request)
-    return ready_response(
-        model.ready,
-        {"model": model.info.model_id, "backend": model.info.backend, "status": model.status},
-    )
+    return ready_response(model.ready, readiness(model))
 
 
 async def caller_deadline(

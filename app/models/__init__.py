@@ -98,6 +98,12 @@ class Reranker(Protocol):
         ...
 
 
+def readiness(model: Embedder | Reranker) -> dict[str, str]:
+    """What /ready says of a model: which, on what (a backend label that says when float32
+    batches still wait for their ONNX export), and its status."""
+    return {"model": model.info.model_id, "backend": model.info.backend, "status": model.status}
+
+
 def build_embedder(settings: EmbedderSettings) -> Embedder:
     """The in-process embedder the settings ask for (not started)."""
     if settings.backend == "fake":

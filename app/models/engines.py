@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import importlib.util
 import os
 import sys
 import threading
@@ -60,11 +59,6 @@ def bf16_min_tokens(setting: str, dtype: str, device: str, configured: int) -> i
     if setting != "auto" or dtype != "bfloat16" or device.startswith("cuda"):
         return 0
     return configured
-
-
-def has_onnx_runtime() -> bool:
-    """Whether the `onnx` extra (ONNX Runtime, and onnx to export with) is installed."""
-    return all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime"))
 
 
 def use_cpu_threads(setting: int) -> None:

@@ -27,6 +27,7 @@ import transformers
 from app import metrics
 from app.config import EmbedderSettings, ModelSettings, RerankerSettings
 from app.errors import ModelFailure, Unavailable
+from app.extras import installed
 from app.logs import get_logger
 from app.models import Embeddings
 from app.models.batch_limits import BatchLimits, resolve_workers
@@ -38,7 +39,6 @@ from app.models.engines import (
     ThreadShare,
     TorchEngine,
     bf16_min_tokens,
-    has_onnx_runtime,
     lower_thread_priority,
     resolve_device,
     resolve_dtype,
@@ -214,7 +214,7 @@ class _LocalModel:
             path = exported_path(
                 folder, self.kind, backend == "onnx-int8", self._settings.onnx_cache_dir
             )
-            if not path.is_file():
+            if not path.is_file():  # a read-only cache with the export in it is enough
                 export(folder, self.kind, path)
             threads = cpu_threads(self._settings.threads)
             return OnnxEngine(path, self._device, self.output, threads), backend
@@ -230,7 +230,7 @@ class _LocalModel:
             settings.float32_on_onnx
             and self._device == "cpu"
             and float32_below
-            and has_onnx_runtime()
+            and installed("onnx")
         ):  # ONNX Runtime takes the float32 batches once exported (_attach_onnx)
             return SplitEngine(engine, float32_below), label + _ONNX_PENDING
         return engine, label

@@ -36,7 +36,7 @@ from app.errors import (
 from app.index.base import Collection
 from app.index.collections import Collections
 from app.logs import current_request_id, get_logger
-from app.models import Embedder, Reranker
+from app.models import Embedder, Reranker, readiness
 from app.resilience import Deadline, request_arrival
 from app.search import shaping
 from app.search.cache import SafeCache, cache_key, decode_result, encode_result
@@ -147,16 +147,8 @@ class SearchPipeline:
         default = collections.get(self.default_collection)
         ready = default is not None and (self.embedder.ready or bool(default.get("lexical")))
         return ready, {
-            "embedder": {
-                "model": self.embedder.info.model_id,
-                "backend": self.embedder.info.backend,
-                "status": self.embedder.status,
-            },
-            "reranker": {
-                "model": self.reranker.info.model_id,
-                "backend": self.reranker.info.backend,
-                "status": self.reranker.status,
-            },
+            "embedder": readiness(self.embedder),
+            "reranker": readiness(self.reranker),
             "cache": self.cache.backend,
             "collections": collections,
             "default_collection": self.default_collection,

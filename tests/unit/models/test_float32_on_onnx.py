@@ -19,7 +19,7 @@ import pytest
 from app.config import EmbedderSettings, RerankerSettings
 from app.models import build_embedder, build_reranker
 from app.models import onnx as onnx_module
-from app.models.engines import SplitEngine, TorchEngine
+from app.models.engines import Engine, SplitEngine, TorchEngine
 from app.models.local import LocalEmbedder, LocalReranker
 from app.models.tokens import Padded
 from app.types import FloatArray, InputType
@@ -68,8 +68,8 @@ def exporting_children(cache: Path) -> list[int]:
 
 
 def test_split_engine_sends_small_batches_to_the_attached_engine() -> None:
-    def engine(label: float) -> SplitEngine:
-        return lambda batch: np.full((len(batch.input_ids), 1), label, np.float32)  # type: ignore[return-value]
+    def engine(label: float) -> Engine:
+        return lambda batch: np.full((len(batch.input_ids), 1), label, np.float32)
 
     def batch(items: int, tokens: int) -> Padded:
         ids = np.ones((items, tokens), np.int64)
@@ -89,10 +89,22 @@ async def test_float32_batches_move_to_onnx_and_give_the_same_answers(
 ) -> None:
     # below 64 padded tokens on ONNX Runtime, from there torch: bf16 on a CPU with bf16
     # units, float32 on others (which then run every batch on ONNX Runtime)
-    common = dict(float32_on_onnx=True, onnx_cache_dir=tmp_path, bf16_min_batch_tokens=64)
-    embedder = build_embedder(EmbedderSettings(model=str(tiny_bi_encoder), **common))
+    embedder = build_embedder(
+        EmbedderSettings(
+            model=str(tiny_bi_encoder),
+            float32_on_onnx=True,
+            onnx_cache_dir=tmp_path,
+            bf16_min_batch_tokens=64,
+        )
+    )
     reranker = build_reranker(
-        RerankerSettings(model=str(tiny_cross_encoder), max_length=64, **common)
+        RerankerSettings(
+            model=str(tiny_cross_encoder),
+            max_length=64,
+            float32_on_onnx=True,
+            onnx_cache_dir=tmp_path,
+            bf16_min_batch_tokens=64,
+        )
     )
     torch_embedder = build_embedder(EmbedderSettings(model=str(tiny_bi_encoder), dtype="float32"))
     torch_reranker = build_reranker(
@@ -127,8 +139,8 @@ async def test_float32_batches_move_to_onnx_and_give_the_same_answers(
     rerank_split = await attached(reranker)
     pairs = counted(rerank_split)
     scores = await reranker.score("cats", ["cats purr"])
-    expected = await torch_reranker.score("cats", ["cats purr"])
-    np.testing.assert_allclose(scores, expected, atol=1e-4)
+    torch_scores = await torch_reranker.score("cats", ["cats purr"])
+    np.testing.assert_allclose(scores, torch_scores, atol=1e-4)
     assert len(pairs) == 1
     for model in models:
         await model.stop()
